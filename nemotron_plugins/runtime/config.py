@@ -1,0 +1,107 @@
+"""Configuration dataclasses shared by the trainers and the recipes.
+
+Each trainer (``sft``, ``rl``) takes one run config composed of these parts plus its own algorithm config. Recipes
+(``recipes/``) are functions that return such run configs; launchers serialise them. Everything here is plain data:
+no torch import, so a config can be built and validated on any machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(kw_only=True, slots=True)
+class ParallelConfig:
+    """How the model is split across GPUs (or CPU processes with gloo)."""
+
+    tensor_model_parallel_size: int = 1
+    """Tensor parallel size (TP). Must divide the attention heads and every layer's KV heads."""
+    pipeline_model_parallel_size: int = 1
+    """Pipeline parallel size (PP)."""
+    context_parallel_size: int = 1
+    """Context parallel size (CP)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (requires TP > 1)."""
+    pipeline_layout: list[int] | None = None
+    """Layers per pipeline stage (uneven layouts allowed); ``None`` splits evenly."""
+    data_parallel_size: int | None = None
+    """Data parallel size; ``None`` derives it as world_size / (TP * PP * CP)."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (megatron distributed optimizer)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class OptimizerConfig:
+    """AdamW optimizer and learning-rate schedule."""
+
+    lr: float = 1e-5
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Final learning rate of the decay schedule."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip; 0 disables clipping."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warmup."""
+    bf16: bool = False
+    """Train in bf16 with fp32 master weights (GPU recipes); CPU runs use fp32."""
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckpointConfig:
+    """Where and how often training state is saved. Saves are atomic (write to a temp dir, then rename)."""
+
+    save_dir: str | None = None
+    """Directory for checkpoints; ``None`` disables saving."""
+    save_interval: int = 0
+    """Save every N steps; 0 saves only at the end."""
+    load_dir: str | None = None
+    """Resume from the latest checkpoint here (defaults to ``save_dir`` when it holds one)."""
+    keep_last: int = 2
+    """How many checkpoints to keep."""
+    init_from_hf: str | None = None
+    """Initialise model weights from an HF DeciLM/Llama safetensors checkpoint directory."""
+
+
+@dataclass(kw_only=True, slots=True)
+class LoggingConfig:
+    """Metrics outputs."""
+
+    log_interval: int = 1
+    """Print metrics every N steps."""
+    jsonl_path: str | None = None
+    """Append one JSON object of metrics per step here."""
+    tensorboard_dir: str | None = None
+    """TensorBoard log directory (used when tensorboard is installed)."""
+    wandb_project: str | None = None
+    """Weights & Biases project (used when wandb is installed)."""
+    progress_bar: bool = True
+    """Show a progress bar on the console."""
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    """Which model to build: an HF ``config.json`` with ``block_configs`` or a named built-in architecture."""
+
+    hf_config_path: str | None = None
+    """Path to an HF config.json / checkpoint dir (DeciLM ``block_configs`` or plain Llama)."""
+    architecture: str | None = None
+    """Name of a built-in architecture (e.g. a tiny CPU model) when no path is given."""
+    overrides: dict[str, object] = field(default_factory=dict)
+    """Top-level HF config keys to override (e.g. ``max_position_embeddings``)."""
+    seq_length: int = 4096
+    """Training sequence length."""
+    params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype."""
+    use_transformer_engine: bool | None = None
+    """Use Transformer Engine layers; ``None`` picks them when TE is installed and CUDA is present."""
