@@ -49,7 +49,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-class RewardStatus(str, Enum):
+class RewardStatus(str, Enum):  # noqa: UP042 - the agreed API spells it this way
     """Whether a sample could be scored."""
 
     OK = "ok"

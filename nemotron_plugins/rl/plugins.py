@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from nemotron_plugins.registry import ALGORITHMS, ROLLOUT_ENGINES
+
 
 def register() -> None:
-    """Register this area's builtin plugins."""
+    """Register this area's builtin plugins: the GRPO/RLOO algorithms and the three rollout engines."""
+    ALGORITHMS.register("grpo", "nemotron_plugins.rl.algorithms:GRPO")
+    ALGORITHMS.register("rloo", "nemotron_plugins.rl.algorithms:RLOO")
+    ROLLOUT_ENGINES.register("megatron", "nemotron_plugins.rl.engines.megatron_engine:MegatronRolloutEngine")
+    ROLLOUT_ENGINES.register("vllm", "nemotron_plugins.rl.engines.vllm_engine:VLLMRolloutEngine")
+    ROLLOUT_ENGINES.register("openai", "nemotron_plugins.rl.engines.openai_engine:OpenAIRolloutEngine")

@@ -1,0 +1,995 @@
+"""Hugging Face DeciLM safetensors checkpoints in and out of the Megatron Puzzle model, at any TP / PP.
+
+HF side (``DeciLMForCausalLM`` / ``nemotron-nas``; a plain ``LlamaForCausalLM`` checkpoint is the all-standard case)::
+
+    model.embed_tokens.weight                                   [vocab, hidden]
+    model.layers.N.input_layernorm.weight                       [hidden]          attention not no_op
+    model.layers.N.self_attn.{q,k,v,o}_proj.weight              GQA, per-layer KV heads
+    model.layers.N.self_attn.linear_attn.weight                 [hidden, hidden]  linear replacement
+    model.layers.N.post_attention_layernorm.weight              [hidden]          FFN not no_op
+    model.layers.N.mlp.{gate,up,down}_proj.weight               SwiGLU, per-layer width
+    model.layers.N.mlp.linear_mlp.weight                        [hidden, hidden]  linear replacement
+    model.norm.weight, lm_head.weight                           (no lm_head when embeddings are tied)
+
+A no-op sub-block has neither weights nor its norm (the DeciLM modeling code creates ``input_layernorm`` only when
+the attention is not a no-op, ``post_attention_layernorm`` only when the FFN is not, linear replacements included).
+
+Megatron side (megatron-core GPT naming; layer indices are local to the model chunk, ``layer_number - 1`` of each
+``TransformerLayer`` gives the global index, so PP and virtual PP need no extra bookkeeping)::
+
+    embedding.word_embeddings.weight          vocab-parallel rows (vocab padded to the model's size)
+    decoder.layers.i.input_layernorm.weight   (or TE's fused ``...linear_qkv.layer_norm_weight``, see below)
+    decoder.layers.i.self_attention.linear_qkv.weight   column-parallel; per query group: its q heads, then k, then v
+    decoder.layers.i.self_attention.linear_proj.weight  row-parallel
+    decoder.layers.i.self_attention.weight              linear replacement: column-parallel (output gathered)
+    decoder.layers.i.pre_mlp_layernorm.weight
+    decoder.layers.i.mlp.linear_fc1.weight    column-parallel, each TP shard = [gate shard; up shard]
+    decoder.layers.i.mlp.linear_fc2.weight    row-parallel
+    decoder.layers.i.mlp.weight               linear replacement: column-parallel
+    decoder.final_layernorm.weight, output_layer.weight (column-parallel rows, padded vocab)
+
+Where a model uses Transformer Engine's fused norm+linear modules, the norms live at
+``self_attention.linear_qkv.layer_norm_weight`` / ``self_attention.layer_norm_weight`` /
+``mlp.linear_fc1.layer_norm_weight`` / ``mlp.layer_norm_weight``; loading looks each norm up under every known
+spelling and uses the one the model has (:data:`LAYER_SLOT_NAMES`).
+
+The mapping is a list of :class:`TensorPlan` entries (one per Megatron tensor) and two pure functions,
+:func:`hf_to_megatron_tensor` and :func:`megatron_to_hf_tensors`, that convert one entry for one TP rank without
+any distributed setup. :func:`load_hf_checkpoint` streams an HF checkpoint into a model (one tensor group in memory
+at a time, via ``safetensors.safe_open``); :func:`export_hf_checkpoint` gathers TP shards and PP stages to rank 0
+tensor by tensor and writes sharded safetensors (``model-0000k-of-0000n.safetensors`` plus
+``model.safetensors.index.json``, or a single ``model.safetensors``) and ``config.json``. HF -> Megatron -> HF is
+bitwise exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from nemotron_plugins.puzzle.block_config import BlockConfig, PuzzleModelConfig, load_hf_config, save_hf_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "HFCheckpointError",
+    "LAYER_SLOT_NAMES",
+    "ParallelRanks",
+    "TensorPlan",
+    "expected_hf_tensors",
+    "export_hf_checkpoint",
+    "fc1_from_megatron",
+    "fc1_to_megatron",
+    "hf_to_megatron_tensor",
+    "load_hf_checkpoint",
+    "megatron_to_hf_tensors",
+    "parse_shard_size",
+    "plan_megatron_tensors",
+    "qkv_from_megatron",
+    "qkv_to_megatron",
+    "read_hf_state_dict",
+    "shard_tensor",
+]
+
+TensorKind = Literal["replicated", "column", "row", "vocab", "qkv", "fc1"]
+
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+SAFE_SINGLE_NAME = "model.safetensors"
+
+# Per-layer Megatron tensor names (relative to ``decoder.layers.<i>.``), first spelling = megatron-core's local
+# (non-TE) heterogeneous spec, then Transformer Engine's fused-norm spellings.
+LAYER_SLOT_NAMES: dict[str, tuple[str, ...]] = {
+    "attn_norm": (
+        "input_layernorm.weight",
+        "self_attention.linear_qkv.layer_norm_weight",
+        "self_attention.layer_norm_weight",
+    ),
+    "qkv": ("self_attention.linear_qkv.weight",),
+    "proj": ("self_attention.linear_proj.weight",),
+    "linear_attn": ("self_attention.weight",),
+    "ffn_norm": (
+        "pre_mlp_layernorm.weight",
+        "mlp.linear_fc1.layer_norm_weight",
+        "mlp.layer_norm_weight",
+    ),
+    "fc1": ("mlp.linear_fc1.weight",),
+    "fc2": ("mlp.linear_fc2.weight",),
+    "linear_mlp": ("mlp.weight",),
+}
+EMBEDDING_NAME = "embedding.word_embeddings.weight"
+FINAL_NORM_NAME = "decoder.final_layernorm.weight"
+OUTPUT_NAME = "output_layer.weight"
+
+# HF tensors that are not weights of the architecture (old checkpoints store RoPE inverse frequencies).
+_IGNORED_HF = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+class HFCheckpointError(RuntimeError):
+    """A checkpoint does not match the config or the model; the message names the tensor and layer."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TensorPlan:
+    """How one Megatron tensor relates to HF tensors."""
+
+    megatron_name: str
+    """State-dict name in the Megatron model chunk (layer index local to the chunk)."""
+    hf_names: tuple[str, ...]
+    """HF tensors it is built from (q, k, v for ``qkv``; gate, up for ``fc1``; one name otherwise)."""
+    kind: TensorKind
+    """How it is split over tensor-parallel ranks: ``replicated`` (norms), ``column`` (rows split), ``row`` (columns
+    split), ``vocab`` (rows split after padding the vocabulary), ``qkv`` (query groups split), ``fc1`` (gate and up
+    each split, concatenated per rank)."""
+    layer: int | None = None
+    """Global layer index (``None`` for embedding, final norm and output layer)."""
+    export: bool = True
+    """Whether export writes its HF tensors (False for a tied output layer's copy of the embedding)."""
+    num_kv_heads: int | None = None
+    """KV heads of this layer (``qkv`` only)."""
+
+    def where(self) -> str:
+        """Human-readable location for error messages."""
+        return f"layer {self.layer}" if self.layer is not None else "model"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ParallelRanks:
+    """This process's place in the parallel layout (``None`` groups: no collective of that kind is needed)."""
+
+    tp_rank: int = 0
+    """Tensor-parallel rank."""
+    tp_size: int = 1
+    """Tensor-parallel size."""
+    dp_rank: int = 0
+    """Data-parallel rank (with context parallel folded in); only replica 0 takes part in export."""
+    tp_group: Any = None
+    """Tensor-parallel process group (needed by export when ``tp_size > 1``)."""
+
+    @classmethod
+    def from_megatron(cls) -> ParallelRanks:
+        """Read the ranks from megatron-core's ``parallel_state`` (single process when it is not initialised)."""
+        from megatron.core import parallel_state as ps
+
+        if not ps.model_parallel_is_initialized():
+            return cls()
+        return cls(
+            tp_rank=ps.get_tensor_model_parallel_rank(),
+            tp_size=ps.get_tensor_model_parallel_world_size(),
+            dp_rank=ps.get_data_parallel_rank(with_context_parallel=True),
+            tp_group=ps.get_tensor_model_parallel_group(),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# HF names and shapes
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _hf_layer_tensors(cfg: PuzzleModelConfig, i: int) -> list[tuple[str, tuple[int, ...]]]:
+    block = cfg.blocks[i]
+    h, hd, heads = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads
+    p = f"model.layers.{i}."
+    out: list[tuple[str, tuple[int, ...]]] = []
+    attn = block.attention
+    if attn.kind != "no_op":
+        out.append((p + "input_layernorm.weight", (h,)))
+    if attn.kind == "gqa":
+        kv = attn.num_key_value_heads
+        out += [
+            (p + "self_attn.q_proj.weight", (heads * hd, h)),
+            (p + "self_attn.k_proj.weight", (kv * hd, h)),
+            (p + "self_attn.v_proj.weight", (kv * hd, h)),
+            (p + "self_attn.o_proj.weight", (h, heads * hd)),
+        ]
+    elif attn.kind == "linear":
+        out.append((p + "self_attn.linear_attn.weight", (h, h)))
+    ffn = block.ffn
+    if ffn.kind != "no_op":
+        out.append((p + "post_attention_layernorm.weight", (h,)))
+    if ffn.kind == "swiglu":
+        w = ffn.intermediate_size
+        out += [
+            (p + "mlp.gate_proj.weight", (w, h)),
+            (p + "mlp.up_proj.weight", (w, h)),
+            (p + "mlp.down_proj.weight", (h, w)),
+        ]
+    elif ffn.kind == "linear":
+        out.append((p + "mlp.linear_mlp.weight", (h, h)))
+    return out
+
+
+def expected_hf_tensors(cfg: PuzzleModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor name of ``cfg`` with its shape, in canonical (file) order.
+
+    Args:
+        cfg: The architecture.
+
+    Returns:
+        ``{name: shape}``: embedding, each layer's tensors, final norm, then ``lm_head`` unless embeddings are tied.
+    """
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size)}
+    for i in range(cfg.num_hidden_layers):
+        out.update(_hf_layer_tensors(cfg, i))
+    out["model.norm.weight"] = (cfg.hidden_size,)
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = (cfg.vocab_size, cfg.hidden_size)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The plan: one entry per Megatron tensor
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _resolve(slot: str, prefix: str, model_keys: set[str] | None) -> str:
+    candidates = LAYER_SLOT_NAMES[slot]
+    if model_keys is None:
+        return prefix + candidates[0]
+    for suffix in candidates:
+        if prefix + suffix in model_keys:
+            return prefix + suffix
+    return prefix + candidates[0]  # reported as missing from the model later
+
+
+def _layer_plans(block: BlockConfig, layer: int, local: int, model_keys: set[str] | None) -> list[TensorPlan]:
+    prefix = f"decoder.layers.{local}."
+    hf = f"model.layers.{layer}."
+    plans: list[TensorPlan] = []
+
+    def add(slot: str, hf_names: Sequence[str], kind: TensorKind, **kw: Any) -> None:
+        name = _resolve(slot, prefix, model_keys)
+        plans.append(TensorPlan(megatron_name=name, hf_names=tuple(hf_names), kind=kind, layer=layer, **kw))
+
+    attn = block.attention
+    if attn.kind != "no_op":
+        add("attn_norm", [hf + "input_layernorm.weight"], "replicated")
+    if attn.kind == "gqa":
+        add(
+            "qkv",
+            [hf + f"self_attn.{x}_proj.weight" for x in "qkv"],
+            "qkv",
+            num_kv_heads=attn.num_key_value_heads,
+        )
+        add("proj", [hf + "self_attn.o_proj.weight"], "row")
+    elif attn.kind == "linear":
+        add("linear_attn", [hf + "self_attn.linear_attn.weight"], "column")
+    ffn = block.ffn
+    if ffn.kind != "no_op":
+        add("ffn_norm", [hf + "post_attention_layernorm.weight"], "replicated")
+    if ffn.kind == "swiglu":
+        add("fc1", [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"], "fc1")
+        add("fc2", [hf + "mlp.down_proj.weight"], "row")
+    elif ffn.kind == "linear":
+        add("linear_mlp", [hf + "mlp.linear_mlp.weight"], "column")
+    return plans
+
+
+def plan_megatron_tensors(
+    cfg: PuzzleModelConfig,
+    *,
+    layers: Sequence[int] | None = None,
+    has_embedding: bool = True,
+    has_final_norm: bool = True,
+    has_output_layer: bool | None = None,
+    model_keys: set[str] | None = None,
+) -> list[TensorPlan]:
+    """List the Megatron tensors of one model chunk and the HF tensors each is made from.
+
+    Args:
+        cfg: The architecture.
+        layers: Global indices of the layers in this chunk, in local order (default: all layers, i.e. no PP).
+        has_embedding: The chunk holds the word embedding (first pipeline stage).
+        has_final_norm: The chunk holds the final norm (last stage).
+        has_output_layer: The chunk holds an ``output_layer.weight`` (last stage; with tied embeddings only when
+            it is a separate copy, i.e. PP > 1). Default: last stage and not tied.
+        model_keys: The chunk's state-dict keys, to pick among alternative norm spellings (TE fused norms).
+
+    Returns:
+        One :class:`TensorPlan` per Megatron tensor, in the chunk's order (embedding, layers, final norm, output).
+    """
+    if layers is None:
+        layers = range(cfg.num_hidden_layers)
+    if has_output_layer is None:
+        has_output_layer = has_final_norm and not cfg.tie_word_embeddings
+    plans: list[TensorPlan] = []
+    if has_embedding:
+        plans.append(TensorPlan(megatron_name=EMBEDDING_NAME, hf_names=("model.embed_tokens.weight",), kind="vocab"))
+    for local, layer in enumerate(layers):
+        if not 0 <= layer < cfg.num_hidden_layers:
+            raise HFCheckpointError(
+                f"model chunk holds global layer {layer}, but the config has {cfg.num_hidden_layers} layers"
+            )
+        plans += _layer_plans(cfg.blocks[layer], layer, local, model_keys)
+    if has_final_norm:
+        plans.append(TensorPlan(megatron_name=FINAL_NORM_NAME, hf_names=("model.norm.weight",), kind="replicated"))
+    if has_output_layer:
+        if cfg.tie_word_embeddings:
+            plans.append(
+                TensorPlan(
+                    megatron_name=OUTPUT_NAME, hf_names=("model.embed_tokens.weight",), kind="vocab", export=False
+                )
+            )
+        else:
+            plans.append(TensorPlan(megatron_name=OUTPUT_NAME, hf_names=("lm_head.weight",), kind="vocab"))
+    return plans
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pure tensor conversions
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def shard_tensor(tensor: torch.Tensor, dim: int, tp_rank: int, tp_size: int, *, name: str = "tensor") -> torch.Tensor:
+    """This TP rank's contiguous slice of ``tensor`` along ``dim``.
+
+    Raises:
+        HFCheckpointError: ``tensor.shape[dim]`` is not divisible by ``tp_size``.
+    """
+    size = tensor.shape[dim]
+    if size % tp_size:
+        raise HFCheckpointError(f"{name}: dimension {dim} of size {size} is not divisible by TP={tp_size}")
+    part = size // tp_size
+    return tensor.narrow(dim, tp_rank * part, part)
+
+
+def qkv_to_megatron(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+) -> torch.Tensor:
+    """Fuse HF ``q_proj`` / ``k_proj`` / ``v_proj`` into this TP rank's Megatron ``linear_qkv`` weight.
+
+    Megatron's layout groups rows by query group: for each KV head g, the ``num_heads // num_kv_heads`` query heads
+    that attend to it, then k head g, then v head g. TP rank r holds query groups ``r * G/tp ... (r+1) * G/tp - 1``.
+
+    Raises:
+        HFCheckpointError: shapes do not match the head counts, or the KV heads are not divisible by TP.
+    """
+    if num_kv_heads % tp_size:
+        raise HFCheckpointError(f"{num_kv_heads} KV heads cannot be split over TP={tp_size} (need a multiple)")
+    hidden = q.shape[1]
+    for name, t, heads in (("q_proj", q, num_heads), ("k_proj", k, num_kv_heads), ("v_proj", v, num_kv_heads)):
+        if tuple(t.shape) != (heads * head_dim, hidden):
+            raise HFCheckpointError(f"{name}: expected shape {(heads * head_dim, hidden)}, got {tuple(t.shape)}")
+    per_group = num_heads // num_kv_heads
+    groups_per_rank = num_kv_heads // tp_size
+    g0 = tp_rank * groups_per_rank
+    qg = q.reshape(num_kv_heads, per_group * head_dim, hidden)[g0 : g0 + groups_per_rank]
+    kg = k.reshape(num_kv_heads, head_dim, hidden)[g0 : g0 + groups_per_rank]
+    vg = v.reshape(num_kv_heads, head_dim, hidden)[g0 : g0 + groups_per_rank]
+    return torch.cat([qg, kg, vg], dim=1).reshape(-1, hidden).contiguous()
+
+
+def qkv_from_megatron(
+    shards: Sequence[torch.Tensor], *, num_heads: int, num_kv_heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split Megatron ``linear_qkv`` TP shards (in TP-rank order) back into HF ``q``, ``k``, ``v`` weights."""
+    full = torch.cat(list(shards), dim=0)
+    per_group = num_heads // num_kv_heads
+    rows = (per_group + 2) * head_dim
+    if full.shape[0] != num_kv_heads * rows:
+        raise HFCheckpointError(
+            f"linear_qkv: expected {num_kv_heads * rows} rows for {num_heads} heads / {num_kv_heads} KV heads "
+            f"of dim {head_dim}, got {full.shape[0]}"
+        )
+    grouped = full.reshape(num_kv_heads, rows, -1)
+    q = grouped[:, : per_group * head_dim].reshape(num_heads * head_dim, -1)
+    k = grouped[:, per_group * head_dim : (per_group + 1) * head_dim].reshape(num_kv_heads * head_dim, -1)
+    v = grouped[:, (per_group + 1) * head_dim :].reshape(num_kv_heads * head_dim, -1)
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def fc1_to_megatron(gate: torch.Tensor, up: torch.Tensor, *, tp_rank: int = 0, tp_size: int = 1) -> torch.Tensor:
+    """This TP rank's Megatron ``linear_fc1`` weight: ``[gate shard; up shard]`` (SwiGLU chunks it in halves)."""
+    if gate.shape != up.shape:
+        raise HFCheckpointError(f"gate_proj {tuple(gate.shape)} and up_proj {tuple(up.shape)} differ in shape")
+    return torch.cat(
+        [
+            shard_tensor(gate, 0, tp_rank, tp_size, name="gate_proj"),
+            shard_tensor(up, 0, tp_rank, tp_size, name="up_proj"),
+        ]
+    ).contiguous()
+
+
+def fc1_from_megatron(shards: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split Megatron ``linear_fc1`` TP shards (in TP-rank order) back into HF ``gate_proj`` and ``up_proj``."""
+    gates, ups = zip(*(s.chunk(2, dim=0) for s in shards), strict=True)
+    return torch.cat(gates).contiguous(), torch.cat(ups).contiguous()
+
+
+def hf_to_megatron_tensor(
+    plan: TensorPlan,
+    hf: Mapping[str, torch.Tensor],
+    cfg: PuzzleModelConfig,
+    *,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    padded_vocab_size: int | None = None,
+) -> torch.Tensor:
+    """Build this TP rank's Megatron tensor for ``plan`` from its HF tensors.
+
+    Args:
+        plan: The entry to build.
+        hf: HF tensors by name (at least ``plan.hf_names``).
+        cfg: The architecture.
+        tp_rank: Tensor-parallel rank.
+        tp_size: Tensor-parallel size.
+        padded_vocab_size: The model's (padded) vocabulary rows over all TP ranks; extra rows are zero.
+
+    Returns:
+        A new contiguous tensor in the HF dtype.
+    """
+    tensors = [hf[n] for n in plan.hf_names]
+    name = plan.hf_names[0]
+    if plan.kind == "replicated":
+        return tensors[0].clone()
+    if plan.kind == "column":
+        return shard_tensor(tensors[0], 0, tp_rank, tp_size, name=name).contiguous()
+    if plan.kind == "row":
+        return shard_tensor(tensors[0], 1, tp_rank, tp_size, name=name).contiguous()
+    if plan.kind == "vocab":
+        t = tensors[0]
+        rows = padded_vocab_size or t.shape[0]
+        if rows < t.shape[0]:
+            raise HFCheckpointError(f"{name}: {t.shape[0]} vocabulary rows do not fit the model's {rows}")
+        if rows > t.shape[0]:
+            t = torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
+        return shard_tensor(t, 0, tp_rank, tp_size, name=name).contiguous()
+    if plan.kind == "qkv":
+        return qkv_to_megatron(
+            *tensors,
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=plan.num_kv_heads,
+            head_dim=cfg.head_dim,
+            tp_rank=tp_rank,
+            tp_size=tp_size,
+        )
+    if plan.kind == "fc1":
+        return fc1_to_megatron(*tensors, tp_rank=tp_rank, tp_size=tp_size)
+    raise ValueError(f"unknown tensor kind {plan.kind!r}")
+
+
+def megatron_to_hf_tensors(
+    plan: TensorPlan, shards: Sequence[torch.Tensor], cfg: PuzzleModelConfig
+) -> dict[str, torch.Tensor]:
+    """Rebuild the HF tensors of ``plan`` from its Megatron TP shards (in TP-rank order; one for replicated).
+
+    Vocabulary padding rows beyond ``cfg.vocab_size`` are dropped.
+    """
+    if plan.kind == "replicated":
+        return {plan.hf_names[0]: shards[0].contiguous()}
+    if plan.kind == "column":
+        return {plan.hf_names[0]: torch.cat(list(shards), dim=0).contiguous()}
+    if plan.kind == "row":
+        return {plan.hf_names[0]: torch.cat(list(shards), dim=1).contiguous()}
+    if plan.kind == "vocab":
+        return {plan.hf_names[0]: torch.cat(list(shards), dim=0)[: cfg.vocab_size].contiguous()}
+    if plan.kind == "qkv":
+        q, k, v = qkv_from_megatron(
+            shards, num_heads=cfg.num_attention_heads, num_kv_heads=plan.num_kv_heads, head_dim=cfg.head_dim
+        )
+        return dict(zip(plan.hf_names, (q, k, v), strict=True))
+    if plan.kind == "fc1":
+        return dict(zip(plan.hf_names, fc1_from_megatron(shards), strict=True))
+    raise ValueError(f"unknown tensor kind {plan.kind!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading HF checkpoints
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _hf_weight_map(path: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, from the index json, a single file, or all ``*.safetensors`` in ``path``."""
+    if path.is_file():
+        files = [path]
+    elif (path / SAFE_INDEX_NAME).is_file():
+        index = json.loads((path / SAFE_INDEX_NAME).read_text(encoding="utf-8"))
+        try:
+            return {name: path / fname for name, fname in index["weight_map"].items()}
+        except (KeyError, AttributeError) as exc:
+            raise HFCheckpointError(f"{path / SAFE_INDEX_NAME}: no 'weight_map' object") from exc
+    else:
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise HFCheckpointError(f"{path}: no {SAFE_INDEX_NAME} and no *.safetensors files")
+    from safetensors import safe_open
+
+    out: dict[str, Path] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                if name in out:
+                    raise HFCheckpointError(f"tensor {name} appears in both {out[name].name} and {f.name}")
+                out[name] = f
+    return out
+
+
+class _HFReader:
+    """Lazily opened safetensors files; reads one tensor at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.weight_map = _hf_weight_map(path)
+        self._handles: dict[Path, Any] = {}
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        f = self.weight_map[name]
+        if f not in self._handles:
+            if not f.is_file():
+                raise HFCheckpointError(f"tensor {name}: its file {f} (from the index) does not exist")
+            self._handles[f] = safe_open(str(f), framework="pt")
+        return self._handles[f].get_tensor(name)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+def read_hf_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a whole HF safetensors checkpoint into memory (tests and small models only)."""
+    reader = _HFReader(Path(path))
+    try:
+        return {name: reader.get(name) for name in reader.weight_map}
+    finally:
+        reader.close()
+
+
+def _describe_hf(name: str) -> str:
+    m = _HF_LAYER.match(name)
+    return f"{name} (layer {m.group(1)})" if m else name
+
+
+def _check_hf_names(cfg: PuzzleModelConfig, names: set[str], strict: bool) -> tuple[list[str], list[str]]:
+    expected = expected_hf_tensors(cfg)
+    optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    missing = [n for n in expected if n not in names]
+    unexpected = sorted(n for n in names if n not in expected and n not in optional and not _IGNORED_HF.match(n))
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append("missing tensors: " + ", ".join(_describe_hf(n) for n in missing[:20]))
+        if unexpected:
+            parts.append("unexpected tensors: " + ", ".join(_describe_hf(n) for n in unexpected[:20]))
+        raise HFCheckpointError(
+            "checkpoint does not match the config ("
+            + "; ".join(parts)
+            + "). Check that config.json's block_configs describe these weights."
+        )
+    return missing, unexpected
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model introspection
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _chunk_layers(model: torch.nn.Module, cfg: PuzzleModelConfig) -> list[int]:
+    """Global indices of the decoder layers of one (unwrapped) model chunk."""
+    decoder = getattr(model, "decoder", None)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        return []
+    out = []
+    for local, layer in enumerate(layers):
+        number = getattr(layer, "layer_number", None)
+        if number is None:
+            raise HFCheckpointError(f"decoder.layers.{local} has no layer_number; cannot tell its global index")
+        out.append(int(number) - 1)
+    return out
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
+
+
+def _chunk_plans(model: torch.nn.Module, cfg: PuzzleModelConfig) -> tuple[list[TensorPlan], dict[str, torch.Tensor]]:
+    state = _model_state(model)
+    keys = set(state)
+    plans = plan_megatron_tensors(
+        cfg,
+        layers=_chunk_layers(model, cfg),
+        has_embedding=EMBEDDING_NAME in keys,
+        has_final_norm=FINAL_NORM_NAME in keys,
+        has_output_layer=OUTPUT_NAME in keys,
+        model_keys=keys,
+    )
+    return plans, state
+
+
+def _dist_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Load
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True, slots=True)
+class LoadReport:
+    """What :func:`load_hf_checkpoint` did on this rank."""
+
+    loaded: list[str] = field(default_factory=list)
+    """Megatron tensors written on this rank."""
+    missing_hf: list[str] = field(default_factory=list)
+    """HF tensors the config expects but the checkpoint lacks (only non-empty with ``strict=False``)."""
+    unexpected_hf: list[str] = field(default_factory=list)
+    """HF tensors the config does not describe (only non-empty with ``strict=False``)."""
+    unfilled_model: list[str] = field(default_factory=list)
+    """Model tensors nothing was loaded into (only non-empty with ``strict=False``)."""
+
+
+def load_hf_checkpoint(
+    model_or_models: torch.nn.Module | Sequence[torch.nn.Module],
+    path: str | os.PathLike[str],
+    cfg: PuzzleModelConfig | None = None,
+    *,
+    parallel: ParallelRanks | None = None,
+    strict: bool = True,
+    progress: bool = True,
+) -> LoadReport:
+    """Stream an HF DeciLM / Llama safetensors checkpoint into a Megatron model (every rank calls this).
+
+    Each rank reads only the tensors its model chunks need, one tensor group (e.g. q/k/v of one layer) at a time,
+    and copies its TP shard into the parameters in place (converting dtype).
+
+    Args:
+        model_or_models: The model, or a list of model chunks (virtual pipeline); DDP / Float16Module wrappers are
+            unwrapped.
+        path: Checkpoint directory (index json, ``model.safetensors`` or ``*.safetensors``) or one file.
+        cfg: The architecture; default: ``config.json`` in ``path``.
+        parallel: This rank's TP rank / size; default: megatron-core's ``parallel_state``.
+        strict: Raise on missing / unexpected HF tensors and on model tensors nothing maps to.
+        progress: Show a tqdm bar on rank 0.
+
+    Returns:
+        A :class:`LoadReport`.
+
+    Raises:
+        HFCheckpointError: naming the tensor and layer that is missing, unexpected or of the wrong shape.
+    """
+    path = Path(path)
+    if cfg is None:
+        cfg = load_hf_config(path if path.is_dir() else path.parent)
+    if parallel is None:
+        parallel = ParallelRanks.from_megatron()
+    models = [model_or_models] if isinstance(model_or_models, torch.nn.Module) else list(model_or_models)
+    reader = _HFReader(path)
+    report = LoadReport()
+    report.missing_hf, report.unexpected_hf = _check_hf_names(cfg, set(reader.weight_map), strict)
+    missing = set(report.missing_hf)
+
+    work: list[tuple[TensorPlan, dict[str, torch.Tensor]]] = []
+    for model in models:
+        plans, state = _chunk_plans(_unwrap(model), cfg)
+        covered = set()
+        for plan in plans:
+            if plan.megatron_name not in state:
+                raise HFCheckpointError(
+                    f"{plan.where()}: the model has no tensor {plan.megatron_name} for {', '.join(plan.hf_names)}; "
+                    "the model was built from a different config"
+                )
+            covered.add(plan.megatron_name)
+            work.append((plan, state))
+        unfilled = [k for k in state if k not in covered]
+        if unfilled and strict:
+            raise HFCheckpointError(
+                f"model tensors with no HF counterpart: {unfilled[:20]} (the model and config disagree)"
+            )
+        report.unfilled_model += unfilled
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(work), desc="load HF checkpoint", unit="tensor", disable=not progress or _dist_rank() != 0)
+    try:
+        with torch.no_grad():
+            for plan, state in work:
+                if any(n in missing for n in plan.hf_names):
+                    report.unfilled_model.append(plan.megatron_name)
+                    bar.update(1)
+                    continue
+                hf = {}
+                for n in plan.hf_names:
+                    t = reader.get(n)
+                    if n in (expected := _expected_cache(cfg)) and tuple(t.shape) != expected[n]:
+                        raise HFCheckpointError(
+                            f"{_describe_hf(n)}: shape {tuple(t.shape)} does not match the config's {expected[n]}"
+                        )
+                    hf[n] = t
+                target = state[plan.megatron_name]
+                padded = target.shape[0] * parallel.tp_size if plan.kind == "vocab" else None
+                value = hf_to_megatron_tensor(
+                    plan, hf, cfg, tp_rank=parallel.tp_rank, tp_size=parallel.tp_size, padded_vocab_size=padded
+                )
+                if value.shape != target.shape:
+                    raise HFCheckpointError(
+                        f"{plan.where()}: {', '.join(plan.hf_names)} give {plan.megatron_name} shape "
+                        f"{tuple(value.shape)} at TP rank {parallel.tp_rank}/{parallel.tp_size}, but the model has "
+                        f"{tuple(target.shape)}"
+                    )
+                target.copy_(value)
+                report.loaded.append(plan.megatron_name)
+                bar.update(1)
+    finally:
+        bar.close()
+        reader.close()
+    return report
+
+
+_EXPECTED_CACHE: dict[int, tuple[PuzzleModelConfig, dict[str, tuple[int, ...]]]] = {}
+
+
+def _expected_cache(cfg: PuzzleModelConfig) -> dict[str, tuple[int, ...]]:
+    hit = _EXPECTED_CACHE.get(id(cfg))
+    if hit is None or hit[0] is not cfg:
+        _EXPECTED_CACHE.clear()
+        hit = (cfg, expected_hf_tensors(cfg))
+        _EXPECTED_CACHE[id(cfg)] = hit
+    return hit[1]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------------
+
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_shard_size(size: int | str) -> int:
+    """Bytes in a shard-size spec: an int, or ``"5GB"`` (10^9 units, like HF) / ``"500MiB"`` (2^20 units).
+
+    Raises:
+        ValueError: an unknown unit or a non-positive size.
+    """
+    if isinstance(size, int):
+        value = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)\s*", size.upper())
+        if m is None or m.group(2) not in _SIZE_UNITS:
+            raise ValueError(f"max_shard_size {size!r}: expected bytes or a number with B/KB/MB/GB/KiB/MiB/GiB")
+        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {size!r}")
+    return value
+
+
+def _plan_shards(entries: Sequence[tuple[str, int]], max_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for name, nbytes in entries:
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    if current:
+        shards.append(current)
+    return shards
+
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
+
+
+def _local_hf_stream(
+    chunks: Sequence[tuple[list[TensorPlan], dict[str, torch.Tensor]]],
+    cfg: PuzzleModelConfig,
+    parallel: ParallelRanks,
+    dtype: torch.dtype | None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """HF tensors of this rank's chunks in canonical order; TP shards gathered (every TP rank must iterate it)."""
+    items = [(plan, state) for plans, state in chunks for plan in plans if plan.export]
+    items.sort(key=lambda ps: _order_key(ps[0], cfg))
+    for plan, state in items:
+        local = state[plan.megatron_name].detach()
+        if plan.kind == "replicated" or parallel.tp_size == 1:
+            shards = [local] * (1 if plan.kind == "replicated" else parallel.tp_size)
+        else:
+            shards = [torch.empty_like(local) for _ in range(parallel.tp_size)]
+            torch.distributed.all_gather(shards, local.contiguous(), group=parallel.tp_group)
+        if parallel.tp_rank != 0:
+            continue
+        for name, tensor in megatron_to_hf_tensors(plan, shards, cfg).items():
+            yield name, tensor.to(dtype) if dtype is not None else tensor
+
+
+def _order_key(plan: TensorPlan, cfg: PuzzleModelConfig) -> tuple[int, int]:
+    if plan.layer is not None:
+        return (plan.layer + 1, 0)
+    if plan.megatron_name == EMBEDDING_NAME:
+        return (0, 0)
+    if plan.megatron_name == FINAL_NORM_NAME:
+        return (cfg.num_hidden_layers + 1, 0)
+    return (cfg.num_hidden_layers + 1, 1)
+
+
+def export_hf_checkpoint(
+    model: torch.nn.Module | Sequence[torch.nn.Module],
+    cfg: PuzzleModelConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str = "5GB",
+    dtype: torch.dtype | None = None,
+    parallel: ParallelRanks | None = None,
+    progress: bool = True,
+) -> Path | None:
+    """Write the model as an HF safetensors checkpoint plus ``config.json`` (every rank calls this).
+
+    Tensors are gathered over TP within each pipeline stage and sent to global rank 0 one at a time; rank 0 keeps
+    at most one output shard in memory and writes ``model-0000k-of-0000n.safetensors`` with
+    ``model.safetensors.index.json`` (or ``model.safetensors`` when everything fits one shard).
+
+    Args:
+        model: The model or its list of chunks (virtual pipeline); wrappers are unwrapped.
+        cfg: The architecture (written as ``config.json`` through the block-config writer).
+        out_dir: Output directory (created on rank 0).
+        max_shard_size: Largest shard, bytes or ``"5GB"``-style.
+        dtype: Cast tensors to this dtype (default: keep the model's).
+        parallel: This rank's TP ranks / group; default: megatron-core's ``parallel_state``.
+        progress: Show a tqdm bar on rank 0.
+
+    Returns:
+        ``out_dir`` on rank 0, ``None`` on the other ranks.
+    """
+    if parallel is None:
+        parallel = ParallelRanks.from_megatron()
+    max_bytes = parse_shard_size(max_shard_size)
+    models = [model] if isinstance(model, torch.nn.Module) else list(model)
+    chunks = [_chunk_plans(_unwrap(m), cfg) for m in models]
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = _dist_rank()
+    participant = parallel.dp_rank == 0
+    sender = participant and parallel.tp_rank == 0
+
+    # Which rank sends which HF tensor, with its shape and dtype.
+    offer: list[tuple[str, tuple[int, ...], str]] = []
+    if sender:
+        for plans, state in chunks:
+            for plan in plans:
+                if not plan.export:
+                    continue
+                shards = [state[plan.megatron_name]] * (1 if plan.kind == "replicated" else parallel.tp_size)
+                metas = megatron_to_hf_tensors(plan, [_meta(s) for s in shards], cfg)
+                for name, t in metas.items():
+                    out_dtype = dtype if dtype is not None else state[plan.megatron_name].dtype
+                    offer.append((name, tuple(t.shape), str(out_dtype)))
+    if dist:
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, offer)
+    else:
+        gathered = [offer]
+
+    stream = _local_hf_stream(chunks, cfg, parallel, dtype) if participant else iter(())
+    if rank != 0:
+        if sender:
+            for _name, tensor in stream:
+                torch.distributed.send(tensor.contiguous(), dst=0)
+        else:
+            for _ in stream:
+                pass
+        return None
+
+    source: dict[str, tuple[int, tuple[int, ...], torch.dtype]] = {}
+    for src, entries in enumerate(gathered):
+        for name, shape, dtype_name in entries:
+            if name in source and source[name][0] != src:
+                continue  # the same tensor offered twice (should not happen with dp_rank==0 senders only)
+            source[name] = (src, shape, _DTYPES[dtype_name])
+    expected = expected_hf_tensors(cfg)
+    absent = [n for n in expected if n not in source]
+    if absent:
+        raise HFCheckpointError(f"no rank holds these tensors of the config: {[_describe_hf(n) for n in absent[:20]]}")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(expected)
+    sizes = [(n, _numel(source[n][1]) * source[n][2].itemsize) for n in names]
+    shards = _plan_shards(sizes, max_bytes)
+    file_names = (
+        [SAFE_SINGLE_NAME]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    shard_of = {n: i for i, shard in enumerate(shards) for n in shard}
+    _remove_old_weights(out)
+
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    backend_device = _comm_device()
+    buffer: dict[str, torch.Tensor] = {}
+    current = 0
+    bar = tqdm(total=len(names), desc="export HF checkpoint", unit="tensor", disable=not progress)
+    try:
+        for name in names:
+            src, shape, tdtype = source[name]
+            if src == 0:
+                got_name, tensor = next(stream)
+                if got_name != name:
+                    raise HFCheckpointError(f"internal order mismatch: expected {name}, produced {got_name}")
+            else:
+                tensor = torch.empty(shape, dtype=tdtype, device=backend_device)
+                torch.distributed.recv(tensor, src=src)
+            buffer[name] = tensor.detach().to("cpu").contiguous()
+            if shard_of[name] != current:
+                raise HFCheckpointError(f"internal shard order mismatch at {name}")
+            if len(buffer) == len(shards[current]):
+                save_file(buffer, str(out / file_names[current]), metadata={"format": "pt"})
+                buffer = {}
+                current += 1
+            bar.update(1)
+        for _ in stream:  # drain (nothing left when everything matched)
+            pass
+    finally:
+        bar.close()
+
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(s for _, s in sizes)},
+            "weight_map": {n: file_names[shard_of[n]] for n in names},
+        }
+        (out / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    save_hf_config(cfg, out)
+    return out
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _meta(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+
+def _comm_device() -> torch.device:
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_backend() == "nccl"
+    ):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _remove_old_weights(out: Path) -> None:
+    """Remove weights of an earlier export into the same directory so no stale shard is left behind."""
+    for f in list(out.glob("model*.safetensors")) + [out / SAFE_INDEX_NAME]:
+        if f.is_file():
+            f.unlink()

@@ -1,0 +1,185 @@
+"""The configuration of the GRPO / RLOO algorithms: rollout sizes, sampling, advantages and the clipped loss.
+
+Defaults follow the Llama-Nemotron report's scientific-reasoning GRPO run (LN-Ultra): 72 prompts per rollout with
+16 samples each (1,152 sequences), temperature 1, top_p 1, a global batch of 576 sequences, so each rollout gives 2
+gradient updates, and a clipping epsilon of 0.2. :func:`rloo_config` returns the instruction-following RLOO setup.
+
+Plain data: no torch import, so a config can be built and validated anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+AlgorithmName = Literal["grpo", "rloo"]
+LossAggregation = Literal["token", "sequence"]
+
+
+class GRPOConfigError(ValueError):
+    """A field of :class:`GRPOConfig` holds an invalid value."""
+
+
+@dataclass(kw_only=True, slots=True)
+class GRPOConfig:
+    """One config for the GRPO family of algorithms (GRPO and RLOO differ only in their advantage estimator)."""
+
+    algorithm: AlgorithmName = "grpo"
+    """``"grpo"``: group-normalised advantages; ``"rloo"``: leave-one-out baseline without std normalisation.
+    Selects the defaults of ``leave_one_out_baseline`` / ``normalize_advantages_by_std`` in :func:`rloo_config`;
+    the two fields themselves decide what is computed."""
+
+    # ---- rollout sizes -------------------------------------------------------------------------------------------
+    num_prompts_per_rollout: int = 72
+    """Prompts sampled per rollout (LN-Ultra GRPO: 72)."""
+    num_generations: int = 16
+    """Completions sampled per prompt, i.e. the group size (LN-Ultra GRPO: 16). Must be >= 2."""
+    global_batch_size: int = 576
+    """Sequences per optimizer step, summed over data-parallel ranks and micro-batches (LN-Ultra GRPO: 576).
+    Must divide ``num_prompts_per_rollout * num_generations``."""
+    micro_batch_size: int = 1
+    """Sequences per forward/backward pass on one data-parallel rank (gradient accumulation fills the rest)."""
+    epochs_per_rollout: int = 1
+    """Passes over each rollout's samples. Updates per rollout = epochs * rollout size / global batch."""
+
+    # ---- sampling ------------------------------------------------------------------------------------------------
+    temperature: float = 1.0
+    """Sampling temperature for rollouts (paper: 1.0). The loss uses log-probs of the same tempered distribution."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold for rollouts (paper: 1.0, i.e. off)."""
+    max_new_tokens: int = 4096
+    """Longest completion sampled, in tokens. Not stated for the GRPO run; tiny recipes set a small value."""
+    stop: tuple[str, ...] = ()
+    """Stop strings that end a completion (the string itself is kept in the returned text)."""
+    rollout_engine: str = "megatron"
+    """Name of the rollout engine in ``ROLLOUT_ENGINES``: ``"megatron"`` (CPU-capable, embedded), ``"vllm"`` (GPU,
+    colocated), ``"openai"`` (any OpenAI-compatible server)."""
+
+    # ---- advantages ----------------------------------------------------------------------------------------------
+    leave_one_out_baseline: bool = False
+    """Baseline of each sample = mean reward of the OTHER samples of its group (RLOO) instead of the group mean."""
+    normalize_advantages_by_std: bool = True
+    """Divide (reward - baseline) by the group's reward std, only in groups whose std > 0 (others keep the raw,
+    all-zero difference)."""
+    std_unbiased: bool = True
+    """Use Bessel's correction (divide by n - 1) in the group std, as TRL does; False divides by n (NeMo-RL)."""
+    std_epsilon: float = 0.0
+    """Added to the std before dividing. 0 = exact division where std > 0; TRL uses 1e-4 everywhere."""
+
+    # ---- loss ----------------------------------------------------------------------------------------------------
+    epsilon: float = 0.2
+    """Clip range of the probability ratio: [1 - epsilon, 1 + epsilon_high] (paper: 0.2)."""
+    epsilon_high: float | None = None
+    """Upper clip epsilon; ``None`` uses ``epsilon`` (symmetric). A larger value ("clip-higher") lets rare tokens
+    with positive advantage grow faster."""
+    beta: float = 0.0
+    """Coefficient of the KL penalty to the frozen reference policy (k3 estimator exp(r) - 1 - r with
+    r = logp_ref - logp). 0 skips the reference model entirely. LN-Ultra's chat GRPO used 1e-3."""
+    loss_aggregation: LossAggregation = "token"
+    """``"token"``: sum of per-token losses divided by the number of completion tokens in the GLOBAL batch (every
+    token weighs the same); ``"sequence"``: each sequence's token mean, averaged over the global batch's sequences."""
+    importance_sampling_correction: bool = False
+    """Multiply each token's policy-gradient term by the truncated ratio pi_old / pi_generator (trainer log-probs at
+    rollout time over the generator's log-probs), correcting the mismatch between the rollout engine and the
+    trainer (vLLM FP8 vs Megatron bf16)."""
+    importance_sampling_cap: float | None = 2.0
+    """Upper truncation of the importance-sampling weight; ``None`` leaves it unbounded."""
+
+    seed: int = 1234
+    """Seed for prompt order and rollout sampling."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form options for plugins (ignored by the builtin algorithms)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def rollout_size(self) -> int:
+        """Sequences generated per rollout (prompts x generations)."""
+        return self.num_prompts_per_rollout * self.num_generations
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps taken on each rollout (2 with the paper's defaults)."""
+        return self.epochs_per_rollout * self.rollout_size // self.global_batch_size
+
+    @property
+    def clip_high(self) -> float:
+        """The effective upper clip epsilon."""
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    def validate(self) -> None:
+        """Check every field; raise :class:`GRPOConfigError` naming the first bad one and what would be valid."""
+
+        def bad(name: str, value: Any, valid: str) -> GRPOConfigError:
+            return GRPOConfigError(f"GRPOConfig.{name} = {value!r} is invalid: {valid}")
+
+        if self.algorithm not in ("grpo", "rloo"):
+            raise bad("algorithm", self.algorithm, "use 'grpo' or 'rloo'")
+        for name in ("num_prompts_per_rollout", "global_batch_size", "micro_batch_size", "epochs_per_rollout"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, value, "must be an integer >= 1")
+        if not isinstance(self.num_generations, int) or self.num_generations < 2:
+            raise bad("num_generations", self.num_generations, "a group needs at least 2 samples (integer >= 2)")
+        if self.rollout_size % self.global_batch_size:
+            raise bad(
+                "global_batch_size",
+                self.global_batch_size,
+                f"must divide the rollout size num_prompts_per_rollout * num_generations = {self.rollout_size}",
+            )
+        if self.global_batch_size % self.micro_batch_size:
+            raise bad("micro_batch_size", self.micro_batch_size, f"must divide global_batch_size={self.global_batch_size}")
+        if not self.temperature > 0:
+            raise bad("temperature", self.temperature, "must be > 0 (use a tiny value for near-greedy sampling)")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", self.top_p, "must be in (0, 1]")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise bad("max_new_tokens", self.max_new_tokens, "must be an integer >= 1")
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise bad("stop", self.stop, "must be a tuple of non-empty strings")
+        if not self.rollout_engine:
+            raise bad("rollout_engine", self.rollout_engine, "name a registered rollout engine, e.g. 'megatron'")
+        if self.std_epsilon < 0:
+            raise bad("std_epsilon", self.std_epsilon, "must be >= 0")
+        if not 0 < self.epsilon < 1:
+            raise bad("epsilon", self.epsilon, "must be in (0, 1)")
+        if self.epsilon_high is not None and not self.epsilon_high > 0:
+            raise bad("epsilon_high", self.epsilon_high, "must be > 0 or None")
+        if self.beta < 0:
+            raise bad("beta", self.beta, "must be >= 0 (0 disables the KL penalty and the reference model)")
+        if self.loss_aggregation not in ("token", "sequence"):
+            raise bad("loss_aggregation", self.loss_aggregation, "use 'token' or 'sequence'")
+        if self.importance_sampling_cap is not None and not self.importance_sampling_cap > 0:
+            raise bad("importance_sampling_cap", self.importance_sampling_cap, "must be > 0 or None")
+
+    def replace(self, **changes: Any) -> GRPOConfig:
+        """Return a validated copy with ``changes`` applied; unknown names raise with the list of valid fields."""
+        valid = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - valid)
+        if unknown:
+            raise GRPOConfigError(f"unknown GRPOConfig field(s) {unknown}; valid fields: {sorted(valid)}")
+        return replace(self, **changes)
+
+
+def grpo_config(**overrides: Any) -> GRPOConfig:
+    """GRPO with the LN-Ultra scientific-reasoning defaults, plus ``overrides``."""
+    return GRPOConfig().replace(algorithm="grpo", **overrides)
+
+
+def rloo_config(**overrides: Any) -> GRPOConfig:
+    """RLOO as used for instruction-following RL: batch of 128 prompts, leave-one-out baseline, no std division.
+
+    The report gives the batch (128 prompts) and fewer than 120 steps; the group size is not stated, we use 8, with
+    one update per rollout (global batch = 128 x 8).
+    """
+    defaults: dict[str, Any] = {
+        "algorithm": "rloo",
+        "num_prompts_per_rollout": 128,
+        "num_generations": 8,
+        "global_batch_size": 1024,
+        "leave_one_out_baseline": True,
+        "normalize_advantages_by_std": False,
+    }
+    defaults.update(overrides)
+    return GRPOConfig().replace(**defaults)

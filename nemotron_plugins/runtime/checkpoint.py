@@ -1,0 +1,523 @@
+"""Atomic training-state checkpoints that resume exactly.
+
+A checkpoint is one directory per step under a save root::
+
+    save_root/
+      latest                  text file naming the newest complete checkpoint ("step_000123")
+      step_000123/
+        meta.json             step, world size, format version, file list (written last, by rank 0)
+        rank_00000.pt         this rank's model / optimizer shards, scheduler, sampler, extra and RNG states
+        rank_00001.pt         ...
+
+Saving is crash-safe: every rank writes into a hidden temporary directory (``.tmp_step_000123``), the files are
+flushed to disk, all ranks meet at a barrier, then rank 0 writes ``meta.json``, renames the temporary directory to
+its final name with :func:`os.replace` and only then rewrites ``latest`` (itself through a temporary file and
+:func:`os.replace`). A crash at any point before the rename leaves the previous checkpoint and ``latest`` untouched;
+a leftover temporary directory is ignored by readers and removed by the next save.
+
+Exact resume: each rank's file also holds the Python, NumPy and torch RNG states (CPU, CUDA when present, and
+megatron-core's tensor-parallel RNG tracker when it is initialised). :func:`load_training_state` restores them by
+default, so a run that is killed and resumed draws the same random numbers (dropout masks, data order) as one that
+never stopped.
+
+Plain :func:`torch.save` is used; files are read back with ``weights_only=True`` unless asked otherwise, so a
+checkpoint can hold tensors, numbers, strings, lists, tuples and dicts (what model, optimizer, scheduler and sampler
+state dicts contain).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+LATEST_FILE = "latest"
+META_FILE = "meta.json"
+_STEP_DIR_RE = re.compile(r"^step_(\d+)$")
+_TMP_PREFIX = ".tmp_"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not match the current run."""
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainingState:
+    """Everything :func:`load_training_state` returns for this rank."""
+
+    step: int
+    """Training step the checkpoint was taken at (the number of completed steps)."""
+    path: Path
+    """The ``step_XXXXXX`` directory that was loaded."""
+    model_state: Any = None
+    """This rank's model state dict (or shard of it)."""
+    optimizer_state: Any = None
+    """This rank's optimizer state dict (or shard of it)."""
+    scheduler_state: Any = None
+    """Learning-rate scheduler state."""
+    sampler_state: Any = None
+    """Data position: sampler / data-iterator state."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form extra values saved by the caller (config echo, metrics, ...)."""
+    rng_state: dict[str, Any] | None = None
+    """The RNG states that were saved (already restored when ``restore_rng=True``)."""
+    world_size: int = 1
+    """World size of the run that wrote the checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distributed helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _dist_active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if _dist_active():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist_active():
+        torch.distributed.barrier()
+
+
+def _broadcast_ok(ok: bool) -> bool:
+    """All ranks agree whether every rank succeeded (so no rank commits a partial checkpoint)."""
+    if not _dist_active():
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int64)
+    if torch.distributed.get_backend() == "nccl":
+        flag = flag.cuda()
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RNG capture / restore
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Capture the Python, NumPy and torch RNG states of this process.
+
+    Returns:
+        A dict with ``python``, ``numpy``, ``torch_cpu`` and, when present, ``torch_cuda`` (one state per visible
+        device) and ``megatron_tracker`` (megatron-core's named tensor-parallel RNG states). Only plain types and
+        tensors, so it saves and loads with ``weights_only=True``.
+    """
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
+        "torch_cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    tracker = _megatron_rng_tracker()
+    if tracker is not None:
+        state["megatron_tracker"] = {name: s.clone() for name, s in tracker.get_states().items()}
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore RNG states captured by :func:`get_rng_state`.
+
+    Args:
+        state: The dict from :func:`get_rng_state`.
+
+    Raises:
+        CheckpointError: CUDA states were saved for more devices than are visible now.
+    """
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np.asarray(np_keys.numpy(), dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch_cpu"])
+    cuda_states = state.get("torch_cuda")
+    if cuda_states is not None and torch.cuda.is_available():
+        if len(cuda_states) > torch.cuda.device_count():
+            raise CheckpointError(
+                f"checkpoint holds CUDA RNG states for {len(cuda_states)} devices but only "
+                f"{torch.cuda.device_count()} are visible"
+            )
+        torch.cuda.set_rng_state_all(cuda_states)
+    tracker_states = state.get("megatron_tracker")
+    if tracker_states:
+        tracker = _megatron_rng_tracker(require_initialized=False)
+        if tracker is not None:
+            tracker.set_states(tracker_states)
+
+
+def _megatron_rng_tracker(require_initialized: bool = True) -> Any | None:
+    """Megatron's tensor-parallel RNG tracker, only if megatron-core is already imported (never import it here)."""
+    module = sys.modules.get("megatron.core.tensor_parallel.random")
+    if module is None:
+        return None
+    try:
+        tracker = module.get_cuda_rng_tracker()
+        if require_initialized and not tracker.is_initialized():
+            return None
+        return tracker
+    except Exception:  # noqa: BLE001 - a tracker we cannot read is simply not captured
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# File-system helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def step_dir_name(step: int) -> str:
+    """Directory name of the checkpoint for ``step`` (``step_000123``)."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return f"step_{step:06d}"
+
+
+def rank_file_name(rank: int) -> str:
+    """File name of one rank's shard (``rank_00000.pt``)."""
+    return f"rank_{rank:05d}.pt"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform / file system allows opening a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def list_checkpoints(save_root: str | os.PathLike[str]) -> list[int]:
+    """Steps of the complete checkpoints under ``save_root`` (those with ``meta.json``), ascending."""
+    root = Path(save_root)
+    if not root.is_dir():
+        return []
+    steps = []
+    for child in root.iterdir():
+        match = _STEP_DIR_RE.match(child.name)
+        if match and child.is_dir() and (child / META_FILE).is_file():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def latest_step(save_root: str | os.PathLike[str]) -> int | None:
+    """The step named by the ``latest`` pointer, or ``None`` when there is no checkpoint yet.
+
+    Raises:
+        CheckpointError: ``latest`` names a directory that is missing or incomplete.
+    """
+    root = Path(save_root)
+    pointer = root / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    match = _STEP_DIR_RE.match(name)
+    if match is None:
+        raise CheckpointError(f"{pointer}: expected a name like 'step_000123', found {name!r}")
+    if not (root / name / META_FILE).is_file():
+        raise CheckpointError(f"{pointer} names {name!r} but {root / name / META_FILE} does not exist")
+    return int(match.group(1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Save / load
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def save_training_state(
+    save_root: str | os.PathLike[str],
+    *,
+    step: int,
+    model_state: Any = None,
+    optimizer_state: Any = None,
+    scheduler_state: Any = None,
+    sampler_state: Any = None,
+    extra: dict[str, Any] | None = None,
+    rng: bool = True,
+    keep_last: int | None = None,
+) -> Path:
+    """Save one training step's state atomically; with torch.distributed active, every rank must call it.
+
+    Each rank writes ``rank_XXXXX.pt`` with its own model / optimizer shards, the scheduler, sampler and extra
+    values and (with ``rng=True``) its RNG states. Rank 0 commits the checkpoint after all ranks have written.
+
+    Args:
+        save_root: Directory holding all checkpoints of the run (created when missing).
+        step: Number of completed training steps.
+        model_state: This rank's model state dict.
+        optimizer_state: This rank's optimizer state dict.
+        scheduler_state: Learning-rate scheduler state dict.
+        sampler_state: Data position (sampler / iterator state).
+        extra: Further values to store (must be picklable with plain types and tensors).
+        rng: Capture this process's RNG states.
+        keep_last: After committing, delete all but the newest ``keep_last`` checkpoints (``None`` keeps all).
+
+    Returns:
+        The committed ``step_XXXXXX`` directory.
+
+    Raises:
+        CheckpointError: Some rank failed to write its file; nothing was committed.
+    """
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+    rank, world_size = _rank_and_world()
+    root = Path(save_root)
+    final_dir = root / step_dir_name(step)
+    tmp_dir = root / f"{_TMP_PREFIX}{step_dir_name(step)}"
+
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp_dirs(root)
+        tmp_dir.mkdir()
+    _barrier()
+
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "rank": rank,
+        "world_size": world_size,
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "scheduler": scheduler_state,
+        "sampler": sampler_state,
+        "extra": dict(extra or {}),
+        "rng": get_rng_state() if rng else None,
+    }
+    rank_path = tmp_dir / rank_file_name(rank)
+    ok = True
+    error: BaseException | None = None
+    try:
+        torch.save(payload, rank_path)
+        _fsync_file(rank_path)
+    except Exception as exc:  # noqa: BLE001 - reported below after all ranks agree
+        ok, error = False, exc
+    if not _broadcast_ok(ok):
+        if rank == 0:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        _barrier()
+        if error is not None:
+            raise error
+        raise CheckpointError(f"another rank failed to write its shard of {final_dir}; nothing was committed")
+
+    if rank == 0:
+        try:
+            _commit(root, tmp_dir, final_dir, step=step, world_size=world_size)
+            if keep_last is not None:
+                prune_checkpoints(root, keep_last)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # no-op after a successful rename
+    _barrier()
+    return final_dir
+
+
+def _commit(root: Path, tmp_dir: Path, final_dir: Path, *, step: int, world_size: int) -> None:
+    """Rank 0: write meta.json, rename the temp dir into place, then move ``latest``."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "world_size": world_size,
+        "files": [rank_file_name(r) for r in range(world_size)],
+        "saved_at": time.time(),
+    }
+    missing = [name for name in meta["files"] if not (tmp_dir / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{tmp_dir}: rank files {missing} are missing; nothing was committed")
+    meta_path = tmp_dir / META_FILE
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    _fsync_file(meta_path)
+    _fsync_dir(tmp_dir)
+    if final_dir.exists():
+        # Re-saving a step: move the old copy aside first so a crash still leaves one complete directory.
+        old = root / f"{_TMP_PREFIX}old_{final_dir.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final_dir)
+    _fsync_dir(root)
+    _atomic_write_text(root / LATEST_FILE, final_dir.name + "\n")
+
+
+def _remove_stale_tmp_dirs(root: Path) -> None:
+    for child in root.iterdir():
+        if child.name.startswith(_TMP_PREFIX):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def prune_checkpoints(save_root: str | os.PathLike[str], keep_last: int) -> list[int]:
+    """Delete all but the newest ``keep_last`` complete checkpoints; never deletes the one ``latest`` names.
+
+    Args:
+        save_root: Directory holding the checkpoints.
+        keep_last: How many to keep (>= 1).
+
+    Returns:
+        The steps that were deleted.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    root = Path(save_root)
+    steps = list_checkpoints(root)
+    protected = latest_step(root)
+    doomed = [s for s in steps[:-keep_last] if s != protected]
+    for s in doomed:
+        # Rename first so a crash mid-delete never leaves a half-deleted directory that looks complete.
+        victim = root / step_dir_name(s)
+        trash = root / f"{_TMP_PREFIX}del_{victim.name}"
+        os.replace(victim, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+def load_training_state(
+    save_root: str | os.PathLike[str],
+    *,
+    step: int | None = None,
+    restore_rng: bool = True,
+    map_location: str | torch.device | None = "cpu",
+    weights_only: bool = True,
+) -> TrainingState:
+    """Load this rank's training state from ``save_root``.
+
+    Args:
+        save_root: Directory holding the checkpoints (as given to :func:`save_training_state`), or one
+            ``step_XXXXXX`` directory itself.
+        step: Which step to load; ``None`` loads the one ``latest`` names.
+        restore_rng: Restore the saved RNG states into this process.
+        map_location: Passed to :func:`torch.load`.
+        weights_only: Passed to :func:`torch.load`; set ``False`` only for checkpoints you wrote that hold
+            arbitrary Python objects.
+
+    Returns:
+        The loaded :class:`TrainingState`.
+
+    Raises:
+        CheckpointError: No checkpoint, an incomplete one, or one written with a different world size.
+    """
+    path = Path(save_root)
+    if _STEP_DIR_RE.match(path.name) and (path / META_FILE).is_file() and step is None:
+        ckpt_dir = path
+    else:
+        if step is None:
+            step = latest_step(path)
+            if step is None:
+                raise CheckpointError(f"no checkpoint under {path} (no '{LATEST_FILE}' file)")
+        ckpt_dir = path / step_dir_name(step)
+    meta_path = ckpt_dir / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint ({META_FILE} missing)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path}: format_version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    rank, world_size = _rank_and_world()
+    if meta["world_size"] != world_size:
+        raise CheckpointError(
+            f"{ckpt_dir} was written by {meta['world_size']} ranks but this run has {world_size}; "
+            "resume with the same parallel layout"
+        )
+    rank_path = ckpt_dir / rank_file_name(rank)
+    if not rank_path.is_file():
+        raise CheckpointError(f"{rank_path} is missing")
+    payload = torch.load(rank_path, map_location=map_location, weights_only=weights_only)
+    if payload.get("step") != meta["step"]:
+        raise CheckpointError(f"{rank_path}: step {payload.get('step')} does not match {meta_path} ({meta['step']})")
+    if restore_rng and payload.get("rng") is not None:
+        set_rng_state(payload["rng"])
+    return TrainingState(
+        step=int(meta["step"]),
+        path=ckpt_dir,
+        model_state=payload.get("model"),
+        optimizer_state=payload.get("optimizer"),
+        scheduler_state=payload.get("scheduler"),
+        sampler_state=payload.get("sampler"),
+        extra=payload.get("extra") or {},
+        rng_state=payload.get("rng"),
+        world_size=int(meta["world_size"]),
+    )
+
+
+class CheckpointManager:
+    """Periodic atomic checkpoints of one run with retention.
+
+    Example:
+        >>> mgr = CheckpointManager(save_dir, keep_last=2)  # doctest: +SKIP
+        >>> if mgr.latest() is not None:  # doctest: +SKIP
+        ...     state = mgr.load()
+        >>> mgr.save(step, model_state=model.state_dict(), optimizer_state=opt.state_dict())  # doctest: +SKIP
+    """
+
+    def __init__(self, save_dir: str | os.PathLike[str], *, keep_last: int | None = 2) -> None:
+        """Create a manager.
+
+        Args:
+            save_dir: Directory holding this run's checkpoints.
+            keep_last: Checkpoints to keep after each save (``None`` keeps all).
+        """
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+        self.save_dir = Path(save_dir)
+        self.keep_last = keep_last
+
+    def save(self, step: int, **state: Any) -> Path:
+        """Save a checkpoint; keyword arguments are those of :func:`save_training_state`."""
+        return save_training_state(self.save_dir, step=step, keep_last=self.keep_last, **state)
+
+    def latest(self) -> int | None:
+        """Step of the newest complete checkpoint, or ``None``."""
+        return latest_step(self.save_dir)
+
+    def steps(self) -> list[int]:
+        """Steps of all complete checkpoints, ascending."""
+        return list_checkpoints(self.save_dir)
+
+    def load(self, step: int | None = None, **kwargs: Any) -> TrainingState:
+        """Load a checkpoint (the latest by default); keyword arguments are those of :func:`load_training_state`."""
+        return load_training_state(self.save_dir, step=step, **kwargs)

@@ -1,0 +1,1 @@
+"""Independent plain-PyTorch reference implementations used as test oracles."""

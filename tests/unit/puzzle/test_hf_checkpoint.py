@@ -1,0 +1,197 @@
+"""HF DeciLM <-> Megatron tensor mapping: pure functions, naming, errors (no distributed setup)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemotron_plugins.puzzle.hf_checkpoint import (
+    HFCheckpointError,
+    TensorPlan,
+    expected_hf_tensors,
+    fc1_from_megatron,
+    fc1_to_megatron,
+    hf_to_megatron_tensor,
+    megatron_to_hf_tensors,
+    parse_shard_size,
+    plan_megatron_tensors,
+    qkv_from_megatron,
+    qkv_to_megatron,
+)
+from tests.reference.tiny_checkpoints import random_hf_weights, tensor_hashes, tiny_heterogeneous_config
+
+torch.set_num_threads(1)
+
+
+def test_expected_names_follow_decilm_rules() -> None:
+    cfg = tiny_heterogeneous_config()
+    names = expected_hf_tensors(cfg)
+    layer = {
+        i: sorted(n.split(f"model.layers.{i}.")[1] for n in names if n.startswith(f"model.layers.{i}."))
+        for i in range(6)
+    }
+    assert layer[0] == sorted(
+        ["input_layernorm.weight", "post_attention_layernorm.weight"]
+        + [f"self_attn.{x}_proj.weight" for x in "qkvo"]
+        + [f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")]
+    )
+    # Linear replacements keep their pre-norm.
+    assert "input_layernorm.weight" in layer[1] and "self_attn.linear_attn.weight" in layer[1]
+    # No-op attention: no norm, no weights; linear FFN keeps post_attention_layernorm.
+    assert layer[2] == ["mlp.linear_mlp.weight", "post_attention_layernorm.weight"]
+    # GQA attention with a no-op FFN: no post_attention_layernorm.
+    assert layer[3] == sorted(["input_layernorm.weight"] + [f"self_attn.{x}_proj.weight" for x in "qkvo"])
+    assert layer[4] == []
+    assert names["model.layers.3.self_attn.k_proj.weight"] == (4 * 8, 32)
+    assert names["model.layers.0.self_attn.k_proj.weight"] == (2 * 8, 32)
+    assert names["model.layers.0.mlp.down_proj.weight"] == (32, 96)
+    assert list(names)[0] == "model.embed_tokens.weight" and list(names)[-1] == "lm_head.weight"
+    assert "lm_head.weight" not in expected_hf_tensors(tiny_heterogeneous_config(tie_word_embeddings=True))
+
+
+@pytest.mark.parametrize(("heads", "kv", "tp"), [(4, 2, 1), (4, 2, 2), (8, 4, 2), (8, 8, 4), (8, 1, 1)])
+def test_qkv_layout_and_round_trip(heads: int, kv: int, tp: int) -> None:
+    hd, hidden = 4, 16
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(heads * hd, hidden, generator=gen)
+    k = torch.randn(kv * hd, hidden, generator=gen)
+    v = torch.randn(kv * hd, hidden, generator=gen)
+    shards = [
+        qkv_to_megatron(q, k, v, num_heads=heads, num_kv_heads=kv, head_dim=hd, tp_rank=r, tp_size=tp)
+        for r in range(tp)
+    ]
+    assert all(s.shape == ((heads + 2 * kv) * hd // tp, hidden) for s in shards)
+    q2, k2, v2 = qkv_from_megatron(shards, num_heads=heads, num_kv_heads=kv, head_dim=hd)
+    assert torch.equal(q, q2) and torch.equal(k, k2) and torch.equal(v, v2)
+
+    # Semantics: the fused projection, viewed per query group as megatron does, gives each head's q/k/v.
+    x = torch.randn(3, hidden, generator=gen)
+    per_group = heads // kv
+    for r, shard in enumerate(shards):
+        out = (x @ shard.T).view(3, kv // tp, (per_group + 2) * hd)
+        for g_local in range(kv // tp):
+            g = r * (kv // tp) + g_local
+            qs = out[:, g_local, : per_group * hd]
+            ks = out[:, g_local, per_group * hd : (per_group + 1) * hd]
+            vs = out[:, g_local, (per_group + 1) * hd :]
+            assert torch.allclose(qs, x @ q[g * per_group * hd : (g + 1) * per_group * hd].T, atol=1e-6)
+            assert torch.allclose(ks, x @ k[g * hd : (g + 1) * hd].T, atol=1e-6)
+            assert torch.allclose(vs, x @ v[g * hd : (g + 1) * hd].T, atol=1e-6)
+
+
+def test_qkv_errors() -> None:
+    q, k, v = torch.zeros(16, 8), torch.zeros(4, 8), torch.zeros(4, 8)
+    with pytest.raises(HFCheckpointError, match="1 KV heads cannot be split over TP=2"):
+        qkv_to_megatron(q, k, v, num_heads=4, num_kv_heads=1, head_dim=4, tp_rank=0, tp_size=2)
+    with pytest.raises(HFCheckpointError, match="k_proj: expected shape"):
+        qkv_to_megatron(q, k, v, num_heads=4, num_kv_heads=2, head_dim=4)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_fc1_is_gate_then_up_per_shard(tp: int) -> None:
+    gate = torch.arange(8 * 3, dtype=torch.float32).view(8, 3)
+    up = -gate
+    shards = [fc1_to_megatron(gate, up, tp_rank=r, tp_size=tp) for r in range(tp)]
+    for r, s in enumerate(shards):
+        g, u = s.chunk(2)  # what megatron's SwiGLU does to each shard's output
+        assert torch.equal(g, gate[r * 8 // tp : (r + 1) * 8 // tp])
+        assert torch.equal(u, up[r * 8 // tp : (r + 1) * 8 // tp])
+    g2, u2 = fc1_from_megatron(shards)
+    assert torch.equal(g2, gate) and torch.equal(u2, up)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_plan_round_trips_bitwise(tp: int, tied: bool, dtype: torch.dtype) -> None:
+    cfg = tiny_heterogeneous_config(tie_word_embeddings=tied)
+    hf = random_hf_weights(cfg, seed=1, dtype=dtype)
+    # A last PP stage with a separate output-layer copy when tied (has_output_layer=True).
+    plans = plan_megatron_tensors(cfg, has_output_layer=True)
+    padded = 64  # vocab 50 padded to a multiple of 64
+    back: dict[str, torch.Tensor] = {}
+    for plan in plans:
+        shards = [
+            hf_to_megatron_tensor(plan, hf, cfg, tp_rank=r, tp_size=tp, padded_vocab_size=padded) for r in range(tp)
+        ]
+        if plan.kind == "vocab":
+            assert sum(s.shape[0] for s in shards) == padded
+            assert torch.count_nonzero(torch.cat(shards)[cfg.vocab_size :]) == 0
+        if plan.kind == "replicated":
+            shards = shards[:1]
+        if plan.export:
+            back.update(megatron_to_hf_tensors(plan, shards, cfg))
+    assert tensor_hashes(back) == tensor_hashes(hf)
+
+
+def test_plan_names_and_pipeline_local_numbering() -> None:
+    cfg = tiny_heterogeneous_config()
+    stage1 = plan_megatron_tensors(cfg, layers=[3, 4, 5], has_embedding=False, has_final_norm=True)
+    names = [p.megatron_name for p in stage1]
+    assert names == [
+        "decoder.layers.0.input_layernorm.weight",
+        "decoder.layers.0.self_attention.linear_qkv.weight",
+        "decoder.layers.0.self_attention.linear_proj.weight",
+        "decoder.layers.2.input_layernorm.weight",
+        "decoder.layers.2.self_attention.linear_qkv.weight",
+        "decoder.layers.2.self_attention.linear_proj.weight",
+        "decoder.layers.2.pre_mlp_layernorm.weight",
+        "decoder.layers.2.mlp.linear_fc1.weight",
+        "decoder.layers.2.mlp.linear_fc2.weight",
+        "decoder.final_layernorm.weight",
+        "output_layer.weight",
+    ]
+    assert stage1[1].hf_names == tuple(f"model.layers.3.self_attn.{x}_proj.weight" for x in "qkv")
+    assert stage1[1].num_kv_heads == 4 and stage1[1].layer == 3
+    stage0 = plan_megatron_tensors(cfg, layers=[0, 1, 2], has_final_norm=False)
+    by_name = {p.megatron_name: p for p in stage0}
+    assert by_name["decoder.layers.1.self_attention.weight"].hf_names == (
+        "model.layers.1.self_attn.linear_attn.weight",
+    )
+    assert by_name["decoder.layers.1.self_attention.weight"].kind == "column"
+    assert by_name["decoder.layers.2.mlp.weight"].hf_names == ("model.layers.2.mlp.linear_mlp.weight",)
+    assert "decoder.layers.2.input_layernorm.weight" not in by_name  # no-op attention has no norm
+    assert "output_layer.weight" not in by_name and "embedding.word_embeddings.weight" in by_name
+
+
+def test_te_fused_norm_names_are_picked_from_the_model() -> None:
+    cfg = tiny_heterogeneous_config()
+    keys = {
+        "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight",
+        "decoder.layers.0.mlp.linear_fc1.layer_norm_weight",
+        "decoder.layers.1.self_attention.layer_norm_weight",
+    }
+    plans = {p.hf_names[0]: p.megatron_name for p in plan_megatron_tensors(cfg, layers=[0, 1], model_keys=keys)}
+    assert (
+        plans["model.layers.0.input_layernorm.weight"]
+        == "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight"
+    )
+    assert (
+        plans["model.layers.0.post_attention_layernorm.weight"] == "decoder.layers.0.mlp.linear_fc1.layer_norm_weight"
+    )
+    assert plans["model.layers.1.input_layernorm.weight"] == "decoder.layers.1.self_attention.layer_norm_weight"
+
+
+def test_plan_rejects_layers_outside_the_config() -> None:
+    with pytest.raises(HFCheckpointError, match="global layer 9"):
+        plan_megatron_tensors(tiny_heterogeneous_config(), layers=[9])
+
+
+def test_vocab_that_does_not_fit_is_an_error() -> None:
+    cfg = tiny_heterogeneous_config()
+    plan = TensorPlan(
+        megatron_name="embedding.word_embeddings.weight", hf_names=("model.embed_tokens.weight",), kind="vocab"
+    )
+    with pytest.raises(HFCheckpointError, match="50 vocabulary rows do not fit the model's 40"):
+        hf_to_megatron_tensor(plan, {"model.embed_tokens.weight": torch.zeros(50, 32)}, cfg, padded_vocab_size=40)
+
+
+def test_parse_shard_size() -> None:
+    assert parse_shard_size("5GB") == 5 * 10**9
+    assert parse_shard_size("2MiB") == 2 * 2**20
+    assert parse_shard_size(" 1.5 kb ") == 1500
+    assert parse_shard_size(123) == 123
+    with pytest.raises(ValueError, match="max_shard_size"):
+        parse_shard_size("5 parsecs")
+    with pytest.raises(ValueError, match="positive"):
+        parse_shard_size(0)

@@ -1,0 +1,134 @@
+"""``math``: extraction, exact numeric matching, math-verify equivalence, safety pre-checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from nemotron_plugins.rewards.base import RewardSample, RewardStatus
+from nemotron_plugins.rewards.math import (
+    MathReward,
+    extract_answer,
+    is_expensive,
+    parse_plain_number,
+    precheck_latex,
+)
+
+REWARD = MathReward()
+
+
+def score(completion: str, gt: object) -> float:
+    [r] = REWARD.score([RewardSample(completion=completion, ground_truth=gt, metadata={"reasoning": "on"})])
+    assert r.status is RewardStatus.OK, r
+    return r.score
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("<think>7*6</think>The answer is $\\boxed{42}$.", ("42", True)),
+        ("<think>1000+234</think>1234", ("1234", False)),
+        ("<think>..</think>\\boxed{\\frac{1}{2}} and later \\boxed{3}", ("3", True)),
+        ("<think>\\boxed{1}</think>so the answer is 2.", ("2", False)),  # boxes inside the reasoning do not count
+        ("Answer: $x = 5$", ("x = 5", False)),
+        ("**Final answer:** 3/4", ("3/4", False)),
+        ("We compute lots of things here and conclude that the value is 17 overall, as derived.", ("17", False)),
+        ("<think>never closed 42", (None, False)),
+        ("\\boxed{unclosed", (None, False)),
+        ("\\boxed{\\frac{a}{b}", (None, False)),
+        ("", (None, False)),
+    ],
+)
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+def test_boxed_only_mode():
+    assert extract_answer("<think></think>42", mode="boxed") == (None, False)
+    assert MathReward(mode="boxed").score([RewardSample(completion="42", ground_truth="42")])[0].score == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("1,234", 1234), ("-2.5", -2.5), ("3/4", 0.75), ("\\frac{3}{4}", 0.75), ("\\dfrac{1}{8}", 0.125), ("x = 5", 5)],
+)
+def test_plain_numbers_are_exact(text, value):
+    assert parse_plain_number(text) == pytest.approx(value)
+
+
+def test_plain_number_rejects_expressions():
+    assert parse_plain_number("x^2") is None
+    assert parse_plain_number("1/0") is None
+
+
+@pytest.mark.parametrize(
+    "completion, gt, expected",
+    [
+        ("<think>...</think>1234", "1234", 1.0),  # the tiny GRPO demo's plain answers
+        ("<think>...</think>1234", 1234, 1.0),
+        ("<think>...</think>1235", "1234", 0.0),
+        ("<think></think>12340", "1234", 0.0),
+        ("\\boxed{1,234}", "1234", 1.0),
+        ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+        ("\\boxed{0.333333}", "\\frac{1}{3}", 1.0),
+        ("\\boxed{0.3}", "\\frac{1}{3}", 0.0),
+        ("The answer is $\\frac{\\sqrt{2}}{2}$.", "\\frac{1}{\\sqrt{2}}", 1.0),
+        ("\\boxed{x^2+2x+1}", "(x+1)^2", 1.0),
+        ("\\boxed{x^2+2x+2}", "(x+1)^2", 0.0),
+        ("\\boxed{\\{1,2\\}}", "\\{2,1\\}", 1.0),
+        ("\\boxed{\\pi/2}", "\\frac{\\pi}{2}", 1.0),
+        ("\\boxed{90^\\circ}", "90", 1.0),
+        ("\\boxed{x = 3}", "3", 1.0),
+        ("Answer: 3/4", "\\boxed{0.75}", 1.0),
+    ],
+)
+def test_equivalence(completion, gt, expected):
+    assert score(completion, gt) == expected
+
+
+@pytest.mark.parametrize("gt", [None, "", "   ", True, float("nan"), [1, 2], "x" * 5000, "{" * 100 + "}" * 100])
+def test_bad_ground_truth_is_invalid_input(gt):
+    [r] = REWARD.score([RewardSample(completion="\\boxed{1}", ground_truth=gt)])
+    assert r.status is RewardStatus.INVALID_INPUT
+    assert "ground_truth" in r.message
+
+
+def test_no_answer_scores_zero_ok_with_components():
+    [r] = REWARD.score([RewardSample(completion="<think>thinking forever", ground_truth="1")])
+    assert r.ok and r.score == 0.0 and r.components == {"extracted": 0.0, "boxed": 0.0}
+
+
+@pytest.mark.parametrize(
+    "answer, fragment",
+    [
+        ("__import__('os').system('true')", "forbidden"),
+        ("lambda: 1", "forbidden"),
+        ('"abc"', "forbidden"),
+        ("a" * 2000, "characters"),
+        ("(" * 60 + ")" * 60, "nests"),
+        ("{", "unbalanced"),
+        ("\\input{/etc/passwd}", "forbidden"),
+    ],
+)
+def test_precheck_rejects_bait(answer, fragment):
+    reason = precheck_latex(answer, max_chars=1000, max_depth=40)
+    assert reason is not None and fragment in reason
+
+
+def test_precheck_accepts_normal_latex():
+    assert precheck_latex("\\frac{\\sqrt{2}}{2} + x^{2}", max_chars=1000, max_depth=40) is None
+
+
+@pytest.mark.parametrize("expr", ["10^{10^{10}}", "9^9^9", "2^{1000000}", "100000!", "2^{3^{4}}"])
+def test_expensive_answers_skip_symbolic_evaluation(expr):
+    assert is_expensive(expr)
+    [r] = REWARD.score([RewardSample(completion=f"\\boxed{{{expr}}}", ground_truth="1")])
+    assert r.ok and r.score == 0.0
+
+
+def test_expensive_answer_still_matches_identical_text():
+    assert score("\\boxed{10^{10^{10}}}", "10^{10^{10}}") == 1.0
+
+
+def test_completion_size_bound():
+    [r] = MathReward(max_completion_chars=100).score([RewardSample(completion="1" * 101, ground_truth="1")])
+    assert r.status is RewardStatus.INVALID_INPUT

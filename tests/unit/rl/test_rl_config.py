@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+
+from nemotron_plugins.registry import ALGORITHMS, ROLLOUT_ENGINES
+from nemotron_plugins.rl.config import GRPOConfig, GRPOConfigError, grpo_config, rloo_config
+
+
+def test_defaults_follow_the_paper():
+    cfg = GRPOConfig()
+    assert (cfg.num_prompts_per_rollout, cfg.num_generations, cfg.global_batch_size) == (72, 16, 576)
+    assert (cfg.temperature, cfg.top_p, cfg.epsilon) == (1.0, 1.0, 0.2)
+    assert cfg.rollout_size == 1152
+    assert cfg.updates_per_rollout == 2
+    assert cfg.clip_high == 0.2
+    assert cfg.loss_aggregation == "token"
+
+
+def test_every_field_has_a_docstring():
+    import ast
+    import inspect
+
+    from nemotron_plugins.rl import config as mod
+
+    tree = ast.parse(inspect.getsource(mod))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GRPOConfig")
+    body = cls.body
+    names = []
+    for i, node in enumerate(body):
+        if isinstance(node, ast.AnnAssign):
+            nxt = body[i + 1] if i + 1 < len(body) else None
+            assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant), node.target.id
+            names.append(node.target.id)
+    assert "epsilon_high" in names and "beta" in names
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"num_generations": 1}, "num_generations"),
+        ({"global_batch_size": 500}, "global_batch_size"),
+        ({"micro_batch_size": 7}, "micro_batch_size"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"beta": -1.0}, "beta"),
+        ({"loss_aggregation": "mean"}, "loss_aggregation"),
+        ({"algorithm": "ppo"}, "algorithm"),
+        ({"stop": "</s>"}, "stop"),
+    ],
+)
+def test_bad_values_name_the_field(changes, field):
+    with pytest.raises(GRPOConfigError, match=rf"GRPOConfig\.{field} ="):
+        GRPOConfig(**changes)
+
+
+def test_replace_rejects_unknown_fields():
+    with pytest.raises(GRPOConfigError, match="unknown GRPOConfig field"):
+        GRPOConfig().replace(epsilonn=0.3)
+    assert GRPOConfig().replace(epsilon_high=0.28).clip_high == 0.28
+
+
+def test_rloo_defaults():
+    cfg = rloo_config()
+    assert cfg.algorithm == "rloo" and cfg.leave_one_out_baseline and not cfg.normalize_advantages_by_std
+    assert cfg.num_prompts_per_rollout == 128 and cfg.updates_per_rollout == 1
+    assert grpo_config(beta=0.01).beta == 0.01
+
+
+def test_plugins_registered():
+    assert {"grpo", "rloo"} <= set(ALGORITHMS.names())
+    assert {"megatron", "vllm", "openai"} <= set(ROLLOUT_ENGINES.names())
+    assert ALGORITHMS.get("rloo").default_config().leave_one_out_baseline
