@@ -1,0 +1,182 @@
+"""megatron-core ``ModuleSpec``s for heterogeneous ("Puzzle") decoder layers, local (CPU) or Transformer Engine.
+
+Each layer of a :class:`~nemotron_plugins.puzzle.block_config.PuzzleModelConfig` picks its attention (GQA with its
+own KV-head count, a linear replacement, or no-op) and its FFN (SwiGLU of its own width, a fused FFN, a linear
+replacement, or no-op). The specs are megatron-core's own heterogeneous specs
+(``megatron.core.models.gpt.heterogeneous.get_gpt_heterogeneous_layer_spec``) driven by a
+``HeterogeneousTransformerConfig`` (built by :func:`nemotron_plugins.puzzle.model.puzzle_transformer_config`); this
+module adds what they lack: a check of every layer against the parallel layout (KV heads and FFN widths divisible by
+TP, naming the layer), an explicit Transformer Engine choice with an honest error where TE is missing, and the
+documentation below. Per-layer KV heads need nothing more: megatron builds each layer from
+``config.get_config_for_layer(n)``, whose ``num_query_groups`` is that layer's KV-head count, and ``SelfAttention``
+splits those groups over TP ranks (checked: TP=2 reproduces TP=1 exactly).
+
+Registered in :data:`nemotron_plugins.registry.LAYER_SPECS` as ``"puzzle_local"`` (:func:`puzzle_local_layer_spec`)
+and ``"puzzle_te"`` (:func:`puzzle_te_layer_spec`); both take ``(config, *, vp_stage=None, pp_rank=None)`` and
+return the ``TransformerBlockSubmodules`` of the layers on that pipeline stage.
+
+State-dict names and layouts
+----------------------------
+Names below are relative to a ``GPTModel`` (what ``model.state_dict()`` gives, without ``module.`` prefixes added by
+DDP wrappers). ``N`` is the layer index *local to the pipeline stage*; the global index is
+``model.decoder.layers[N].layer_number - 1``. ``H`` = hidden size, ``d`` = head dim, ``q`` = attention heads,
+``g`` = KV heads (query groups) of that layer, ``F`` = FFN width of that layer, ``V`` = padded vocab, ``t`` = TP
+size. Shapes are per TP rank. No tensor has a bias. Norm weights are RMSNorm weights of shape ``[H]``, replicated
+over TP.
+
+Model level::
+
+    embedding.word_embeddings.weight      [V/t, H]   first stage; rows of vocab shard r = [r*V/t, (r+1)*V/t)
+    decoder.final_layernorm.weight        [H]        last stage
+    output_layer.weight                   [V/t, H]   last stage, absent when embeddings are tied (except on a
+                                                     last stage that does not hold the embedding, where it is a copy)
+
+GQA attention (``kind == "gqa"``)::
+
+    decoder.layers.N.input_layernorm.weight                [H]            local spec
+    decoder.layers.N.self_attention.linear_qkv.layer_norm_weight  [H]     TE spec (norm fused into the QKV linear)
+    decoder.layers.N.self_attention.linear_qkv.weight      [(q + 2g) * d / t, H]
+    decoder.layers.N.self_attention.linear_proj.weight     [H, q * d / t]
+
+``linear_qkv`` rows are grouped by query group: for each of this rank's ``g/t`` groups (global groups
+``r*g/t ... (r+1)*g/t - 1``), its ``q/g`` query heads (``d`` rows each), then that group's key head (``d`` rows),
+then its value head (``d`` rows). With HF ``q_proj`` ``[q*d, H]``, ``k_proj``/``v_proj`` ``[g*d, H]``: group ``j``
+is ``q_proj[j*(q/g)*d : (j+1)*(q/g)*d]``, ``k_proj[j*d:(j+1)*d]``, ``v_proj[j*d:(j+1)*d]``. ``linear_proj`` columns
+of rank ``r`` are the heads of its groups (HF ``o_proj[:, r*q*d/t : (r+1)*q*d/t]``).
+
+Linear attention (``kind == "linear"``, HF ``self_attn.linear_attn.weight`` ``[H, H]``)::
+
+    decoder.layers.N.input_layernorm.weight                [H]            local spec
+    decoder.layers.N.self_attention.layer_norm_weight      [H]            TE spec
+    decoder.layers.N.self_attention.weight                 [H/t, H]       column-parallel rows r*H/t..(r+1)*H/t;
+                                                                          the output is gathered over TP
+
+SwiGLU FFN (``kind == "swiglu"``, fused FFNs included)::
+
+    decoder.layers.N.pre_mlp_layernorm.weight              [H]            local spec
+    decoder.layers.N.mlp.linear_fc1.layer_norm_weight      [H]            TE spec
+    decoder.layers.N.mlp.linear_fc1.weight                 [2F/t, H]      = cat(gate_shard_r, up_shard_r), where
+                                                                          gate_shard_r = gate_proj[r*F/t:(r+1)*F/t]
+    decoder.layers.N.mlp.linear_fc2.weight                 [H, F/t]       down_proj[:, r*F/t:(r+1)*F/t]
+
+The FFN computes ``fc2(silu(gate) * up)``. A fused FFN (``fused_from=(F1, F2, ...)``, FFN Fusion) is exactly this
+SwiGLU with ``F = F1 + F2 + ...``: its gate/up rows and down columns are the parallel FFNs' concatenated in
+``fused_from`` order (the TP split above is applied to the concatenated width, so one rank may hold parts of two
+fused FFNs).
+
+Linear FFN (``kind == "linear"``, HF ``mlp.linear_mlp.weight`` ``[H, H]``)::
+
+    decoder.layers.N.pre_mlp_layernorm.weight              [H]            local spec
+    decoder.layers.N.mlp.layer_norm_weight                 [H]            TE spec
+    decoder.layers.N.mlp.weight                            [H/t, H]       column-parallel, output gathered
+
+No-op attention / FFN: no tensors at all (no norm either); the sub-block is the identity and adds no residual.
+
+Every layer also holds ``decoder.layers.N.self_attention.core_attention._extra_state`` / TE ``_extra_state``
+entries only with TE (FP8 metadata); the local spec has none.
+
+The RoPE inverse frequencies are not in the state dict (computed from ``rope_theta`` / ``rope_scaling``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "LayerSpecError",
+    "have_transformer_engine",
+    "puzzle_layer_spec",
+    "puzzle_local_layer_spec",
+    "puzzle_te_layer_spec",
+    "validate_layers_for_parallel",
+]
+
+
+class LayerSpecError(ValueError):
+    """A layer does not fit the requested parallel layout or module implementation."""
+
+
+def have_transformer_engine() -> bool:
+    """Whether Transformer Engine and megatron-core's TE modules import here (never true on a CPU-only machine)."""
+    try:
+        from megatron.core.models.gpt.heterogeneous import heterogeneous_layer_specs as specs
+    except ImportError:
+        return False
+    return bool(getattr(specs, "HAVE_TE", False))
+
+
+def validate_layers_for_parallel(config: Any) -> None:
+    """Check every layer of a ``HeterogeneousTransformerConfig`` against its tensor-parallel size.
+
+    Args:
+        config: megatron ``HeterogeneousTransformerConfig`` (``per_block_parameters`` filled).
+
+    Raises:
+        LayerSpecError: naming the layer and the size that is not divisible by TP, and what would be valid.
+    """
+    tp = config.tensor_model_parallel_size
+    if config.num_attention_heads % tp:
+        raise LayerSpecError(
+            f"num_attention_heads={config.num_attention_heads} is not divisible by tensor_model_parallel_size={tp}"
+        )
+    if config.hidden_size % tp:
+        raise LayerSpecError(f"hidden_size={config.hidden_size} is not divisible by tensor_model_parallel_size={tp}")
+    for index, block in enumerate(config.per_block_parameters):
+        groups = block.attention.num_query_groups
+        if groups is not None and groups % tp:
+            valid = [d for d in range(1, config.num_attention_heads + 1) if config.num_attention_heads % d == 0]
+            raise LayerSpecError(
+                f"layer {index}: {groups} KV heads are not divisible by tensor_model_parallel_size={tp}; every GQA "
+                f"layer's KV heads must be a multiple of TP (KV heads dividing {config.num_attention_heads} heads: "
+                f"{valid})"
+            )
+        width = block.mlp.ffn_hidden_size
+        if width is not None and int(width) % tp:
+            raise LayerSpecError(
+                f"layer {index}: FFN width {width} is not divisible by tensor_model_parallel_size={tp}"
+            )
+
+
+def puzzle_layer_spec(
+    config: Any,
+    *,
+    use_transformer_engine: bool = False,
+    vp_stage: int | None = None,
+    pp_rank: int | None = None,
+) -> Any:
+    """The ``TransformerBlockSubmodules`` for the layers of ``config`` on one pipeline stage.
+
+    Args:
+        config: megatron ``HeterogeneousTransformerConfig``.
+        use_transformer_engine: Use TE modules (fused norm + linear, TE attention). Needs TE and CUDA.
+        vp_stage: Virtual pipeline stage (``None`` without virtual pipelining).
+        pp_rank: Pipeline rank (``None``: this process's rank).
+
+    Returns:
+        megatron ``TransformerBlockSubmodules`` (one ``ModuleSpec`` per layer on the stage, plus the final norm).
+
+    Raises:
+        LayerSpecError: TE requested but not installed, or a layer that does not fit the TP size.
+    """
+    from megatron.core.models.gpt.heterogeneous.heterogeneous_layer_specs import get_gpt_heterogeneous_layer_spec
+
+    if use_transformer_engine and not have_transformer_engine():
+        raise LayerSpecError(
+            "use_transformer_engine=True but Transformer Engine is not importable here (it needs CUDA); "
+            "use the 'puzzle_local' layer spec (megatron-core's local modules) on CPU"
+        )
+    if config.normalization != "RMSNorm":
+        raise LayerSpecError(f"Puzzle models use RMSNorm, got normalization={config.normalization!r}")
+    validate_layers_for_parallel(config)
+    return get_gpt_heterogeneous_layer_spec(config, use_te=use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank)
+
+
+def puzzle_local_layer_spec(config: Any, *, vp_stage: int | None = None, pp_rank: int | None = None) -> Any:
+    """:func:`puzzle_layer_spec` with megatron-core's local (non-TE) modules: torch RMSNorm, local attention."""
+    return puzzle_layer_spec(config, use_transformer_engine=False, vp_stage=vp_stage, pp_rank=pp_rank)
+
+
+def puzzle_te_layer_spec(config: Any, *, vp_stage: int | None = None, pp_rank: int | None = None) -> Any:
+    """:func:`puzzle_layer_spec` with Transformer Engine modules (GPU only; raises :class:`LayerSpecError` without
+    TE)."""
+    return puzzle_layer_spec(config, use_transformer_engine=True, vp_stage=vp_stage, pp_rank=pp_rank)
