@@ -109,7 +109,11 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.plot:
         from nemotron_plugins.curriculum.plotting import plot_plan
 
-        plot_plan(plan.bin_counts, means, args.plot)
+        title = (
+            f"Curriculum plan: {plan.num_batches} batches of {args.batch_size} "
+            f"(width {args.width}, {args.schedule}, balance {args.balance})"
+        )
+        plot_plan(plan.bin_counts, means, args.plot, title=title)
     if args.json:
         ids = table.ids
         batches = [[ids[i] for i in plan.batch(b).tolist()] for b in range(plan.num_batches)]

@@ -363,13 +363,15 @@ def plan_progressive_epoch(
     bin_sizes, positions = bin_positions(pass_rates, bins, num_bins)
     counts = plan_bin_counts(bin_sizes, positions, batch_sizes, config)
 
-    # Every bin's prompts in a random order: sort by (bin, random key).
-    by_bin = np.lexsort((rng.random(len(pass_rates)), bins))
+    # Every bin's prompts in a random order: a random permutation, then a stable (radix) sort by bin.
+    small = np.int16 if num_bins < 2**15 else np.int64
+    permutation = rng.permutation(len(pass_rates))
+    by_bin = permutation[np.argsort(bins[permutation].astype(small), kind="stable")]
     bin_start = np.concatenate(([0], np.cumsum(bin_sizes)[:-1]))
 
     # Slot s of the epoch (batch-major, then bin) takes the next unused prompt of its bin.
     slot_bin = np.repeat(np.tile(np.arange(num_bins), len(batch_sizes)), counts.ravel())
-    slot_order = np.argsort(slot_bin, kind="stable")
+    slot_order = np.argsort(slot_bin.astype(small), kind="stable")
     taken_per_bin = counts.sum(axis=0)
     group_start = np.concatenate(([0], np.cumsum(taken_per_bin)[:-1]))
     rank = np.empty(len(slot_bin), dtype=np.int64)

@@ -38,7 +38,7 @@ optimizer states are offloaded to host memory while generating, the bf16 trainin
 * training weights ``2 * P_i / t`` of the worst stage;
 * generation weights ``total / t_gen`` at 1 byte (FP8 generation) or 2 bytes; embedding and output layer stay bf16;
 * KV cache ``kv_bytes_per_token / t_gen * seqs * (prompt + max_new_tokens)`` where ``seqs`` is the rollout's
-  ``prompts * generations`` divided over the ``world / t_gen`` generation replicas and the per-token bytes come from
+  ``prompts * generations`` divided over the ``world / t_gen`` generation replicas (at most ``max_num_seqs``) and the per-token bytes come from
   the cost model at the KV-cache dtype.
 
 Peak = max(training, generation) + a fixed runtime overhead (CUDA context, NCCL buffers, allocator fragmentation:
@@ -264,6 +264,8 @@ def estimate_memory(
         t_gen = gen.tensor_model_parallel_size
         replicas = max(1, recipe.world_size // t_gen)
         seqs = math.ceil(alg.prompts_per_rollout * alg.generations_per_prompt / replicas)
+        if gen.max_num_seqs is not None:
+            seqs = min(seqs, gen.max_num_seqs)
         tokens = recipe.data.max_seq_length + gen.max_new_tokens
         edge = cost.embedding_params + cost.lm_head_params
         gen_weights = (edge * 2 + (cost.total_params - edge) * (1 if gen.fp8 else 2)) / t_gen
@@ -273,6 +275,6 @@ def estimate_memory(
         estimate.kv_cache = kv
         estimate.generation = resident + gen_weights + kv
         estimate.notes.append(
-            f"generation: {replicas} replicas of TP{t_gen}, {seqs} sequences x {tokens} tokens each per replica"
+            f"generation: {replicas} replicas of TP{t_gen}, {seqs} concurrent sequences x {tokens} tokens per replica"
         )
     return estimate

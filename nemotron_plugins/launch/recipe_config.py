@@ -63,7 +63,7 @@ class DataConfig:
     """Local directory or JSONL file with the rows; ``None`` means the dataset is synthetic or already cached."""
     reasoning: Literal["on", "off", "both"] = "both"
     """Which reasoning-toggle rows to keep (the system prompt ``detailed thinking on|off``)."""
-    chat_template: str = "llama_nemotron_super"
+    chat_template: str = "llama-nemotron-super"
     """Registered chat template (``CHAT_TEMPLATES``) used to render prompts."""
     tokenizer: str | None = None
     """Tokenizer directory or builtin name; ``None`` uses the one that ships with the dataset / model."""
@@ -85,24 +85,31 @@ class DataConfig:
 class SamplerConfig:
     """Curriculum: pass-rate filtering and the progressive batch sampler (RL prompts)."""
 
-    name: str = "progressive"
-    """Registered batch sampler (``BATCH_SAMPLERS``): ``progressive`` or ``uniform``."""
+    name: str = "progressive_gaussian"
+    """Registered batch sampler (``BATCH_SAMPLERS``): ``progressive_gaussian`` or ``random``."""
     pass_rate_responses: int = 8
     """Responses per prompt from the weaker model used to estimate each prompt's pass rate."""
     drop_pass_rate_at_least: float = 0.75
     """Prompts whose estimated pass rate is at least this are dropped as too easy."""
-    num_levels: int = 9
-    """Number of pass-rate levels (bins) the Gaussian target distribution is placed over."""
-    center_start: float = 0.75
-    """Pass-rate centre of the target Gaussian in the first batch (easy)."""
-    center_end: float = 0.0
-    """Pass-rate centre in the last batch (hard)."""
-    sigma: float = 0.15
+    num_bins: int = 10
+    """Equal-width pass-rate bins over [0, 1] the Gaussian target distribution is placed over."""
+    center_start: float | None = None
+    """Pass-rate centre of the target Gaussian in the first batch; ``None`` = the easiest bin's mean."""
+    center_end: float | None = None
+    """Pass-rate centre in the last batch; ``None`` = the hardest bin's mean."""
+    width: float = 0.15
     """Standard deviation of the target Gaussian, in pass-rate units."""
-    shuffle_within_batch: bool = True
-    """Shuffle samples inside each batch."""
+    schedule: Literal["linear", "cosine", "sqrt", "quadratic", "constant"] = "linear"
+    """How the centre moves from start to end over the batches."""
     pass_rates_path: str | None = None
     """Precomputed pass rates (JSONL ``{"id", "pass_rate"}``); ``None`` estimates them before training."""
+    options: dict[str, object] = field(default_factory=dict)
+    """Other keyword arguments for the sampler (e.g. ``balance``)."""
+
+    @property
+    def sigma(self) -> float:
+        """Deprecated alias of ``width`` (an earlier name of this field, still read by the RL trainer)."""
+        return self.width
 
 
 @dataclass(kw_only=True, slots=True)
@@ -165,6 +172,9 @@ class GenerationConfig:
     """Generate with FP8 weights (vLLM: per-tensor weight scales, per-token activation scales)."""
     kv_cache_dtype: Literal["bfloat16", "float16", "float32", "fp8"] = "bfloat16"
     """KV-cache element type (sizes the cache in the memory estimate)."""
+    max_num_seqs: int | None = None
+    """Most sequences one generation replica decodes at once (vLLM ``max_num_seqs``); ``None`` = all of the
+    rollout's sequences on that replica. Sizes the KV cache in the memory estimate."""
     gpu_memory_utilization: float = 0.6
     """vLLM's share of device memory while generating."""
 

@@ -82,6 +82,10 @@ def load_model_config(model: ModelConfig) -> PuzzleModelConfig:
     return parse_hf_config(data, source=str(path))
 
 
+def _kv(n: int) -> str:
+    return f"{n} KV head" + ("" if n == 1 else "s")
+
+
 def check_parallelism(recipe: RecipeConfig, cfg: PuzzleModelConfig) -> tuple[list[str], list[str]]:
     """Parallelism checks against the model's layers; returns ``(errors, warnings)``."""
     errors: list[str] = []
@@ -121,7 +125,7 @@ def check_parallelism(recipe: RecipeConfig, cfg: PuzzleModelConfig) -> tuple[lis
         attn, ffn = block.attention, block.ffn
         if attn.kind == "gqa" and attn.num_key_value_heads % tp:
             errors.append(
-                f"layer {i} has {attn.num_key_value_heads} KV heads, not divisible by tensor_model_parallel_size={tp}"
+                f"layer {i} has {_kv(attn.num_key_value_heads)}, not divisible by tensor_model_parallel_size={tp}"
             )
         if ffn.kind == "swiglu" and ffn.intermediate_size % tp:
             errors.append(f"layer {i} has FFN width {ffn.intermediate_size}, not divisible by tensor_model_parallel_size={tp}")
@@ -185,7 +189,7 @@ def check_parallelism(recipe: RecipeConfig, cfg: PuzzleModelConfig) -> tuple[lis
                 attn = block.attention
                 if attn.kind == "gqa" and attn.num_key_value_heads % gtp:
                     errors.append(
-                        f"layer {i} has {attn.num_key_value_heads} KV heads, not divisible by "
+                        f"layer {i} has {_kv(attn.num_key_value_heads)}, not divisible by "
                         f"generation.tensor_model_parallel_size={gtp}"
                     )
     return errors, warnings

@@ -56,6 +56,7 @@ from typing import Any, Literal
 import torch
 
 from nemotron_plugins.puzzle.block_config import BlockConfig, PuzzleModelConfig, load_hf_config, save_hf_config
+from nemotron_plugins.puzzle.model import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -579,12 +580,6 @@ def _check_hf_names(cfg: PuzzleModelConfig, names: set[str], strict: bool) -> tu
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
 def _chunk_layers(model: torch.nn.Module, cfg: PuzzleModelConfig) -> list[int]:
     """Global indices of the decoder layers of one (unwrapped) model chunk."""
     decoder = getattr(model, "decoder", None)
@@ -685,7 +680,7 @@ def load_hf_checkpoint(
 
     work: list[tuple[TensorPlan, dict[str, torch.Tensor]]] = []
     for model in models:
-        plans, state = _chunk_plans(_unwrap(model), cfg)
+        plans, state = _chunk_plans(unwrap_model(model), cfg)
         covered = set()
         for plan in plans:
             if plan.megatron_name not in state:
@@ -869,7 +864,7 @@ def export_hf_checkpoint(
         parallel = ParallelRanks.from_megatron()
     max_bytes = parse_shard_size(max_shard_size)
     models = [model] if isinstance(model, torch.nn.Module) else list(model)
-    chunks = [_chunk_plans(_unwrap(m), cfg) for m in models]
+    chunks = [_chunk_plans(unwrap_model(m), cfg) for m in models]
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = _dist_rank()
     participant = parallel.dp_rank == 0

@@ -6,7 +6,12 @@ import torch
 
 
 def token_logprobs(
-    logits: torch.Tensor, token_ids: torch.Tensor, *, temperature: float = 1.0, vocab_parallel: bool = False
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    vocab_parallel: bool = False,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Log-probability of each ``token_ids[..., i]`` under ``softmax(logits[..., i, :] / temperature)``.
 
@@ -16,12 +21,18 @@ def token_logprobs(
         temperature: Sampling temperature the tokens were drawn with; the loss must use the same one.
         vocab_parallel: The logits are a tensor-parallel vocabulary shard (Megatron TP > 1): use megatron-core's
             ``vocab_parallel_cross_entropy`` so every rank gets the full log-prob.
+        vocab_size: Drop the logits of ids >= this (megatron pads the vocabulary); must match the rollout engine's
+            setting so trainer and generator use the same distribution. Not combinable with ``vocab_parallel``.
 
     Returns:
         ``[...]`` float32 log-probs.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if vocab_size is not None:
+        if vocab_parallel:
+            raise ValueError("vocab_size slicing is not supported for vocab-parallel logits; gather them first")
+        logits = logits[..., :vocab_size]
     scaled = logits.float() / temperature
     if vocab_parallel:
         from megatron.core.tensor_parallel import vocab_parallel_cross_entropy

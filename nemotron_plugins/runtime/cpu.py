@@ -242,7 +242,7 @@ _TORCH_CUDA_PATCHES: dict[str, Any] = {
     "set_device": _noop,
     "synchronize": _noop,
     "Stream": _CpuStream,
-    "ExternalStream": _CpuStream,
+    "ExternalStream": type("_CpuExternalStream", (_CpuStream,), {}),
     "Event": _CpuEvent,
     "current_stream": lambda device=None: _DEFAULT_STREAM,
     "default_stream": lambda device=None: _DEFAULT_STREAM,
@@ -290,9 +290,22 @@ def is_cpu_adapter_active() -> bool:
     return _state is not None
 
 
+def _distinct(value: Any, name: str) -> Any:
+    """A fresh function object per patched name: torch.compile's trace rules reject one object under two names."""
+    if not callable(value) or isinstance(value, type):
+        return value
+
+    def stand_in(*args: Any, **kwargs: Any) -> Any:
+        return value(*args, **kwargs)
+
+    stand_in.__name__ = stand_in.__qualname__ = f"cpu_{name}"
+    stand_in.__doc__ = f"CPU stand-in for {name} (nemotron_plugins.runtime.cpu)."
+    return stand_in
+
+
 def _patch(state: _AdapterState, obj: Any, name: str, value: Any) -> None:
     state.saved.append((obj, name, getattr(obj, name, _MISSING)))
-    setattr(obj, name, value)
+    setattr(obj, name, _distinct(value, name))
 
 
 def activate(*, force: bool = False) -> bool:

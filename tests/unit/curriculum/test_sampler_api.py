@@ -58,7 +58,9 @@ def test_epochs_reshuffle_and_set_epoch_is_resume_safe():
     fresh = ProgressiveGaussianBatchSampler(RATES, global_batch_size=20, seed=1)
     fresh.load_state_dict(state)
     fresh.set_epoch(3)
-    assert first + list(fresh) == ProgressiveGaussianBatchSampler(RATES, global_batch_size=20, seed=1).global_batches(3)
+    assert first + list(fresh) == ProgressiveGaussianBatchSampler(RATES, global_batch_size=20, seed=1).global_batches(
+        3
+    )
 
 
 def test_state_is_plain_data_and_loads_with_torch_weights_only(tmp_path):

@@ -16,7 +16,7 @@ from nemotron_plugins.curriculum.planning import (
 from nemotron_plugins.curriculum.sampler import ProgressiveGaussianBatchSampler, RandomBatchSampler
 
 # database=None: tests never write into the repository (no .hypothesis/ directory).
-SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite

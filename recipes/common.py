@@ -1,0 +1,141 @@
+"""Shared pieces of the recipes: shipped model configs, the paper's RL settings, balanced pipeline layouts.
+
+Recipes only choose combinations of components; everything here is plain data (no torch import).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nemotron_plugins.launch.pipeline_layout import balanced_layout
+from nemotron_plugins.launch.recipe_config import (
+    AlgorithmConfig,
+    DataConfig,
+    GenerationConfig,
+    RewardSpec,
+    SamplerConfig,
+)
+from nemotron_plugins.runtime.config import LoggingConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""Model configs shipped with the recipes (package data)."""
+
+NANO_8B_CONFIG = "llama-3_1-nemotron-nano-8b-v1.json"
+SUPER_49B_CONFIG = "llama-3_3-nemotron-super-49b-v1.json"
+ULTRA_253B_CONFIG = "llama-3_1-nemotron-ultra-253b-v1.reconstructed.json"
+TINY_PUZZLE_CONFIG = "tiny-puzzle-cpu.json"
+
+NEMO_CONTAINER = "nvcr.io/nvidia/nemo:25.04"
+"""Default container for the GPU recipes (megatron-core, Transformer Engine and vLLM preinstalled)."""
+
+POST_TRAINING_DATASET = "nvidia/Llama-Nemotron-Post-Training-Dataset"
+
+
+def model_config_path(file_name: str) -> str:
+    """Absolute path of a shipped model config."""
+    path = CONFIG_DIR / file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"shipped model config {file_name!r} is missing from {CONFIG_DIR}")
+    return str(path)
+
+
+def param_balanced_layout(file_name: str, pipeline_model_parallel_size: int) -> list[int]:
+    """Layers per pipeline stage balancing the cost model's parameters (embedding on stage 0, output on the last).
+
+    Heterogeneous models have very uneven layers (a fused FFN of Ultra holds ~21B parameters, a no-op block none),
+    so an even split by layer count leaves some stages far heavier than others.
+    """
+    from nemotron_plugins.puzzle.block_config import load_hf_config
+    from nemotron_plugins.puzzle.cost import estimate_cost
+
+    cost = estimate_cost(load_hf_config(model_config_path(file_name)))
+    return balanced_layout(
+        [layer.params for layer in cost.layers],
+        pipeline_model_parallel_size,
+        first_stage_extra=cost.embedding_params,
+        last_stage_extra=cost.lm_head_params + cost.final_norm_params,
+    )
+
+
+def reasoning_rl_data(chat_template: str, max_prompt_tokens: int = 4096) -> DataConfig:
+    """Prompts for scientific-reasoning GRPO (reasoning on) from the post-training data's science/math split."""
+    return DataConfig(
+        dataset=POST_TRAINING_DATASET,
+        splits=["science", "math"],
+        reasoning="on",
+        chat_template=chat_template,
+        max_seq_length=max_prompt_tokens,
+    )
+
+
+def if_rl_data(chat_template: str, max_prompt_tokens: int = 2048) -> DataConfig:
+    """Prompts for instruction-following RL (the ``instruction_following`` split, both toggle modes)."""
+    return DataConfig(
+        dataset=POST_TRAINING_DATASET,
+        splits=["instruction_following"],
+        reasoning="both",
+        chat_template=chat_template,
+        max_seq_length=max_prompt_tokens,
+    )
+
+
+def curriculum_sampler() -> SamplerConfig:
+    """The paper's curriculum: drop prompts with pass rate >= 0.75 (8 responses), Gaussian easy -> hard."""
+    return SamplerConfig(name="progressive_gaussian", pass_rate_responses=8, drop_pass_rate_at_least=0.75)
+
+
+def reasoning_rewards(judge_model: str = "meta-llama/Llama-3.3-70B-Instruct") -> list[RewardSpec]:
+    """Accuracy by an LLM judge over an OpenAI-compatible API plus the think-tag format reward."""
+    return [
+        RewardSpec(
+            name="llm_judge",
+            weight=1.0,
+            options={"base_url": "http://127.0.0.1:8000/v1", "model": judge_model},
+        ),
+        RewardSpec(name="think_format", weight=1.0),
+    ]
+
+
+def grpo_algorithm() -> AlgorithmConfig:
+    """LN-Ultra's scientific-reasoning GRPO: 72 prompts x 16 responses, 2 updates per rollout (batch 576)."""
+    return AlgorithmConfig(
+        name="grpo",
+        prompts_per_rollout=72,
+        generations_per_prompt=16,
+        updates_per_rollout=2,
+        normalize_std=True,
+        clip_eps=0.2,
+        kl_beta=0.0,
+    )
+
+
+def rloo_algorithm(prompts: int = 128, generations: int = 8) -> AlgorithmConfig:
+    """Instruction-following RL with RLOO: 128 prompts per batch, leave-one-out baseline, one update per rollout."""
+    return AlgorithmConfig(
+        name="rloo",
+        prompts_per_rollout=prompts,
+        generations_per_prompt=generations,
+        updates_per_rollout=1,
+        leave_one_out_baseline=True,
+        normalize_std=False,
+        clip_eps=0.2,
+        kl_beta=0.0,
+    )
+
+
+def vllm_generation(tp: int, *, max_new_tokens: int, fp8: bool = False, max_num_seqs: int | None = None) -> GenerationConfig:
+    """vLLM rollouts with the paper's sampling for RL (temperature 1, top_p 1)."""
+    return GenerationConfig(
+        engine="vllm",
+        tensor_model_parallel_size=tp,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        fp8=fp8,
+        max_num_seqs=max_num_seqs,
+    )
+
+
+def gpu_logging() -> LoggingConfig:
+    """Console every step plus TensorBoard (paths default into the run directory)."""
+    return LoggingConfig(log_interval=1, progress_bar=False)

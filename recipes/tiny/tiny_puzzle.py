@@ -1,0 +1,103 @@
+"""Tiny CPU recipes: SFT then GRPO on a ~1M-parameter heterogeneous model, synthetic addition data, no downloads.
+
+Settings follow the study in SYSTEM.md section 5: half of the SFT traces are corrupted (a forgotten carry with a
+consistent answer) so SFT leaves headroom, then GRPO (16 prompts x 8 responses, clip 0.2, no KL, lr 5e-5, one update
+per rollout, uniform-reward groups skipped) recovers accuracy. ``tiny_puzzle_grpo_cpu`` starts from the SFT recipe's
+checkpoint and ``nemotron-plugins train`` runs the SFT stage first when that checkpoint is missing.
+"""
+
+from __future__ import annotations
+
+from nemotron_plugins.launch.recipe_config import (
+    AlgorithmConfig,
+    ClusterConfig,
+    DataConfig,
+    GenerationConfig,
+    RecipeConfig,
+    RewardSpec,
+)
+from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig, OptimizerConfig, ParallelConfig
+from recipes.common import TINY_PUZZLE_CONFIG, model_config_path
+
+SEQ_LENGTH = 256
+MAX_PROMPT_TOKENS = 128
+MAX_NEW_TOKENS = 64
+
+
+def _model() -> ModelConfig:
+    return ModelConfig(
+        hf_config_path=model_config_path(TINY_PUZZLE_CONFIG),
+        seq_length=SEQ_LENGTH,
+        params_dtype="float32",
+        use_transformer_engine=False,
+    )
+
+
+def _cluster() -> ClusterConfig:
+    # One process; ``cluster.devices_per_node=2`` runs two gloo ranks (DP2) through torchrun.
+    return ClusterConfig(nodes=1, devices_per_node=1, device="cpu", gpu_memory_gb=8.0, time_limit="00:30:00")
+
+
+def _data(**options: object) -> DataConfig:
+    return DataConfig(
+        dataset="synthetic_addition",
+        splits=["train"],
+        reasoning="both",
+        chat_template="llama-nemotron-super",
+        tokenizer="tiny",
+        max_seq_length=MAX_PROMPT_TOKENS if options.pop("prompts", False) else SEQ_LENGTH,
+        num_train_samples=4000,
+        num_eval_samples=500,
+        options=dict(options),
+    )
+
+
+def tiny_puzzle_sft_cpu_config() -> RecipeConfig:
+    """SFT of the tiny Puzzle model on synthetic addition with half of the traces corrupted (CPU, ~4 minutes)."""
+    return RecipeConfig(
+        name="tiny_puzzle_sft_cpu",
+        task="sft",
+        description="Tiny Puzzle model, SFT on synthetic addition (50% corrupted traces leave room for GRPO), CPU",
+        model=_model(),
+        parallel=ParallelConfig(),
+        optimizer=OptimizerConfig(lr=1e-3, warmup_steps=20, clip_grad=1.0, weight_decay=0.0),
+        logging=LoggingConfig(log_interval=50, progress_bar=False),
+        cluster=_cluster(),
+        data=_data(corrupt_fraction=0.5, min_value=10, max_value=999),
+        train_steps=800,
+        micro_batch_size=64,
+        global_batch_size=64,
+        seed=1234,
+    )
+
+
+def tiny_puzzle_grpo_cpu_config() -> RecipeConfig:
+    """GRPO of the tiny SFT model on synthetic addition with an exact-answer reward (CPU, a few minutes)."""
+    return RecipeConfig(
+        name="tiny_puzzle_grpo_cpu",
+        task="grpo",
+        description="Tiny Puzzle model, GRPO on synthetic addition from the tiny SFT checkpoint, CPU",
+        model=_model(),
+        parallel=ParallelConfig(),
+        optimizer=OptimizerConfig(lr=5e-5, clip_grad=1.0),
+        logging=LoggingConfig(log_interval=10, progress_bar=False),
+        cluster=_cluster(),
+        data=_data(prompts=True),
+        rewards=[RewardSpec(name="math", weight=1.0)],
+        algorithm=AlgorithmConfig(
+            name="grpo",
+            prompts_per_rollout=16,
+            generations_per_prompt=8,
+            updates_per_rollout=1,
+            normalize_std=True,
+            skip_uniform_groups=True,
+            clip_eps=0.2,
+            kl_beta=0.0,
+        ),
+        generation=GenerationConfig(engine="megatron", temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS),
+        train_steps=150,
+        micro_batch_size=32,
+        global_batch_size=128,
+        seed=1234,
+        init_from_recipe="tiny_puzzle_sft_cpu",
+    )
