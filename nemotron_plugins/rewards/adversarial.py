@@ -33,7 +33,7 @@ def code_bait(marker: Path) -> list[str]:
         f"__import__('pathlib').Path('{m}').touch()",
         f"__import__('os').system('touch {m}')",
         f"(lambda: __import__('pathlib').Path('{m}').touch())()",
-        f'exec("import pathlib; pathlib.Path(\'{m}\').touch()")',
+        f"exec(\"import pathlib; pathlib.Path('{m}').touch()\")",
         f"eval(compile(\"__import__('pathlib').Path('{m}').touch()\", 'x', 'eval'))",
         f"open('{m}', 'w').write('pwned')",
         f"x; __import__('pathlib').Path('{m}').touch()",
@@ -86,7 +86,9 @@ def adversarial_cases(marker: Path, *, include_slow: bool = True) -> list[Advers
         ("tool_json_deep", "<think></think><tool_call>" + "[" * 100_000 + "]" * 100_000 + "</tool_call>", "1"),
         ("tool_json_nan", '<think></think><tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>', "1"),
     ]
-    out = [AdversarialCase(name=n, sample=RewardSample(completion=c, ground_truth=g, metadata=on)) for n, c, g in cases]
+    out = [
+        AdversarialCase(name=n, sample=RewardSample(completion=c, ground_truth=g, metadata=on)) for n, c, g in cases
+    ]
     if include_slow:
         out.append(
             AdversarialCase(

@@ -219,6 +219,11 @@ class MathReward(SampleReward):
         self.float_rounding = float_rounding
         self.max_completion_chars = max_completion_chars
 
+    def warmup(self) -> None:
+        """Run one symbolic comparison so lazy imports and parser set-up happen now (pool workers call this before
+        reporting ready, so the first real sample does not pay for it against its timeout)."""
+        self._math_verify("(x+1)^2", "x^2+2x+1")
+
     def score_sample(self, sample: RewardSample) -> RewardResult:
         """Score one sample (see the module docstring)."""
         gold_text = _ground_truth_text(sample.ground_truth)

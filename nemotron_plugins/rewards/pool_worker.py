@@ -3,7 +3,8 @@
 Protocol (pickled messages over two pipes, see :mod:`nemotron_plugins.rewards.pool`):
 
 * parent -> worker, first: ``{"reward": bytes, "preload": [module, ...], "memory_limit_mb": int | None}``
-* worker -> parent: ``("ready", pid)`` once imports are done and the reward is unpickled,
+* worker -> parent: ``("ready", pid)`` once imports are done, the reward is unpickled and its optional
+  ``warmup()`` has run,
   or ``("failed", message)`` when it cannot start
 * parent -> worker: ``(indices, samples)``; worker -> parent: ``(index, RewardResult)`` per sample, then ``None``
 * parent -> worker: ``None`` to stop. End of file on the read pipe (parent gone) stops it too.
@@ -56,6 +57,9 @@ def serve(conn_in: Connection, conn_out: Connection) -> int:
             except ImportError:
                 pass
         reward = pickle.loads(init["reward"])
+        warmup = getattr(reward, "warmup", None)
+        if callable(warmup):
+            warmup()
         memory_limit_mb = init.get("memory_limit_mb")
         _limit_memory(memory_limit_mb)
     except EOFError:

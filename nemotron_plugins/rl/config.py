@@ -129,7 +129,9 @@ class GRPOConfig:
                 f"must divide the rollout size num_prompts_per_rollout * num_generations = {self.rollout_size}",
             )
         if self.global_batch_size % self.micro_batch_size:
-            raise bad("micro_batch_size", self.micro_batch_size, f"must divide global_batch_size={self.global_batch_size}")
+            raise bad(
+                "micro_batch_size", self.micro_batch_size, f"must divide global_batch_size={self.global_batch_size}"
+            )
         if not self.temperature > 0:
             raise bad("temperature", self.temperature, "must be > 0 (use a tiny value for near-greedy sampling)")
         if not 0 < self.top_p <= 1:

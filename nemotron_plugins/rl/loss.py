@@ -88,7 +88,9 @@ def global_token_count(masks: Iterable[torch.Tensor], *, group: Any = None) -> i
 
 def _field(cfg: Any, name: str) -> Any:
     if not hasattr(cfg, name):
-        raise TypeError(f"loss config {type(cfg).__name__} has no field {name!r}; pass a GRPOConfig or PolicyLossConfig")
+        raise TypeError(
+            f"loss config {type(cfg).__name__} has no field {name!r}; pass a GRPOConfig or PolicyLossConfig"
+        )
     return getattr(cfg, name)
 
 
@@ -163,7 +165,9 @@ def compute_policy_loss(
         if generator_logprobs is None:
             raise ValueError("importance_sampling_correction is on but generator_logprobs was not given")
         if generator_logprobs.shape != logprobs.shape:
-            raise ValueError(f"generator_logprobs has shape {tuple(generator_logprobs.shape)}, expected {tuple(logprobs.shape)}")
+            raise ValueError(
+                f"generator_logprobs has shape {tuple(generator_logprobs.shape)}, expected {tuple(logprobs.shape)}"
+            )
         is_weight = torch.exp((old_logprobs - generator_logprobs).detach() * maskf)
         if is_cap is not None:
             is_weight = is_weight.clamp(max=float(is_cap))
@@ -189,7 +193,9 @@ def compute_policy_loss(
     elif aggregation == "sequence":
         seq_len = maskf.sum(dim=1)
         seq_mean = (per_token * maskf).sum(dim=1) / seq_len.clamp(min=1.0)
-        denom_f = float(logprobs.shape[0] if total_sequences_in_global_batch is None else total_sequences_in_global_batch)
+        denom_f = float(
+            logprobs.shape[0] if total_sequences_in_global_batch is None else total_sequences_in_global_batch
+        )
         if denom_f <= 0:
             raise ValueError(f"total_sequences_in_global_batch must be > 0, got {denom_f}")
         loss = seq_mean.sum() / denom_f

@@ -153,13 +153,19 @@ class PuzzlePolicy(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(_Block(block, config) for block in config.blocks)
         self.final_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.output = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.output = (
+            None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        )
         cos, sin = rotary_tables(config.head_dim, config.max_position_embeddings, float(config.rope_theta))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         for name, param in self.named_parameters():
             if param.dim() == 2:
-                std = init_std / math.sqrt(2 * len(self.layers)) if name.endswith(("proj.weight", "fc2.weight")) else init_std
+                std = (
+                    init_std / math.sqrt(2 * len(self.layers))
+                    if name.endswith(("proj.weight", "fc2.weight"))
+                    else init_std
+                )
                 nn.init.normal_(param, std=std)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -270,7 +276,9 @@ class PuzzlePolicy(nn.Module):
             done = done | newly
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = self(token.unsqueeze(1), next_pos.unsqueeze(1), torch.ones(b, 1, dtype=torch.bool), caches, past_mask)
+            logits = self(
+                token.unsqueeze(1), next_pos.unsqueeze(1), torch.ones(b, 1, dtype=torch.bool), caches, past_mask
+            )
             logits = logits[:, -1]
             past_mask = torch.cat([past_mask, torch.ones(b, 1, dtype=torch.bool)], dim=1)
             next_pos = next_pos + 1

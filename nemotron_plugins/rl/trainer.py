@@ -155,7 +155,9 @@ class GRPOTrainConfig:
         if self.train_steps < 0:
             raise ValueError(f"GRPOTrainConfig.train_steps = {self.train_steps} must be >= 0")
         if not self.rewards:
-            raise ValueError("GRPOTrainConfig.rewards is empty: name at least one reward, e.g. RewardTerm(name='math')")
+            raise ValueError(
+                "GRPOTrainConfig.rewards is empty: name at least one reward, e.g. RewardTerm(name='math')"
+            )
         names = [r.name for r in self.rewards]
         if self.accuracy_reward not in names:
             raise ValueError(f"GRPOTrainConfig.accuracy_reward = {self.accuracy_reward!r} is not in rewards {names}")
@@ -232,7 +234,9 @@ def load_prompt_rows(config: GRPOTrainConfig) -> tuple[list[dict[str, Any]], lis
         if not (data_dir / name).exists():
             raise FileNotFoundError(f"data_dir {data_dir} has no {name} (write it with write_synthetic_dataset)")
     train = _read_rows(data_dir / "rl_train.jsonl", config.num_train_prompts)
-    heldout = _read_rows(data_dir / "rl_heldout.jsonl", config.num_heldout_prompts) if config.num_heldout_prompts else []
+    heldout = (
+        _read_rows(data_dir / "rl_heldout.jsonl", config.num_heldout_prompts) if config.num_heldout_prompts else []
+    )
     if len(train) < config.grpo.num_prompts_per_rollout:
         raise ValueError(f"{data_dir}/rl_train.jsonl has {len(train)} rows, fewer than one rollout's prompts")
     return train, heldout, data_dir
@@ -465,11 +469,17 @@ def _policy_update(
     with torch.no_grad():
         if not on_policy_single:
             old_lp = torch.cat(
-                [token_logprobs(policy(inputs[s : s + micro]), targets[s : s + micro], temperature=temp) for s in range(0, n, micro)]
+                [
+                    token_logprobs(policy(inputs[s : s + micro]), targets[s : s + micro], temperature=temp)
+                    for s in range(0, n, micro)
+                ]
             )
         if ref_policy is not None and cfg.beta > 0:
             ref_lp = torch.cat(
-                [token_logprobs(ref_policy(inputs[s : s + micro]), targets[s : s + micro], temperature=temp) for s in range(0, n, micro)]
+                [
+                    token_logprobs(ref_policy(inputs[s : s + micro]), targets[s : s + micro], temperature=temp)
+                    for s in range(0, n, micro)
+                ]
             )
     # Split the kept samples into updates_per_rollout global batches per epoch.
     chunks = torch.arange(n).tensor_split(cfg.updates_per_rollout)
@@ -732,7 +742,12 @@ def run_grpo(config: Any) -> GRPOResult:
             wandb_project=config.wandb_project,
             total=config.train_steps,
             progress=config.progress,
-            progress_keys=["reward/total", "accuracy", "reward/" + (config.format_reward or config.accuracy_reward), "loss"],
+            progress_keys=[
+                "reward/total",
+                "accuracy",
+                "reward/" + (config.format_reward or config.accuracy_reward),
+                "loss",
+            ],
             resume_step=step,
         )
 

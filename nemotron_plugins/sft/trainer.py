@@ -706,11 +706,14 @@ def demo_config(output_dir: str, *, steps: int = 300, eval_prompts: int = 100, t
         logging=LoggingConfig(
             log_interval=20, jsonl_path=os.path.join(output_dir, "metrics.jsonl"), progress_bar=False
         ),
-        data=SFTDataConfig(num_train_problems=3000, num_heldout_problems=max(eval_prompts, 1)),
-        eval=SFTEvalConfig(num_prompts=eval_prompts, batch_size=100, at_start=False),
+        data=SFTDataConfig(
+            num_train_problems=1500, num_heldout_problems=max(eval_prompts, 1), min_value=10, max_value=99,
+            max_seq_length=96,
+        ),
+        eval=SFTEvalConfig(num_prompts=eval_prompts, max_new_tokens=40, batch_size=100, at_start=False),
         train_steps=steps,
         micro_batch_size=16,
-        global_batch_size=32,
+        global_batch_size=16,
         output_dir=output_dir,
         num_threads=threads,
     )

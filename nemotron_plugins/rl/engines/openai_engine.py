@@ -130,7 +130,8 @@ class OpenAIRolloutEngine(RolloutEngine):
             with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(jobs))) as pool:
                 results = list(pool.map(lambda job: self._complete(job[0], job[1], n, s), jobs))
         return [
-            RolloutGroup(prompt_index=i, prompt=p, rollouts=r) for i, (p, r) in enumerate(zip(prompts, results, strict=True))
+            RolloutGroup(prompt_index=i, prompt=p, rollouts=r)
+            for i, (p, r) in enumerate(zip(prompts, results, strict=True))
         ]
 
     def _wire_prompt(self, prompt: Prompt, index: int) -> str | list[int]:
@@ -177,9 +178,7 @@ class OpenAIRolloutEngine(RolloutEngine):
                 out.append(self._parse_choice(choice, prompt_ids, s, index))
         return out
 
-    def _parse_choice(
-        self, choice: Any, prompt_ids: list[int] | None, s: SamplingSettings, index: int
-    ) -> Rollout:
+    def _parse_choice(self, choice: Any, prompt_ids: list[int] | None, s: SamplingSettings, index: int) -> Rollout:
         if not isinstance(choice, Mapping) or not isinstance(choice.get("text"), str):
             raise RolloutServerError(f"prompt {index}: malformed choice without 'text': {str(choice)[:200]}")
         text = choice["text"]

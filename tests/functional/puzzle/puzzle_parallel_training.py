@@ -64,7 +64,7 @@ def _forward_step(data_iterator: Any, model: Any) -> tuple[torch.Tensor, Any]:
 
     def loss_func(output_tensor: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = output_tensor.float().mean()
-        return loss, {"lm loss": loss.detach()}
+        return loss, {"lm loss": loss.detach().clone()}
 
     return output, loss_func
 

@@ -10,7 +10,7 @@ from nemotron_plugins.rewards.base import RewardResult, SampleReward
 
 class MisbehavingReward(SampleReward):
     """Scores ``len(completion)``, except: ``"hang"`` loops forever in Python, ``"sleep"`` blocks in C,
-    ``"crash"`` kills its own process, ``"hog"`` allocates without bound, ``"raise"`` raises."""
+    ``"nap"`` sleeps 50 ms, ``"crash"`` kills its own process, ``"hog"`` allocates without bound, ``"raise"`` raises."""
 
     name = "misbehaving"
 
@@ -27,6 +27,8 @@ class MisbehavingReward(SampleReward):
             blocks = []
             while True:
                 blocks.append(bytearray(64 * 1024 * 1024))
+        if text == "nap":
+            time.sleep(0.05)
         if text == "raise":
             raise ValueError("told to raise")
         return RewardResult(score=float(len(text)), components={"pid": float(os.getpid())})

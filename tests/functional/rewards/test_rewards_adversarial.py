@@ -63,7 +63,11 @@ def test_in_process_rewards_survive_the_suite(name, tmp_path, monkeypatch):
 
 def test_math_rejects_code_with_score_zero(tmp_path):
     marker = tmp_path / "pwned"
-    cases = [c for c in adversarial_cases(marker, include_slow=False) if c.name.split("_")[0] in ("boxed", "plain", "bare", "inline", "sympify")]
+    cases = [
+        c
+        for c in adversarial_cases(marker, include_slow=False)
+        if "_code_" in c.name or c.name.startswith("sympify_bait_")
+    ]
     assert len(cases) == 5 * len(code_bait(marker))
     results = build_reward("math").score([c.sample for c in cases])
     assert all(r.ok and r.score == 0.0 for r in results)

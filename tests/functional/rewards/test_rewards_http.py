@@ -125,7 +125,9 @@ def test_judge_in_a_composition(server):
 def test_reward_model_batches_and_formats(server):
     rm = build_reward("reward_model", url=server + "/score", batch_size=2, scale=0.5, offset=1.0)
     prompt = [{"role": "user", "content": "hi"}]
-    batch = [RewardSample(completion=f"<think>long hidden reasoning</think>{'x' * n}", prompt=prompt) for n in range(5)]
+    batch = [
+        RewardSample(completion=f"<think>long hidden reasoning</think>{'x' * n}", prompt=prompt) for n in range(5)
+    ]
     results = rm.score(batch)
     assert [r.components["raw"] for r in results] == [0.0, 1.0, 2.0, 3.0, 4.0]  # reasoning removed, order kept
     assert [r.score for r in results] == [1.0, 1.5, 2.0, 2.5, 3.0]

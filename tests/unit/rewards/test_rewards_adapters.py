@@ -49,7 +49,9 @@ def test_verl_compute_score():
     mcq = compute_score("gpqa_diamond", "Answer: (B)", "B")
     assert mcq["score"] == 1.0 and mcq["extracted"] == 1.0 and mcq["status_ok"] == 1.0
     tool = compute_score(
-        "xyz", '<think></think><tool_call>{"name": "f", "arguments": {}}</tool_call>', [{"name": "f", "arguments": {}}],
+        "xyz",
+        '<think></think><tool_call>{"name": "f", "arguments": {}}</tool_call>',
+        [{"name": "f", "arguments": {}}],
         extra_info={"reward": "tool_call"},
     )
     assert tool["score"] == 1.0
@@ -76,7 +78,9 @@ def test_openrlhf_reward_func(monkeypatch):
     out = f(["Q: 2+2? <think></think>4", "Q: 2+2? 5"], ["Q: 2+2? ", "Q: 2+2? "], ["4", "4"])
     assert torch.equal(out["rewards"], torch.tensor([1.0, 0.0]))
     assert set(out["extra_logs"]) == {"extracted", "boxed", "status_ok"}
-    assert torch.equal(make_openrlhf_reward_func("math", return_dict=False)(["a 4"], ["a "], ["4"]), torch.tensor([1.0]))
+    assert torch.equal(
+        make_openrlhf_reward_func("math", return_dict=False)(["a 4"], ["a "], ["4"]), torch.tensor([1.0])
+    )
     monkeypatch.setenv("NEMOTRON_REWARD", json.dumps({"reward": "mcq"}))
     assert reward_func(["q Answer: C"], ["q "], ["C"])["rewards"].tolist() == [1.0]
 

@@ -168,3 +168,16 @@ def test_sample_reward_never_raises_and_bounds_size():
 def test_build_reward_passes_instances_through():
     reward = _Exploding()
     assert build_reward(reward) is reward
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["base", "text", "math", "mcq", "think_format", "tool_call", "ifeval", "llm_judge", "adapters"],
+)
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"nemotron_plugins.rewards.{module}")
+    failures, tried = doctest.testmod(mod, verbose=False)
+    assert tried > 0 and failures == 0

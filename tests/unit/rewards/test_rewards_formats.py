@@ -148,9 +148,12 @@ def test_tool_call_uses_last_block_and_needs_think():
     assert tool_score(reply(GT, think=""))[0] == 0.0
     assert tool_score(reply(GT, think="</think><think>"))[0] == 0.0
     assert tool_score(reply(GT, think="<think>unclosed"))[0] == 0.0
-    assert ToolCallReward(require_think=False).score([RewardSample(completion=reply(GT, think=""), ground_truth=GT)])[
-        0
-    ].score == 1.0
+    assert (
+        ToolCallReward(require_think=False)
+        .score([RewardSample(completion=reply(GT, think=""), ground_truth=GT)])[0]
+        .score
+        == 1.0
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,25 @@ from nemotron_plugins.rewards.ifeval import VERIFIERS, IFEvalReward, parse_instr
 
 CASES = [
     # (instruction id, kwargs, passing response, failing response)
-    ("length_constraints:number_words", {"relation": "at least", "num_words": 5}, "one two three four five", "one two"),
+    (
+        "length_constraints:number_words",
+        {"relation": "at least", "num_words": 5},
+        "one two three four five",
+        "one two",
+    ),
     ("length_constraints:number_words", {"relation": "less than", "num_words": 3}, "one two", "one two three"),
-    ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 3}, "Hi. Bye.", "One. Two. Three."),
-    ("length_constraints:number_sentences", {"relation": "at least", "num_sentences": 2}, "Mr. X came. He left!", "Mr. X came."),
+    (
+        "length_constraints:number_sentences",
+        {"relation": "less than", "num_sentences": 3},
+        "Hi. Bye.",
+        "One. Two. Three.",
+    ),
+    (
+        "length_constraints:number_sentences",
+        {"relation": "at least", "num_sentences": 2},
+        "Mr. X came. He left!",
+        "Mr. X came.",
+    ),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "first\n***\nsecond", "first\n***\n\n***\nthird"),
     (
         "length_constraints:nth_paragraph_first_word",
@@ -88,7 +103,9 @@ def test_fraction_all_and_repeated_ids():
         "keywords:existence": 0.0,
         "keywords:existence#2": 1.0,
     }
-    assert IFEvalReward(aggregate="all").score([RewardSample(completion="hello, world", ground_truth=gt)])[0].score == 0
+    assert (
+        IFEvalReward(aggregate="all").score([RewardSample(completion="hello, world", ground_truth=gt)])[0].score == 0
+    )
 
 
 def test_response_is_text_after_think():
@@ -115,7 +132,10 @@ def test_hf_dump_none_kwargs_are_dropped():
         ([], "no instructions"),
         ("{broken", "not JSON"),
         (
-            {"instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"relation": "about", "num_words": 3}]},
+            {
+                "instruction_id_list": ["length_constraints:number_words"],
+                "kwargs": [{"relation": "about", "num_words": 3}],
+            },
             "relation",
         ),
     ],

@@ -132,3 +132,13 @@ def test_expensive_answer_still_matches_identical_text():
 def test_completion_size_bound():
     [r] = MathReward(max_completion_chars=100).score([RewardSample(completion="1" * 101, ground_truth="1")])
     assert r.status is RewardStatus.INVALID_INPUT
+
+
+def test_works_off_the_main_thread():
+    """Trainers score from worker threads, where math-verify's signal-based timeout cannot be used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = [RewardSample(completion="\\boxed{x^2+2x+1}", ground_truth="(x+1)^2")] * 2
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda s: MathReward().score([s])[0], batch))
+    assert [(r.score, r.status) for r in results] == [(1.0, RewardStatus.OK)] * 2

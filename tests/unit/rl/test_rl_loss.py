@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nemotron_plugins.rl.config import GRPOConfig
-from nemotron_plugins.rl.loss import PolicyLossConfig, compute_policy_loss, global_token_count, kl_k3
 from nemotron_plugins.rl.logprobs import token_logprobs
+from nemotron_plugins.rl.loss import PolicyLossConfig, compute_policy_loss, global_token_count, kl_k3
 
 
 def _lp(values):

@@ -67,7 +67,10 @@ def _make_handler(state: _State):
                             "index": i,
                             "text": text,
                             "finish_reason": "stop" if stop_hit else "length",
-                            "logprobs": {"tokens": toks, "token_logprobs": [-0.5 - 0.01 * k for k in range(len(toks))]},
+                            "logprobs": {
+                                "tokens": toks,
+                                "token_logprobs": [-0.5 - 0.01 * k for k in range(len(toks))],
+                            },
                         }
                     )
                 payload = json.dumps({"id": "x", "object": "text_completion", "choices": choices}).encode()

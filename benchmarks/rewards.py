@@ -1,0 +1,181 @@
+"""Benchmark the ``math`` reward: throughput with the worker pool vs a plain serial math-verify loop, and latency
+percentiles with the adversarial suite mixed in.
+
+Run: ``python benchmarks/rewards.py [--samples 600] [--workers 2] [--timeout 3] [--quick]``
+
+Table 1 scores the same clean inputs (a third plain integers ``<think>...</think>1234`` as in the tiny GRPO demo, a
+third boxed numbers / fractions, a third LaTeX expressions that need symbolic equivalence) with
+
+* ``math-verify loop``: ``verify(parse(f"${gt}$"), parse(answer_after_think))`` per sample with math-verify's
+  defaults (what most reward code does);
+* ``MathReward serial``: our reward in this process;
+* ``MathReward pool xN``: our reward in N worker processes (one batch call).
+
+Table 2 mixes the adversarial suite (:mod:`nemotron_plugins.rewards.adversarial`) into the clean inputs and scores the
+samples one call per sample, recording each call's latency (p50 / p99 / max), how many statuses were not OK, and
+whether any code-execution bait ran. Numbers depend on the machine's load; the script prints the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nemotron_plugins.rewards.adversarial import adversarial_cases
+from nemotron_plugins.rewards.base import RewardSample, RewardStatus
+from nemotron_plugins.rewards.math import MathReward
+from nemotron_plugins.rewards.pool import PooledReward
+
+
+def _expression(rng: random.Random) -> tuple[str, str]:
+    """A random (prediction, equivalent gold) pair that needs symbolic equivalence, with fresh numbers each time."""
+    a, b = rng.randint(2, 40), rng.randint(2, 40)
+    options = [
+        (f"{a}x^2+{2 * a}x+{a}", f"{a}(x+1)^2"),
+        (f"\\frac{{{a}\\sqrt{{2}}}}{{2}}", f"\\frac{{{a}}}{{\\sqrt{{2}}}}"),
+        (f"\\{{{a},{a + b}\\}}", f"\\{{{a + b},{a}\\}}"),
+        (f"{a}\\pi/{b}", f"\\frac{{{a}\\pi}}{{{b}}}"),
+        (f"{a}\\sqrt{{3}}", f"\\sqrt{{{3 * a * a}}}"),
+        (f"x^2-{a * a}", f"(x-{a})(x+{a})"),
+        (f"({a},{b})", f"({a},{b})"),
+    ]
+    return options[rng.randrange(len(options))]
+
+
+def clean_samples(n: int, seed: int = 0) -> list[RewardSample]:
+    """``n`` ordinary math samples, about 70% correct, with fresh numbers (no cache can short-cut them)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = i % 3
+        right = rng.random() < 0.7
+        if kind == 0:
+            a, b = rng.randint(10, 999), rng.randint(10, 999)
+            answer = a + b if right else a + b + rng.choice([-10, -1, 1, 10])
+            completion, gt = f"<think>{a}+{b}: add the digits, carry.</think>{answer}", str(a + b)
+        elif kind == 1:
+            p, q = rng.randint(1, 50), rng.randint(2, 50)
+            shown = f"\\frac{{{p}}}{{{q}}}" if right else f"\\frac{{{p + 1}}}{{{q}}}"
+            completion, gt = f"<think>simplify</think>The answer is $\\boxed{{{shown}}}$.", f"{p / q:.6f}"
+        else:
+            pred, gold = _expression(rng)
+            if not right:
+                pred = pred + "+1"
+            completion, gt = f"<think>work</think>So the answer is \\boxed{{{pred}}}.", gold
+        out.append(RewardSample(completion=completion, ground_truth=gt, metadata={"reasoning": "on"}))
+    return out
+
+
+def plain_math_verify(samples: list[RewardSample]) -> list[float]:
+    """The baseline: math-verify's defaults, one sample at a time (gold wrapped in ``$...$``, reasoning cut off)."""
+    from math_verify import parse, verify
+
+    scores = []
+    for s in samples:
+        try:
+            gold = parse(f"${s.ground_truth}$")
+            pred = parse(s.completion.split("</think>")[-1])
+            scores.append(1.0 if verify(gold, pred) else 0.0)
+        except Exception:  # noqa: BLE001 - the baseline's failures score 0
+            scores.append(0.0)
+    return scores
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=600, help="clean samples in table 1")
+    parser.add_argument("--workers", type=int, default=2, help="pool workers")
+    parser.add_argument("--timeout", type=float, default=3.0, help="pool per-sample timeout (s)")
+    parser.add_argument("--quick", action="store_true", help="fewer samples; skip the baseline on the adversarial mix")
+    args = parser.parse_args(argv)
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    n = 150 if args.quick else args.samples
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min)")
+    samples = clean_samples(n)
+    warmup = clean_samples(60, seed=99)  # every method warms up (imports, sympy caches) on other inputs first
+    rows = []
+    plain_math_verify(warmup)
+    base_scores, t = timed(plain_math_verify, samples)
+    rows.append(("math-verify loop (serial)", t, base_scores))
+    serial = MathReward()
+    serial.score(warmup)
+    ours, t = timed(serial.score, samples)
+    rows.append(("MathReward serial", t, [r.score for r in ours]))
+    for workers in sorted({1, args.workers}):
+        with PooledReward(MathReward(), workers=workers, timeout_s=args.timeout) as pool:
+            pool.score(warmup)
+            pooled, t = timed(pool.score, samples)
+        rows.append((f"MathReward pool x{workers}", t, [r.score for r in pooled]))
+
+    print(f"\nTable 1: math reward throughput, {n} clean samples")
+    print(f"{'method':<28} {'seconds':>8} {'samples/s':>10} {'mean score':>11} {'agrees w/ baseline':>19}")
+    for name, t, scores in rows:
+        agree = sum(a == b for a, b in zip(scores, base_scores, strict=True)) / len(scores)
+        print(f"{name:<28} {t:>8.2f} {n / t:>10.1f} {statistics.fmean(scores):>11.3f} {agree:>18.1%}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        marker = Path(tmp) / "pwned"
+        hostile = [c.sample for c in adversarial_cases(marker)]
+        mix = clean_samples(max(100, len(hostile) * 2), seed=1) + hostile
+        random.Random(2).shuffle(mix)
+        print(f"\nTable 2: per-call latency, {len(mix)} samples ({len(hostile)} adversarial), one sample per call")
+        print(
+            f"{'method':<28} {'p50 ms':>8} {'p99 ms':>9} {'max ms':>9} {'not ok':>7} {'timeouts':>9} {'bait ran':>9}"
+        )
+
+        def report(name, score_one):
+            latencies, not_ok, timeouts = [], 0, 0
+            for s in mix:
+                start = time.perf_counter()
+                result = score_one(s)
+                latencies.append((time.perf_counter() - start) * 1000)
+                if result is not None and result.status is not RewardStatus.OK:
+                    not_ok += 1
+                    timeouts += result.status is RewardStatus.TIMEOUT
+            has_status = score_one is not baseline_one
+            print(
+                f"{name:<28} {percentile(latencies, 50):>8.1f} {percentile(latencies, 99):>9.1f} "
+                f"{max(latencies):>9.1f} {not_ok if has_status else 'n/a':>7} {timeouts if has_status else 'n/a':>9} "
+                f"{'YES' if marker.exists() else 'no':>9}"
+            )
+
+        def baseline_one(s):
+            plain_math_verify([s])
+
+        if not args.quick:
+            report("math-verify loop (serial)", baseline_one)
+        report("MathReward serial", lambda s: serial.score([s])[0])
+        with PooledReward(MathReward(), workers=args.workers, timeout_s=args.timeout) as pool:
+            pool.score(clean_samples(60, seed=98))
+            report(f"MathReward pool x{args.workers}", lambda s: pool.score([s])[0])
+            batch, t = timed(pool.score, mix)
+        print(
+            f"\nwhole adversarial mix as one batch in the pool x{args.workers}: {t:.2f} s "
+            f"({len(mix) / t:.1f} samples/s), statuses: "
+            + ", ".join(f"{st.value}={sum(r.status is st for r in batch)}" for st in RewardStatus)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
