@@ -5,7 +5,8 @@ own KV-head count, a linear replacement, or no-op) and its FFN (SwiGLU of its ow
 replacement, or no-op). The specs are megatron-core's own heterogeneous specs
 (``megatron.core.models.gpt.heterogeneous.get_gpt_heterogeneous_layer_spec``) driven by a
 ``HeterogeneousTransformerConfig`` (built by :func:`nemotron_plugins.puzzle.model.puzzle_transformer_config`); this
-module adds what they lack: a check of every layer against the parallel layout (KV heads and FFN widths divisible by
+module adds what they lack: an RMSNorm that works with sequence parallelism (:class:`PuzzleRMSNorm`; megatron's
+local ``WrappedTorchNorm`` asserts ``sequence_parallel`` is off), a check of every layer against the parallel layout (KV heads and FFN widths divisible by
 TP, naming the layer), an explicit Transformer Engine choice with an honest error where TE is missing, and the
 documentation below. Per-layer KV heads need nothing more: megatron builds each layer from
 ``config.get_config_for_layer(n)``, whose ``num_query_groups`` is that layer's KV-head count, and ``SelfAttention``
@@ -72,18 +73,23 @@ Linear FFN (``kind == "linear"``, HF ``mlp.linear_mlp.weight`` ``[H, H]``)::
 
 No-op attention / FFN: no tensors at all (no norm either); the sub-block is the identity and adds no residual.
 
-Every layer also holds ``decoder.layers.N.self_attention.core_attention._extra_state`` / TE ``_extra_state``
-entries only with TE (FP8 metadata); the local spec has none.
+Every linear also has an ``..._extra_state`` entry (``None`` for local modules, FP8 metadata with TE), e.g.
+``decoder.layers.N.self_attention.linear_qkv._extra_state``, ``decoder.layers.N.mlp._extra_state``,
+``output_layer._extra_state``; converters skip them (load with ``strict=False`` or keep the model's own values).
 
 The RoPE inverse frequencies are not in the state dict (computed from ``rope_theta`` / ``rope_scaling``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+import torch
 
 __all__ = [
     "LayerSpecError",
+    "PuzzleRMSNorm",
     "have_transformer_engine",
     "puzzle_layer_spec",
     "puzzle_local_layer_spec",
@@ -94,6 +100,47 @@ __all__ = [
 
 class LayerSpecError(ValueError):
     """A layer does not fit the requested parallel layout or module implementation."""
+
+
+class PuzzleRMSNorm(torch.nn.RMSNorm):
+    """torch's RMSNorm built from a megatron config, usable with sequence parallelism.
+
+    megatron-core's ``WrappedTorchNorm`` (the local heterogeneous spec's norm) refuses ``sequence_parallel=True``
+    because nothing would all-reduce its weight gradient over TP. This norm marks its weight
+    ``sequence_parallel`` so megatron's ``finalize_model_grads`` sums those gradients over the TP group, exactly as
+    for TE's norms. Its state-dict name is ``weight``, as for ``WrappedTorchNorm``.
+
+    Args:
+        config: megatron ``TransformerConfig`` (``sequence_parallel``, ``normalization`` must be ``"RMSNorm"``).
+        hidden_size: Normalised width.
+        eps: Epsilon (megatron passes ``config.layernorm_epsilon``).
+        **kwargs: Other arguments megatron passes to norms (ignored: ``persist_layer_norm``, ...).
+    """
+
+    def __init__(self, config: Any, hidden_size: int, eps: float = 1e-5, **kwargs: Any) -> None:
+        if config.normalization != "RMSNorm":
+            raise LayerSpecError(f"PuzzleRMSNorm needs normalization='RMSNorm', got {config.normalization!r}")
+        if getattr(config, "layernorm_zero_centered_gamma", False):
+            raise LayerSpecError("PuzzleRMSNorm does not support layernorm_zero_centered_gamma")
+        super().__init__(normalized_shape=hidden_size, eps=eps, dtype=config.params_dtype)
+        self.weight.sequence_parallel = bool(config.sequence_parallel)
+
+
+def _with_puzzle_norms(block: Any) -> Any:
+    """Replace megatron's ``WrappedTorchNorm`` by :class:`PuzzleRMSNorm` in a local block spec."""
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    def swap(module: Any) -> Any:
+        return PuzzleRMSNorm if module is WrappedTorchNorm else module
+
+    layer_specs = []
+    for spec in block.layer_specs:
+        sub = spec.submodules
+        sub = dataclasses.replace(
+            sub, input_layernorm=swap(sub.input_layernorm), pre_mlp_layernorm=swap(sub.pre_mlp_layernorm)
+        )
+        layer_specs.append(dataclasses.replace(spec, submodules=sub))
+    return dataclasses.replace(block, layer_specs=layer_specs, layer_norm=swap(block.layer_norm))
 
 
 def have_transformer_engine() -> bool:
@@ -168,7 +215,8 @@ def puzzle_layer_spec(
     if config.normalization != "RMSNorm":
         raise LayerSpecError(f"Puzzle models use RMSNorm, got normalization={config.normalization!r}")
     validate_layers_for_parallel(config)
-    return get_gpt_heterogeneous_layer_spec(config, use_te=use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank)
+    block = get_gpt_heterogeneous_layer_spec(config, use_te=use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank)
+    return block if use_transformer_engine else _with_puzzle_norms(block)
 
 
 def puzzle_local_layer_spec(config: Any, *, vp_stage: int | None = None, pp_rank: int | None = None) -> Any:

@@ -9,10 +9,10 @@ handed to another worker. A worker that dies on its own (crash, memory limit) gi
 
 Workers are plain ``python -m nemotron_plugins.rewards.pool_worker`` subprocesses talking over two pipes: nothing is
 forked from a (possibly multi-threaded) trainer and the caller's ``__main__`` is never re-imported, so a script
-without an ``if __name__ == "__main__"`` guard works. Each worker imports the reward's ``preload_modules`` and calls its
-optional ``warmup()`` before it reports ready (start-up time does not count against ``timeout_s``), caps its address space at its start size plus
-``memory_limit_mb`` (a sample that builds a gigantic number fails with ``MemoryError`` instead of exhausting the
-machine) and is killed by the kernel if the parent dies (Linux).
+without an ``if __name__ == "__main__"`` guard works. Each worker imports the reward's ``preload_modules`` and calls
+its optional ``warmup()`` before it reports ready (start-up time does not count against ``timeout_s``), caps its
+address space at its start size plus ``memory_limit_mb`` (a sample that builds a gigantic number fails with
+``MemoryError`` instead of exhausting the machine) and is killed by the kernel if the parent dies (Linux).
 
 Example:
     >>> from nemotron_plugins.rewards.base import RewardSample, build_reward
