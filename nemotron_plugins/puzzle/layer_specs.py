@@ -6,7 +6,8 @@ replacement, or no-op). The specs are megatron-core's own heterogeneous specs
 (``megatron.core.models.gpt.heterogeneous.get_gpt_heterogeneous_layer_spec``) driven by a
 ``HeterogeneousTransformerConfig`` (built by :func:`nemotron_plugins.puzzle.model.puzzle_transformer_config`); this
 module adds what they lack: an RMSNorm that works with sequence parallelism (:class:`PuzzleRMSNorm`; megatron's
-local ``WrappedTorchNorm`` asserts ``sequence_parallel`` is off), a check of every layer against the parallel layout (KV heads and FFN widths divisible by
+local ``WrappedTorchNorm`` asserts ``sequence_parallel`` is off), linear replacements whose output gather is correct
+under sequence parallelism (megatron 0.16.1 pads the wrong dimension there), a check of every layer against the parallel layout (KV heads and FFN widths divisible by
 TP, naming the layer), an explicit Transformer Engine choice with an honest error where TE is missing, and the
 documentation below. Per-layer KV heads need nothing more: megatron builds each layer from
 ``config.get_config_for_layer(n)``, whose ``num_query_groups`` is that layer's KV-head count, and ``SelfAttention``
@@ -126,21 +127,80 @@ class PuzzleRMSNorm(torch.nn.RMSNorm):
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
 
-def _with_puzzle_norms(block: Any) -> Any:
-    """Replace megatron's ``WrappedTorchNorm`` by :class:`PuzzleRMSNorm` in a local block spec."""
+def gather_linear_replacement_output(x: torch.Tensor, config: Any) -> torch.Tensor:
+    """Gather a column-parallel linear replacement's output ``[s, b, H/t]`` into the layer's output layout.
+
+    Without sequence parallelism: all-gather over TP along the hidden dim -> ``[s, b, H]``. With it: place this
+    rank's hidden slice in a zero ``[s, b, H]`` tensor and reduce-scatter along the sequence -> ``[s/t, b, H]``.
+    (megatron-core 0.16.1's ``_gather_from_tensor_parallel_region`` pads the sequence dim instead of the hidden dim
+    here, so linear replacements fail with sequence parallelism; this is the corrected version.)
+    """
+    from megatron.core.parallel_state import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+    from megatron.core.tensor_parallel.mappings import (
+        gather_from_tensor_model_parallel_region,
+        reduce_scatter_to_sequence_parallel_region,
+    )
+
+    tp = get_tensor_model_parallel_world_size()
+    if tp == 1:
+        return x
+    if not config.sequence_parallel:
+        return gather_from_tensor_model_parallel_region(x)
+    width = x.shape[-1]
+    before = get_tensor_model_parallel_rank() * width
+    x = torch.nn.functional.pad(x, (before, config.hidden_size - before - width))
+    return reduce_scatter_to_sequence_parallel_region(x)
+
+
+def _linear_replacement_classes() -> dict[type, type]:
+    """megatron's linear-replacement modules -> ours (same parameters and names, corrected output gather)."""
+    from megatron.core.transformer.heterogeneous import linear_replacements as lr
+
+    class PuzzleLinearReplacement(lr.ColumnParallelLinearGathered):
+        """A linear attention / FFN replacement (local modules): ``[H/t, H]`` column-parallel, output gathered."""
+
+        def forward(self, input_: torch.Tensor, weight: torch.Tensor | None = None, **kwargs: Any) -> Any:
+            out, bias = lr.ColumnParallelLinear.forward(self, input_, weight)
+            return gather_linear_replacement_output(out, self.config), bias
+
+    mapping: dict[type, type] = {lr.ColumnParallelLinearGathered: PuzzleLinearReplacement}
+    if getattr(lr, "HAVE_TE", False):
+
+        class PuzzleTELinearReplacement(lr.TELayerNormColumnParallelLinearGathered):
+            """A linear replacement with TE's fused norm + column-parallel linear, output gathered."""
+
+            def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+                out, bias = lr.TELayerNormColumnParallelLinear.forward(self, x)
+                return gather_linear_replacement_output(out, self.config), bias
+
+        mapping[lr.TELayerNormColumnParallelLinearGathered] = PuzzleTELinearReplacement
+    return mapping
+
+
+def _patched_block_spec(block: Any, *, use_te: bool) -> Any:
+    """Swap in :class:`PuzzleRMSNorm` (local specs) and the corrected linear replacements (both)."""
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-    def swap(module: Any) -> Any:
-        return PuzzleRMSNorm if module is WrappedTorchNorm else module
+    replacements = _linear_replacement_classes()
+
+    def norm(module: Any) -> Any:
+        return PuzzleRMSNorm if module is WrappedTorchNorm and not use_te else module
+
+    def sub_block(spec: Any) -> Any:
+        new = replacements.get(getattr(spec, "module", None))
+        return dataclasses.replace(spec, module=new) if new is not None else spec
 
     layer_specs = []
     for spec in block.layer_specs:
-        sub = spec.submodules
         sub = dataclasses.replace(
-            sub, input_layernorm=swap(sub.input_layernorm), pre_mlp_layernorm=swap(sub.pre_mlp_layernorm)
+            spec.submodules,
+            input_layernorm=norm(spec.submodules.input_layernorm),
+            pre_mlp_layernorm=norm(spec.submodules.pre_mlp_layernorm),
+            self_attention=sub_block(spec.submodules.self_attention),
+            mlp=sub_block(spec.submodules.mlp),
         )
         layer_specs.append(dataclasses.replace(spec, submodules=sub))
-    return dataclasses.replace(block, layer_specs=layer_specs, layer_norm=swap(block.layer_norm))
+    return dataclasses.replace(block, layer_specs=layer_specs, layer_norm=norm(block.layer_norm))
 
 
 def have_transformer_engine() -> bool:
@@ -216,7 +276,7 @@ def puzzle_layer_spec(
         raise LayerSpecError(f"Puzzle models use RMSNorm, got normalization={config.normalization!r}")
     validate_layers_for_parallel(config)
     block = get_gpt_heterogeneous_layer_spec(config, use_te=use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank)
-    return block if use_transformer_engine else _with_puzzle_norms(block)
+    return _patched_block_spec(block, use_te=use_transformer_engine)
 
 
 def puzzle_local_layer_spec(config: Any, *, vp_stage: int | None = None, pp_rank: int | None = None) -> Any:

@@ -24,7 +24,7 @@ Example:
     >>> with distributed_context():
     ...     model = build_puzzle_model(cfg)
     ...     count_parameters(model)
-    45440
+    57600
 """
 
 from __future__ import annotations

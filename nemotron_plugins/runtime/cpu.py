@@ -9,7 +9,10 @@ Rather than forking those modules, :func:`activate` installs three things, all u
    ``device="cuda"`` / ``"cuda:N"`` / ``torch.device("cuda")`` / a bare integer device index in any torch call,
    positional devices in ``Tensor.to``, ``Tensor.cuda()`` (returns the tensor unchanged), ``pin_memory=True`` and
    ``Tensor.pin_memory()`` (no pinning), ``Tensor.record_stream`` (nothing to record).
-2. **CPU stand-ins for ``torch.cuda`` functions** that have no CPU meaning: ``current_device`` (0), ``set_device``,
+2. **CPU stand-ins for ``torch.cuda`` functions** that have no CPU meaning: ``current_device`` (returns
+   ``torch.device("cpu")``, not an index: megatron's custom autograd functions allocate with
+   ``device=torch.cuda.current_device()`` inside ``backward``, where torch function modes are not consulted, because
+   the mode is suspended while it handles the ``torch.autograd.backward`` call itself), ``set_device``,
    ``synchronize``, streams and events (inert objects), the memory statistics (zeros), and the RNG functions
    (``get_rng_state``, ``set_rng_state``, ``manual_seed``, ``manual_seed_all``, ``initial_seed``), which act on the
    CPU default generator: on CPU, the generator that dropout and initialisation draw from *is* the "device" RNG.
@@ -238,7 +241,7 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 # torch.cuda attribute -> CPU stand-in.
 _TORCH_CUDA_PATCHES: dict[str, Any] = {
-    "current_device": lambda: 0,
+    "current_device": lambda: _CPU,
     "set_device": _noop,
     "synchronize": _noop,
     "Stream": _CpuStream,

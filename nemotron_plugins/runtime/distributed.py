@@ -48,6 +48,7 @@ __all__ = [
     "destroy_distributed",
     "distributed_context",
     "find_free_port",
+    "get_context",
     "init_distributed",
     "run_local_processes",
     "validate_parallel_config",

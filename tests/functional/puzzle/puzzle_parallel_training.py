@@ -8,7 +8,6 @@ same full tensors; every layout sees the same micro-batches.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
@@ -127,7 +126,10 @@ def train(parallel_kwargs: dict[str, Any], *, steps: int = 4, seed: int = 7, lr:
 def parallel_worker(rank: int, layouts: dict[str, dict[str, Any]], steps: int, seed: int) -> dict[str, Any]:
     """Run :func:`train` for each named layout in turn (2 processes); return this rank's losses per layout."""
     torch.set_num_threads(1)
-    return {name: train(kwargs, steps=steps, seed=seed) for name, kwargs in layouts.items()}
-
-
-_ = partial  # keep functools import for callers building partials of train
+    # One gloo process group for all layouts (re-creating it on the same port in a process is racy); each layout
+    # rebuilds only megatron's parallel groups on top of it.
+    torch.distributed.init_process_group("gloo")
+    try:
+        return {name: train(kwargs, steps=steps, seed=seed) for name, kwargs in layouts.items()}
+    finally:
+        torch.distributed.destroy_process_group()
