@@ -216,8 +216,9 @@ def run_local(
     with run.Experiment(config.name, executor=executor, base_dir=nemo_run_home) as exp:
         exp.add(_script(train_args(recipe, config, user)), name=config.name, tail_logs=tail_logs)
         exp.run(detach=False, tail_logs=tail_logs)
-        states = [getattr(job, "state", None) for job in exp.jobs]
-        return all(state == AppState.SUCCEEDED for state in states), exp._exp_dir
+    # NeMo-Run waits for non-sequential jobs when the experiment's context exits, so read the states afterwards.
+    states = [getattr(job, "state", None) for job in exp.jobs]
+    return bool(states) and all(state == AppState.SUCCEEDED for state in states), exp._exp_dir
 
 
 def local_dry_run(recipe: str, config: RecipeConfig, overrides: Sequence[str]) -> str:
