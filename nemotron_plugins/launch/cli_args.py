@@ -39,6 +39,8 @@ def split_remainder(
     """
     twin = argparse.ArgumentParser(prog=prog, add_help=False, argument_default=argparse.SUPPRESS)
     add_options(twin)
+    for action in twin._actions:  # only options actually given may overwrite the main parser's values
+        action.default = argparse.SUPPRESS
     parsed, rest = twin.parse_known_args(list(args.overrides or []))
     for key, value in vars(parsed).items():
         current = getattr(args, key, None)

@@ -101,6 +101,8 @@ def coerce(value: Any, tp: Any, key: str, *, raw: str | None = None) -> Any:
                 return coerce(value, option, key, raw=raw)
             except OverrideError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:
+            raise OverrideError(errors[0])
         raise OverrideError(f"{key}: expected {_type_name(tp)}, got {_show(value, raw)}")
     if origin is Literal:
         choices = get_args(tp)
@@ -121,6 +123,8 @@ def coerce(value: Any, tp: Any, key: str, *, raw: str | None = None) -> Any:
         (item_type,) = get_args(tp)[:1] or (Any,)
         if raw is not None and not isinstance(value, list | tuple):
             text = raw.strip()
+            if text.startswith("[") and text.endswith("]"):
+                text = text[1:-1].strip()
             value = [] if not text else [parse_value(part) for part in text.split(",")]
             parts = [] if not text else [part.strip() for part in text.split(",")]
             return [coerce(v, item_type, f"{key}[{i}]", raw=p) for i, (v, p) in enumerate(zip(value, parts, strict=True))]

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 
-def run_sft(out: Path, *, steps: int, batch: int, lr: float, corrupt: float, n_train: int, n_heldout: int, seed: int) -> Path:
+def run_sft(
+    out: Path, *, steps: int, batch: int, lr: float, corrupt: float, n_train: int, n_heldout: int, seed: int
+) -> Path:
     """Write the data, train the policy with SFT, save ``sft.pt``; returns its path."""
     import torch
 
@@ -64,7 +66,9 @@ def run_sft(out: Path, *, steps: int, batch: int, lr: float, corrupt: float, n_t
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == steps - 1:
-            print(f"[sft] step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(
+                f"[sft] step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)", flush=True
+            )
     path = out / "sft.pt"
     torch.save(policy.state_dict(), path)
     return path
@@ -138,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out n={int(a['n'])}  (T=1 sampled, 1 sample per prompt; greedy beside it)")
         for key in ("accuracy_sampled", "accuracy_greedy", "format_sampled", "format_greedy"):
             print(f"  {key:18s} before {b.get(key, float('nan')):.3f}  after {a.get(key, float('nan')):.3f}")
-    print(f"wall time {wall:.0f}s; reproduce: python -m nemotron_plugins.rl.demo {shlex.join(sys.argv[1:] if argv is None else argv)}")
+    print(
+        f"wall time {wall:.0f}s; reproduce: python -m nemotron_plugins.rl.demo {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    )
     return 0
 
 

@@ -516,7 +516,7 @@ def _policy_update(
                         continue
                     sums[key] = sums.get(key, 0.0) + float(value) * weight
                     counts[key] = counts.get(key, 0.0) + weight
-                sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 counts["loss"] = 1.0
                 with torch.no_grad():
                     m = mask[idx]

@@ -79,7 +79,7 @@ class SFTEvalConfig:
     num_prompts: int = 100
     """Held-out problems evaluated; each is asked once with ``detailed thinking on`` and once with ``off``
     (0 disables evaluation)."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     """Longest generated response."""
     batch_size: int = 64
     """Prompts decoded together."""

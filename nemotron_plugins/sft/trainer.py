@@ -434,7 +434,9 @@ def load_sft_model(path: str | os.PathLike[str], *, parallel: Any = None, seq_le
     from nemotron_plugins.puzzle.model import build_puzzle_model
 
     ckpt = load_sft_checkpoint(path)
-    model = build_puzzle_model(ckpt.model_config, parallel=parallel, seq_length=seq_length, perform_initialization=False)
+    model = build_puzzle_model(
+        ckpt.model_config, parallel=parallel, seq_length=seq_length, perform_initialization=False
+    )
     model.load_state_dict(ckpt.model_state)
     return model, ckpt
 
@@ -610,7 +612,9 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
             micro = [_collate(mine[i * mbs : (i + 1) * mbs], cfg.data.pack_sequences) for i in range(num_micro)]
             batches: Iterator[dict[str, Any]] = iter(micro)
 
-            def forward_step(data_iterator: Iterator[dict[str, Any]], model_: Any) -> tuple[Any, Any]:
+            def forward_step(
+                data_iterator: Iterator[dict[str, Any]], model_: Any, global_tokens: float = global_tokens
+            ) -> tuple[Any, Any]:
                 batch = next(data_iterator)
                 output = model_(
                     batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]
@@ -673,7 +677,9 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     if is_rank0 and save_dir:
         print(f"[sft] checkpoint: {save_dir} (step {result.steps_done})", flush=True)
     if can_eval and not result.stopped_early:
-        result.eval = evaluate_reasoning_toggle(model, tokenizer, eval_rows, eval_config=cfg.eval, vocab_size=vocab_size)
+        result.eval = evaluate_reasoning_toggle(
+            model, tokenizer, eval_rows, eval_config=cfg.eval, vocab_size=vocab_size
+        )
         if is_rank0:
             print(_format_eval(result.eval, "[sft] after training:"), flush=True)
     return result
@@ -707,7 +713,10 @@ def demo_config(output_dir: str, *, steps: int = 300, eval_prompts: int = 100, t
             log_interval=20, jsonl_path=os.path.join(output_dir, "metrics.jsonl"), progress_bar=False
         ),
         data=SFTDataConfig(
-            num_train_problems=1500, num_heldout_problems=max(eval_prompts, 1), min_value=10, max_value=99,
+            num_train_problems=1500,
+            num_heldout_problems=max(eval_prompts, 1),
+            min_value=10,
+            max_value=99,
             max_seq_length=96,
         ),
         eval=SFTEvalConfig(num_prompts=eval_prompts, max_new_tokens=40, batch_size=100, at_start=False),

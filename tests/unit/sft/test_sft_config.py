@@ -63,7 +63,9 @@ def test_from_recipe() -> None:
         name="x",
         task="sft",
         model=ModelConfig(architecture="tiny_puzzle", seq_length=128),
-        data=DataConfig(num_train_samples=50, num_eval_samples=20, max_seq_length=128, options={"corrupt_fraction": 0.5}),
+        data=DataConfig(
+            num_train_samples=50, num_eval_samples=20, max_seq_length=128, options={"corrupt_fraction": 0.5}
+        ),
         train_steps=7,
         micro_batch_size=2,
         global_batch_size=4,

@@ -16,7 +16,9 @@ def _config(tmp_path, *, steps: int, save_interval: int = 0, eval_prompts: int =
         optimizer=OptimizerConfig(lr=3e-3, warmup_steps=0, clip_grad=1.0),
         checkpoint=CheckpointConfig(save_dir=str(out / "ckpt"), save_interval=save_interval),
         logging=LoggingConfig(log_interval=100, jsonl_path=str(out / "metrics.jsonl"), progress_bar=False),
-        data=SFTDataConfig(num_train_problems=40, num_heldout_problems=4, min_value=1, max_value=99, max_seq_length=96),
+        data=SFTDataConfig(
+            num_train_problems=40, num_heldout_problems=4, min_value=1, max_value=99, max_seq_length=96
+        ),
         eval=SFTEvalConfig(num_prompts=eval_prompts, max_new_tokens=3, batch_size=4),
         train_steps=steps,
         micro_batch_size=2,

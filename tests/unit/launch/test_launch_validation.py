@@ -1,0 +1,170 @@
+"""Pre-launch validation: TP vs heads / KV heads per layer, PP layouts, world size, batch arithmetic, memory."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from nemotron_plugins.launch.build import build_recipe
+from nemotron_plugins.launch.memory import estimate_memory
+from nemotron_plugins.launch.pipeline_layout import balanced_layout, stage_ranges
+from nemotron_plugins.launch.validation import RecipeValidationError, load_model_config, validate_recipe
+from nemotron_plugins.puzzle.block_config import AttentionConfig, BlockConfig, FFNConfig, make_config, save_hf_config
+
+
+@pytest.fixture
+def hetero_config(tmp_path):
+    """16 layers, 16 heads; layer 12 has 2 KV heads, the others 8; layer 3 is a no-op attention."""
+    blocks = []
+    for i in range(16):
+        attn = AttentionConfig.no_op() if i == 3 else AttentionConfig.gqa(2 if i == 12 else 8)
+        blocks.append(BlockConfig(attention=attn, ffn=FFNConfig.swiglu(512)))
+    cfg = make_config(hidden_size=256, num_attention_heads=16, vocab_size=512, blocks=blocks)
+    path = tmp_path / "config.json"
+    save_hf_config(cfg, path)
+    return str(path)
+
+
+def recipe_on(path: str, *overrides: str):
+    return build_recipe(
+        "tiny_puzzle_sft_cpu", [f"model.hf_config_path={path}", "model.seq_length=128", "data.max_seq_length=128", *overrides]
+    )
+
+
+def test_kv_heads_message_names_layer_and_tp(hetero_config) -> None:
+    report = validate_recipe(recipe_on(hetero_config, "parallel.tensor_model_parallel_size=8", "cluster.devices_per_node=8", "global_batch_size=64"))
+    assert "layer 12 has 2 KV heads, not divisible by tensor_model_parallel_size=8" in report.errors
+    assert len([e for e in report.errors if "KV head" in e]) == 1  # the no-op layer 3 is not checked
+    with pytest.raises(RecipeValidationError, match="layer 12 has 2 KV heads"):
+        report.raise_if_invalid()
+
+
+def test_valid_heterogeneous_layout_passes(hetero_config) -> None:
+    report = validate_recipe(
+        recipe_on(
+            hetero_config,
+            "parallel.tensor_model_parallel_size=2",
+            "parallel.pipeline_model_parallel_size=3",
+            "parallel.pipeline_layout=[7,5,4]",
+            "cluster.devices_per_node=6",
+            "global_batch_size=64",
+        )
+    )
+    assert report.ok, report.errors
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["parallel.pipeline_model_parallel_size=3", "cluster.devices_per_node=3", "global_batch_size=63"],
+         "16 layers do not split evenly over pipeline_model_parallel_size=3; set parallel.pipeline_layout, e.g. the parameter-balanced ["),
+        (["parallel.pipeline_model_parallel_size=2", "parallel.pipeline_layout=[8,7]", "cluster.devices_per_node=2"],
+         "parallel.pipeline_layout covers 15 layers but the model has 16 (missing 1)"),
+        (["parallel.pipeline_model_parallel_size=2", "parallel.pipeline_layout=[16]", "cluster.devices_per_node=2"],
+         "parallel.pipeline_layout has 1 stages but pipeline_model_parallel_size=2"),
+        (["parallel.pipeline_model_parallel_size=2", "parallel.pipeline_layout=[16,0]", "cluster.devices_per_node=2"],
+         "stage(s) [1] hold no layers"),
+        (["parallel.tensor_model_parallel_size=2", "cluster.devices_per_node=3"],
+         "world size 3 (cluster.nodes=1 x cluster.devices_per_node=3) is not divisible by TP x PP x CP = 2 x 1 x 1 = 2"),
+        (["parallel.data_parallel_size=4", "cluster.devices_per_node=2"], "world size 2 != TP x PP x CP x DP"),
+        (["parallel.sequence_parallel=true"], "sequence_parallel=true needs tensor_model_parallel_size > 1"),
+        (["parallel.context_parallel_size=2", "cluster.devices_per_node=2", "model.seq_length=126", "data.max_seq_length=64"],
+         "model.seq_length=126 is not divisible by 2 x context_parallel_size = 4"),
+        (["cluster.devices_per_node=2", "global_batch_size=63"], "global_batch_size=63 is not divisible by micro_batch_size x DP"),
+        (["optimizer.bf16=true"], "optimizer.bf16=true is GPU-only"),
+    ],
+)
+def test_errors_say_which_number_is_wrong(hetero_config, overrides, fragment) -> None:
+    report = validate_recipe(recipe_on(hetero_config, "micro_batch_size=1", *overrides))
+    assert any(fragment in e for e in report.errors), report.errors
+
+
+def test_rl_consistency_checks() -> None:
+    cfg = build_recipe("tiny_puzzle_grpo_cpu", ["global_batch_size=64", "generation.max_new_tokens=200", "rewards.0.name=nope"])
+    errors = validate_recipe(cfg).errors
+    assert any("global_batch_size=64 but a rollout gives 128 samples / 1 updates = 128" in e for e in errors)
+    assert any("data.max_seq_length + generation.max_new_tokens = 128 + 200 = 328 exceeds model.seq_length=256" in e for e in errors)
+    assert any("rewards[0].name='nope' is not a registered rewards plugin" in e for e in errors)
+
+
+def test_generation_tp_must_divide_kv_heads(hetero_config) -> None:
+    cfg = build_recipe(
+        "tiny_puzzle_grpo_cpu",
+        [f"model.hf_config_path={hetero_config}", "generation.tensor_model_parallel_size=4", "cluster.devices_per_node=4",
+         "micro_batch_size=1"],
+    )
+    assert "layer 12 has 2 KV heads, not divisible by generation.tensor_model_parallel_size=4" in validate_recipe(cfg).errors
+
+
+def test_memory_overflow_is_an_error() -> None:
+    cfg = build_recipe(
+        "llama_nemotron_super_49b_sft_64gpu_h100_bf16",
+        ["cluster.nodes=1", "parallel.tensor_model_parallel_size=8", "parallel.pipeline_model_parallel_size=1",
+         "parallel.pipeline_layout=null", "global_batch_size=8"],
+    )
+    report = validate_recipe(cfg)
+    assert report.memory is not None and not report.memory.fits
+    assert any("exceeds cluster.gpu_memory_gb=80" in e for e in report.errors)
+
+
+def test_memory_formula_by_hand(hetero_config) -> None:
+    # fp32, TP1, PP1, no distributed optimizer: 16 bytes per parameter; activations per layer
+    # a*s*b*(2h + 2q + 2k) + a*s*b*(2h + 3f) for GQA + SwiGLU layers.
+    cfg = recipe_on(hetero_config, "micro_batch_size=2", "global_batch_size=4")
+    model = load_model_config(cfg.model)
+    est = estimate_memory(cfg, model)
+    stage = est.stages[0]
+    from nemotron_plugins.puzzle.cost import estimate_cost
+
+    params = estimate_cost(model).total_params
+    assert stage.weights + stage.gradients + stage.optimizer == pytest.approx(16 * params)
+    a, s, b, h, f, q = 4, 128, 2, 256, 512, 256
+    gqa = {i: (2 if i == 12 else 8) * 16 for i in range(16) if i != 3}
+    act = sum(a * s * b * (2 * h + 2 * q + 2 * k) for k in gqa.values()) + 16 * a * s * b * (2 * h + 3 * f)
+    assert stage.activations == pytest.approx(act)  # one micro-batch in flight with PP1
+    assert stage.logits == pytest.approx(s * b * 512 * (a + 4))
+    assert est.overhead == 0 and est.peak == pytest.approx(stage.total)
+
+
+def test_distributed_optimizer_shards_over_dp_and_cp() -> None:
+    cfg = build_recipe("llama_nemotron_ultra_253b_grpo_576gpu_h100_bf16")
+    est = estimate_memory(cfg, load_model_config(cfg.model))
+    for stage in est.stages:
+        assert stage.optimizer == pytest.approx(stage.params * 12 / (2 * 2), rel=1e-6)
+        assert stage.weights == pytest.approx(stage.params * 2, rel=1e-6)
+
+
+def _brute_force(costs, pp, first, last):
+    best = None
+    n = len(costs)
+    for cuts in itertools.combinations(range(1, n), pp - 1):
+        bounds = (0, *cuts, n)
+        loads = [sum(costs[bounds[i]:bounds[i + 1]]) for i in range(pp)]
+        loads[0] += first
+        loads[-1] += last
+        if best is None or max(loads) < best:
+            best = max(loads)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_balanced_layout_is_optimal(seed) -> None:
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(3, 9)
+    pp = rng.randint(1, n)
+    costs = [rng.choice([0, 1, 5, 20]) for _ in range(n)]
+    first, last = rng.choice([0, 3]), rng.choice([0, 3])
+    layout = balanced_layout(costs, pp, first_stage_extra=first, last_stage_extra=last)
+    assert len(layout) == pp and sum(layout) == n and min(layout) >= 1
+    loads = [sum(costs[r.start:r.stop]) for r in stage_ranges(layout)]
+    loads[0] += first
+    loads[-1] += last
+    assert max(loads) == _brute_force(costs, pp, first, last)
+
+
+def test_balanced_layout_rejects_too_many_stages() -> None:
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        balanced_layout([1, 2, 3], 4)
