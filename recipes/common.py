@@ -123,7 +123,9 @@ def rloo_algorithm(prompts: int = 128, generations: int = 8) -> AlgorithmConfig:
     )
 
 
-def vllm_generation(tp: int, *, max_new_tokens: int, fp8: bool = False, max_num_seqs: int | None = None) -> GenerationConfig:
+def vllm_generation(
+    tp: int, *, max_new_tokens: int, fp8: bool = False, max_num_seqs: int | None = None
+) -> GenerationConfig:
     """vLLM rollouts with the paper's sampling for RL (temperature 1, top_p 1)."""
     return GenerationConfig(
         engine="vllm",

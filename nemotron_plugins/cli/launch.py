@@ -33,14 +33,18 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``launch`` (also parsed when they follow the overrides)."""
     parser.add_argument("--executor", choices=("local", "slurm"), default="local", help="where to run (default local)")
     parser.add_argument("--nodes", type=int, help="override cluster.nodes (the world size follows)")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script / local command; submit nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch script / local command; submit nothing"
+    )
     parser.add_argument("--skip-validation", action="store_true", help="do not run the pre-launch checks")
     slurm = parser.add_argument_group("slurm")
     slurm.add_argument("--account", default=os.environ.get("SLURM_ACCOUNT", "ACCOUNT"), help="sbatch --account")
     slurm.add_argument("--partition", default=os.environ.get("SLURM_PARTITION"), help="sbatch --partition")
     slurm.add_argument("--time", help="sbatch --time (default: the recipe's cluster.time_limit)")
     slurm.add_argument(
-        "--job-dir", default=os.environ.get("NEMOTRON_JOB_DIR", "nemo_run_jobs"), help="job scripts and logs directory on the cluster"
+        "--job-dir",
+        default=os.environ.get("NEMOTRON_JOB_DIR", "nemo_run_jobs"),
+        help="job scripts and logs directory on the cluster",
     )
     slurm.add_argument("--container-image", help="pyxis image (default: the recipe's cluster.container_image)")
     slurm.add_argument(
@@ -48,8 +52,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     slurm.add_argument("--ssh-host", help="submit through SSH to this login node (default: sbatch on this machine)")
     slurm.add_argument("--ssh-user", help="SSH user for --ssh-host")
-    slurm.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="export in the job (repeatable)")
-    slurm.add_argument("--packager", choices=("git", "none"), default="git", help="ship the git HEAD, or rely on the container")
+    slurm.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="export in the job (repeatable)"
+    )
+    slurm.add_argument(
+        "--packager", choices=("git", "none"), default="git", help="ship the git HEAD, or rely on the container"
+    )
 
 
 def _env(pairs: list[str]) -> dict[str, str]:

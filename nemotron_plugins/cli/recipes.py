@@ -68,8 +68,16 @@ def run_list(args: argparse.Namespace) -> int:
                 }
             )
         except Exception as exc:  # noqa: BLE001 - a broken third-party recipe must still be listed
-            rows.append({"name": entry.name, "task": "?", "parallel": f"(cannot build: {exc})", "description": "",
-                         "target": entry.target_path, "source": entry.source})
+            rows.append(
+                {
+                    "name": entry.name,
+                    "task": "?",
+                    "parallel": f"(cannot build: {exc})",
+                    "description": "",
+                    "target": entry.target_path,
+                    "source": entry.source,
+                }
+            )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -52,7 +52,9 @@ def resolve_trainer(task: str) -> Any:
     try:
         return getattr(module, attr)
     except AttributeError as exc:
-        raise TrainerUnavailableError(f"{module_name} has no {attr}(); the {task} trainer is not available yet") from exc
+        raise TrainerUnavailableError(
+            f"{module_name} has no {attr}(); the {task} trainer is not available yet"
+        ) from exc
 
 
 def checkpoint_exists(path: str | None) -> bool:

@@ -211,7 +211,9 @@ def estimate_memory(
         cost = estimate_cost(cfg, dtype_bytes=kv_bytes)
     layout = layout or p.pipeline_layout or even_layout(cfg.num_hidden_layers, pp)
     if layout is None:
-        raise ValueError(f"{cfg.num_hidden_layers} layers do not split evenly over {pp} pipeline stages; give a layout")
+        raise ValueError(
+            f"{cfg.num_hidden_layers} layers do not split evenly over {pp} pipeline stages; give a layout"
+        )
 
     s = max(1, math.ceil(recipe.model.seq_length / cp))
     b = recipe.micro_batch_size
@@ -219,7 +221,9 @@ def estimate_memory(
     weight_b, grad_b, opt_b = (2, 4, 12) if bf16 else (4, 4, 8)
     if p.use_distributed_optimizer:
         opt_b = opt_b / (d * cp)
-    ref_b = (2 if bf16 else 4) if (recipe.is_rl and recipe.algorithm is not None and recipe.algorithm.kl_beta > 0) else 0
+    ref_b = (
+        (2 if bf16 else 4) if (recipe.is_rl and recipe.algorithm is not None and recipe.algorithm.kl_beta > 0) else 0
+    )
 
     stages: list[StageMemory] = []
     for i, layers in enumerate(stage_ranges(layout)):

@@ -63,7 +63,9 @@ def resolve_init_annotations(cls: type, seen: set[type] | None = None) -> None:
 resolve_init_annotations(RecipeConfig)
 
 
-@run.cli.entrypoint(namespace=NAMESPACE, help="Train a nemotron-plugins recipe (recipe=<name>, then recipe.* overrides)")
+@run.cli.entrypoint(
+    namespace=NAMESPACE, help="Train a nemotron-plugins recipe (recipe=<name>, then recipe.* overrides)"
+)
 def train(recipe: RecipeConfig) -> None:
     """Validate and run ``recipe`` with its task's trainer in this process (NeMo-Run adds torchrun / Slurm)."""
     from nemotron_plugins.launch.dispatch import run_recipe

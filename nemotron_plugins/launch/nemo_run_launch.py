@@ -69,20 +69,19 @@ def pinned_overrides(config: RecipeConfig) -> list[str]:
     return pins
 
 
-def train_args(recipe: str, config: RecipeConfig, overrides: Sequence[str], *, shell_quote: bool = False) -> list[str]:
+def train_args(recipe: str, config: RecipeConfig, overrides: Sequence[str]) -> list[str]:
     """Arguments after ``python -m nemotron_plugins.cli.main``: ``train RECIPE <user overrides> <pins>``.
 
     Args:
         recipe: Registered recipe name.
         config: The resolved config (for the pinned sizes).
-        overrides: The user's overrides; those of pinned keys are replaced by the pins.
-        shell_quote: Quote each argument for a shell line (the sbatch script); the local executor passes an argv.
+        overrides: The user's overrides; those of pinned keys are replaced by the pins. NeMo-Run quotes each
+            argument itself when it writes the sbatch script.
     """
     pins = pinned_overrides(config)
     pinned_keys = {pin.split("=", 1)[0] for pin in pins}
     user = [o for o in overrides if o.split("=", 1)[0].strip() not in pinned_keys]
-    args = ["train", recipe, *user, *pins]
-    return [shlex.quote(a) for a in args] if shell_quote else args
+    return ["train", recipe, *user, *pins]
 
 
 def _script(args: list[str]) -> Any:
@@ -102,7 +101,9 @@ def slurm_executor(config: RecipeConfig, options: SlurmOptions, *, dry_run: bool
 
     cluster = config.cluster
     if options.ssh_host:
-        tunnel = run.SSHTunnel(host=options.ssh_host, user=options.ssh_user or os.environ.get("USER", ""), job_dir=options.job_dir)
+        tunnel = run.SSHTunnel(
+            host=options.ssh_host, user=options.ssh_user or os.environ.get("USER", ""), job_dir=options.job_dir
+        )
     else:
         tunnel = run.LocalTunnel(job_dir=os.path.abspath(options.job_dir))
     if dry_run or options.packager == "none":
@@ -111,7 +112,11 @@ def slurm_executor(config: RecipeConfig, options: SlurmOptions, *, dry_run: bool
         packager = run.GitArchivePackager()
     else:
         raise ValueError(f"packager must be 'git' or 'none', got {options.packager!r}")
-    env = {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "TORCH_NCCL_AVOID_RECORD_STREAMS": "1"} if cluster.device == "cuda" else {}
+    env = (
+        {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "TORCH_NCCL_AVOID_RECORD_STREAMS": "1"}
+        if cluster.device == "cuda"
+        else {}
+    )
     env.update(options.env)
     image = options.container_image or cluster.container_image
     return run.SlurmExecutor(
@@ -133,6 +138,17 @@ def slurm_executor(config: RecipeConfig, options: SlurmOptions, *, dry_run: bool
     )
 
 
+@contextlib.contextmanager
+def _stdin(stream: Any) -> Any:
+    # NeMo-Run's packaging step runs shell commands through invoke, which forwards our stdin; give it an empty one.
+    previous = sys.stdin
+    sys.stdin = stream
+    try:
+        yield
+    finally:
+        sys.stdin = previous
+
+
 def render_sbatch(recipe: str, config: RecipeConfig, overrides: Sequence[str], options: SlurmOptions) -> str:
     """The exact sbatch script NeMo-Run would submit for this recipe, rendered by NeMo-Run's own dry run.
 
@@ -141,10 +157,15 @@ def render_sbatch(recipe: str, config: RecipeConfig, overrides: Sequence[str], o
     import nemo_run as run
 
     executor = slurm_executor(config, options, dry_run=True)
-    with tempfile.TemporaryDirectory(prefix="nemotron-dryrun-") as base, contextlib.redirect_stdout(sys.stderr):
+    with (
+        tempfile.TemporaryDirectory(prefix="nemotron-dryrun-") as base,
+        contextlib.redirect_stdout(sys.stderr),
+        open(os.devnull, encoding="utf-8") as no_input,
+        _stdin(no_input),
+    ):
         exp_id = f"{config.name}_{DRYRUN_EXPERIMENT_SUFFIX}"
         with run.Experiment(config.name, executor=executor, id=exp_id, base_dir=base, clean_mode=True) as exp:
-            exp.add(_script(train_args(recipe, config, overrides, shell_quote=True)), name=config.name, tail_logs=False)
+            exp.add(_script(train_args(recipe, config, overrides)), name=config.name, tail_logs=False)
             exp.dryrun(log=False, delete_exp_dir=False)
             scripts = sorted(Path(base).rglob("*_sbatch.sh"))
             if not scripts:
@@ -154,13 +175,15 @@ def render_sbatch(recipe: str, config: RecipeConfig, overrides: Sequence[str], o
     return text
 
 
-def submit_slurm(recipe: str, config: RecipeConfig, overrides: Sequence[str], options: SlurmOptions, *, detach: bool = True) -> str:
+def submit_slurm(
+    recipe: str, config: RecipeConfig, overrides: Sequence[str], options: SlurmOptions, *, detach: bool = True
+) -> str:
     """Submit through NeMo-Run's Slurm executor; returns the experiment id."""
     import nemo_run as run
 
     executor = slurm_executor(config, options)
     with run.Experiment(config.name, executor=executor) as exp:
-        exp.add(_script(train_args(recipe, config, overrides, shell_quote=True)), name=config.name, tail_logs=False)
+        exp.add(_script(train_args(recipe, config, overrides)), name=config.name, tail_logs=False)
         exp.run(detach=detach)
         return exp._id
 
@@ -189,7 +212,17 @@ def local_command(recipe: str, config: RecipeConfig, overrides: Sequence[str]) -
     args = train_args(recipe, config, local_overrides(config, overrides))
     nproc = config.cluster.devices_per_node
     if nproc > 1:
-        return ["torchrun", "--rdzv-backend", "c10d", "--nnodes", "1", f"--nproc-per-node={nproc}", "-m", TRAIN_MODULE, *args]
+        return [
+            "torchrun",
+            "--rdzv-backend",
+            "c10d",
+            "--nnodes",
+            "1",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            TRAIN_MODULE,
+            *args,
+        ]
     return [sys.executable, "-m", TRAIN_MODULE, *args]
 
 

@@ -127,7 +127,9 @@ def coerce(value: Any, tp: Any, key: str, *, raw: str | None = None) -> Any:
                 text = text[1:-1].strip()
             value = [] if not text else [parse_value(part) for part in text.split(",")]
             parts = [] if not text else [part.strip() for part in text.split(",")]
-            return [coerce(v, item_type, f"{key}[{i}]", raw=p) for i, (v, p) in enumerate(zip(value, parts, strict=True))]
+            return [
+                coerce(v, item_type, f"{key}[{i}]", raw=p) for i, (v, p) in enumerate(zip(value, parts, strict=True))
+            ]
         if not isinstance(value, list | tuple):
             raise OverrideError(f"{key}: expected a list ({_type_name(tp)}), got {_show(value, raw)}")
         return [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -186,7 +188,12 @@ def _unknown(key: str, valid: Iterable[str], context: str) -> OverrideError:
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     if not close:
         last = key.rsplit(".", 1)[-1]
-        close = [k for k in valid if k.rsplit(".", 1)[-1] in difflib.get_close_matches(last, [v.rsplit(".", 1)[-1] for v in valid], n=3, cutoff=0.6)][:3]
+        close = [
+            k
+            for k in valid
+            if k.rsplit(".", 1)[-1]
+            in difflib.get_close_matches(last, [v.rsplit(".", 1)[-1] for v in valid], n=3, cutoff=0.6)
+        ][:3]
     hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
     return OverrideError(f"unknown key {key!r}{context}{hint}")
 
@@ -215,7 +222,9 @@ def set_by_path(config: Any, key: str, raw: str, *, context: str = "") -> None:
             obj = child
         elif isinstance(obj, list):
             if not part.isdigit() or int(part) >= len(obj):
-                raise OverrideError(f"{key}: {'.'.join(parts[:depth])} is a list of {len(obj)} items; {part!r} is not a valid index")
+                raise OverrideError(
+                    f"{key}: {'.'.join(parts[:depth])} is a list of {len(obj)} items; {part!r} is not a valid index"
+                )
             if last:
                 old = obj[int(part)]
                 tp = type(old) if old is not None else Any
@@ -228,7 +237,9 @@ def set_by_path(config: Any, key: str, raw: str, *, context: str = "") -> None:
                 return
             obj = obj.setdefault(part, {})
         else:
-            raise OverrideError(f"{key}: {'.'.join(parts[:depth])} is a {type(obj).__name__} value, not a block with keys")
+            raise OverrideError(
+                f"{key}: {'.'.join(parts[:depth])} is a {type(obj).__name__} value, not a block with keys"
+            )
 
 
 def split_override(text: str) -> tuple[str, str]:

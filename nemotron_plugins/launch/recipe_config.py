@@ -245,7 +245,11 @@ class RecipeConfig:
         p = self.parallel
         if p.data_parallel_size is not None:
             return p.data_parallel_size
-        return max(1, self.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size))
+        return max(
+            1,
+            self.world_size
+            // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size),
+        )
 
 
 def resolve_paths(config: RecipeConfig) -> RecipeConfig:

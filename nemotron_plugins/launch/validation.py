@@ -128,9 +128,13 @@ def check_parallelism(recipe: RecipeConfig, cfg: PuzzleModelConfig) -> tuple[lis
                 f"layer {i} has {_kv(attn.num_key_value_heads)}, not divisible by tensor_model_parallel_size={tp}"
             )
         if ffn.kind == "swiglu" and ffn.intermediate_size % tp:
-            errors.append(f"layer {i} has FFN width {ffn.intermediate_size}, not divisible by tensor_model_parallel_size={tp}")
+            errors.append(
+                f"layer {i} has FFN width {ffn.intermediate_size}, not divisible by tensor_model_parallel_size={tp}"
+            )
     if (any(b.attention.kind == "linear" or b.ffn.kind == "linear" for b in cfg.blocks)) and cfg.hidden_size % tp:
-        errors.append(f"hidden_size={cfg.hidden_size} (linear replacement blocks) is not divisible by tensor_model_parallel_size={tp}")
+        errors.append(
+            f"hidden_size={cfg.hidden_size} (linear replacement blocks) is not divisible by tensor_model_parallel_size={tp}"
+        )
     if p.sequence_parallel and tp == 1:
         errors.append("parallel.sequence_parallel=true needs tensor_model_parallel_size > 1")
     if tp > recipe.cluster.devices_per_node:
@@ -143,9 +147,7 @@ def check_parallelism(recipe: RecipeConfig, cfg: PuzzleModelConfig) -> tuple[lis
     if p.pipeline_layout is not None:
         layout = list(p.pipeline_layout)
         if len(layout) != pp:
-            errors.append(
-                f"parallel.pipeline_layout has {len(layout)} stages but pipeline_model_parallel_size={pp}"
-            )
+            errors.append(f"parallel.pipeline_layout has {len(layout)} stages but pipeline_model_parallel_size={pp}")
         if any(c < 1 for c in layout):
             bad = [i for i, c in enumerate(layout) if c < 1]
             errors.append(f"parallel.pipeline_layout stage(s) {bad} hold no layers; every stage needs >= 1")
@@ -175,7 +177,9 @@ def check_parallelism(recipe: RecipeConfig, cfg: PuzzleModelConfig) -> tuple[lis
     if cp > 1 and seq % (2 * cp):
         errors.append(f"model.seq_length={seq} is not divisible by 2 x context_parallel_size = {2 * cp}")
     if seq > cfg.max_position_embeddings:
-        errors.append(f"model.seq_length={seq} exceeds the model's max_position_embeddings={cfg.max_position_embeddings}")
+        errors.append(
+            f"model.seq_length={seq} exceeds the model's max_position_embeddings={cfg.max_position_embeddings}"
+        )
 
     gen = recipe.generation
     if gen is not None:
@@ -184,7 +188,9 @@ def check_parallelism(recipe: RecipeConfig, cfg: PuzzleModelConfig) -> tuple[lis
             errors.append(f"generation.tensor_model_parallel_size={gtp} does not divide the world size {world}")
         else:
             if heads % gtp:
-                errors.append(f"num_attention_heads={heads} is not divisible by generation.tensor_model_parallel_size={gtp}")
+                errors.append(
+                    f"num_attention_heads={heads} is not divisible by generation.tensor_model_parallel_size={gtp}"
+                )
             for i, block in enumerate(cfg.blocks):
                 attn = block.attention
                 if attn.kind == "gqa" and attn.num_key_value_heads % gtp:
@@ -205,9 +211,7 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
     if mbs < 1 or gbs < 1:
         errors.append(f"micro_batch_size={mbs} and global_batch_size={gbs} must be >= 1")
     elif dp is not None and gbs % (mbs * dp):
-        errors.append(
-            f"global_batch_size={gbs} is not divisible by micro_batch_size x DP = {mbs} x {dp} = {mbs * dp}"
-        )
+        errors.append(f"global_batch_size={gbs} is not divisible by micro_batch_size x DP = {mbs} x {dp} = {mbs * dp}")
     if recipe.train_steps < 1:
         errors.append(f"train_steps={recipe.train_steps} must be >= 1")
     if recipe.is_rl:
@@ -232,7 +236,9 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
             if alg.name == "rloo" and not alg.leave_one_out_baseline:
                 errors.append("algorithm.name='rloo' needs algorithm.leave_one_out_baseline=true")
             if alg.generations_per_prompt < 2:
-                errors.append(f"algorithm.generations_per_prompt={alg.generations_per_prompt}: group baselines need >= 2")
+                errors.append(
+                    f"algorithm.generations_per_prompt={alg.generations_per_prompt}: group baselines need >= 2"
+                )
         gen = recipe.generation
         if gen is not None and recipe.data.max_seq_length + gen.max_new_tokens > recipe.model.seq_length:
             errors.append(
@@ -271,7 +277,9 @@ def check_plugins(recipe: RecipeConfig) -> list[str]:
         wanted.append((REWARDS, f"rewards[{i}].name", spec.name))
     for registry, key, name in wanted:
         if name not in registry:
-            errors.append(f"{key}={name!r} is not a registered {registry.kind} plugin; registered: {', '.join(registry.names())}")
+            errors.append(
+                f"{key}={name!r} is not a registered {registry.kind} plugin; registered: {', '.join(registry.names())}"
+            )
     return errors
 
 
@@ -305,7 +313,11 @@ def validate_recipe(recipe: RecipeConfig, *, memory: bool = True, plugins: bool 
     cost = estimate_cost(cfg)
     report.total_params = cost.total_params
     if memory and not errors:
-        kv_bytes = {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1}[recipe.generation.kv_cache_dtype] if recipe.generation else 2
+        kv_bytes = (
+            {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1}[recipe.generation.kv_cache_dtype]
+            if recipe.generation
+            else 2
+        )
         estimate = estimate_memory(recipe, cfg, estimate_cost(cfg, dtype_bytes=kv_bytes))
         report.memory = estimate
         if not estimate.fits:

@@ -676,6 +676,7 @@ def load_hf_checkpoint(
     reader = _HFReader(path)
     report = LoadReport()
     report.missing_hf, report.unexpected_hf = _check_hf_names(cfg, set(reader.weight_map), strict)
+    expected = expected_hf_tensors(cfg)
     missing = set(report.missing_hf)
 
     work: list[tuple[TensorPlan, dict[str, torch.Tensor]]] = []
@@ -710,7 +711,7 @@ def load_hf_checkpoint(
                 hf = {}
                 for n in plan.hf_names:
                     t = reader.get(n)
-                    if n in (expected := _expected_cache(cfg)) and tuple(t.shape) != expected[n]:
+                    if n in expected and tuple(t.shape) != expected[n]:
                         raise HFCheckpointError(
                             f"{_describe_hf(n)}: shape {tuple(t.shape)} does not match the config's {expected[n]}"
                         )
@@ -733,18 +734,6 @@ def load_hf_checkpoint(
         bar.close()
         reader.close()
     return report
-
-
-_EXPECTED_CACHE: dict[int, tuple[PuzzleModelConfig, dict[str, tuple[int, ...]]]] = {}
-
-
-def _expected_cache(cfg: PuzzleModelConfig) -> dict[str, tuple[int, ...]]:
-    hit = _EXPECTED_CACHE.get(id(cfg))
-    if hit is None or hit[0] is not cfg:
-        _EXPECTED_CACHE.clear()
-        hit = (cfg, expected_hf_tensors(cfg))
-        _EXPECTED_CACHE[id(cfg)] = hit
-    return hit[1]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -896,6 +885,7 @@ def export_hf_checkpoint(
         else:
             for _ in stream:
                 pass
+        torch.distributed.barrier()  # return only once rank 0 has written everything
         return None
 
     source: dict[str, tuple[int, tuple[int, ...], torch.dtype]] = {}
@@ -959,6 +949,8 @@ def export_hf_checkpoint(
         }
         (out / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     save_hf_config(cfg, out)
+    if dist:
+        torch.distributed.barrier()
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nemotron_plugins.launch.recipe_config import ClusterConfig, DataConfig, RecipeConfig
+from nemotron_plugins.launch.recipe_config import ClusterConfig, DataConfig, RecipeConfig, RewardSpec
 from nemotron_plugins.runtime.config import ModelConfig, OptimizerConfig, ParallelConfig
 from recipes.common import (
     NANO_8B_CONFIG,
@@ -18,13 +18,14 @@ from recipes.common import (
     rloo_algorithm,
     vllm_generation,
 )
-from nemotron_plugins.launch.recipe_config import RewardSpec
 
 CHAT_TEMPLATE = "llama-nemotron-nano"
 
 
 def _model(seq_length: int) -> ModelConfig:
-    return ModelConfig(hf_config_path=model_config_path(NANO_8B_CONFIG), seq_length=seq_length, params_dtype="bfloat16")
+    return ModelConfig(
+        hf_config_path=model_config_path(NANO_8B_CONFIG), seq_length=seq_length, params_dtype="bfloat16"
+    )
 
 
 def _cluster(nodes: int) -> ClusterConfig:
@@ -38,9 +39,7 @@ def llama_nemotron_nano_8b_sft_8gpu_h100_bf16_config() -> RecipeConfig:
         task="sft",
         description="SFT on the Llama-Nemotron post-training data (reasoning on/off pairs), 1 x 8 H100",
         model=_model(16384),
-        parallel=ParallelConfig(
-            tensor_model_parallel_size=2, sequence_parallel=True, use_distributed_optimizer=True
-        ),
+        parallel=ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True, use_distributed_optimizer=True),
         optimizer=OptimizerConfig(lr=1e-5, min_lr=1e-6, warmup_steps=100, lr_schedule="cosine", bf16=True),
         logging=gpu_logging(),
         cluster=_cluster(1),
@@ -66,9 +65,7 @@ def llama_nemotron_nano_8b_grpo_16gpu_h100_bf16_config() -> RecipeConfig:
         task="grpo",
         description="Reasoning GRPO (LLM-judge accuracy + format reward, curriculum), 2 x 8 H100",
         model=_model(20480),
-        parallel=ParallelConfig(
-            tensor_model_parallel_size=2, sequence_parallel=True, use_distributed_optimizer=True
-        ),
+        parallel=ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True, use_distributed_optimizer=True),
         optimizer=OptimizerConfig(lr=1e-6, warmup_steps=10, bf16=True),
         logging=gpu_logging(),
         cluster=_cluster(2),
@@ -91,9 +88,7 @@ def llama_nemotron_nano_8b_rloo_8gpu_h100_bf16_config() -> RecipeConfig:
         task="rloo",
         description="IF-RL: RLOO with the instruction verifier, 128 prompts per step, < 120 steps, 1 x 8 H100",
         model=_model(8192),
-        parallel=ParallelConfig(
-            tensor_model_parallel_size=2, sequence_parallel=True, use_distributed_optimizer=True
-        ),
+        parallel=ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True, use_distributed_optimizer=True),
         optimizer=OptimizerConfig(lr=5e-7, bf16=True),
         logging=gpu_logging(),
         cluster=_cluster(1),

@@ -24,7 +24,9 @@ CHAT_TEMPLATE = "llama-nemotron-super"
 
 
 def _model(seq_length: int) -> ModelConfig:
-    return ModelConfig(hf_config_path=model_config_path(SUPER_49B_CONFIG), seq_length=seq_length, params_dtype="bfloat16")
+    return ModelConfig(
+        hf_config_path=model_config_path(SUPER_49B_CONFIG), seq_length=seq_length, params_dtype="bfloat16"
+    )
 
 
 def _parallel(pp: int) -> ParallelConfig:

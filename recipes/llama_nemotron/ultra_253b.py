@@ -29,7 +29,9 @@ PIPELINE_STAGES = 18
 
 
 def _model(seq_length: int) -> ModelConfig:
-    return ModelConfig(hf_config_path=model_config_path(ULTRA_253B_CONFIG), seq_length=seq_length, params_dtype="bfloat16")
+    return ModelConfig(
+        hf_config_path=model_config_path(ULTRA_253B_CONFIG), seq_length=seq_length, params_dtype="bfloat16"
+    )
 
 
 def _parallel(cp: int) -> ParallelConfig:

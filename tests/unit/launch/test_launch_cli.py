@@ -48,8 +48,15 @@ def test_recipes_validate_reports_and_exits_nonzero(capsys) -> None:
     code, out, _ = run_cli(capsys, "recipes", "validate", "tiny_puzzle_sft_cpu")
     assert code == 0 and out.startswith("ok")
     code, out, _ = run_cli(
-        capsys, "recipes", "validate", "tiny_puzzle_sft_cpu", "--set", "parallel.tensor_model_parallel_size=8",
-        "--set", "cluster.devices_per_node=8", "--json",
+        capsys,
+        "recipes",
+        "validate",
+        "tiny_puzzle_sft_cpu",
+        "--set",
+        "parallel.tensor_model_parallel_size=8",
+        "--set",
+        "cluster.devices_per_node=8",
+        "--json",
     )
     assert code == 1
     report = json.loads(out)
@@ -60,7 +67,9 @@ def test_recipes_validate_reports_and_exits_nonzero(capsys) -> None:
 def test_train_dry_run_in_process_and_torchrun(capsys) -> None:
     code, out, _ = run_cli(capsys, "train", "tiny_puzzle_sft_cpu", "train_steps=1", "--dry-run")
     assert code == 0 and "(in process) sft trainer" in out
-    code, out, _ = run_cli(capsys, "train", "--dry-run", "tiny_puzzle_sft_cpu", "cluster.devices_per_node=2", "micro_batch_size=32")
+    code, out, _ = run_cli(
+        capsys, "train", "--dry-run", "tiny_puzzle_sft_cpu", "cluster.devices_per_node=2", "micro_batch_size=32"
+    )
     assert code == 0
     cmd = shlex.split(out.strip())
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -100,15 +109,21 @@ def test_every_launcher_script_parses() -> None:
 
 def test_sbatch_launcher_requires_recipe() -> None:
     # Outside Slurm the script stops at its first check and says what to set.
-    result = subprocess.run(["bash", str(REPO / "launchers" / "train.sbatch")], capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        ["bash", str(REPO / "launchers" / "train.sbatch")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode != 0 and "set RECIPE" in result.stderr
 
 
 def test_validate_script(tmp_path) -> None:
     result = subprocess.run(
         ["bash", str(REPO / "launchers" / "validate.sh"), "tiny_puzzle_sft_cpu", "seed=3"],
-        capture_output=True, text=True, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable},
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr

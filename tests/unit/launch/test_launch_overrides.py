@@ -27,7 +27,7 @@ def test_typed_values() -> None:
         "model.overrides.vocab_size=256",
         "rewards.0.weight=2",
         "generation.max_num_seqs=null",
-        "data.options={\"min_value\": 5}",
+        'data.options={"min_value": 5}',
     )
     assert cfg.optimizer.lr == 3e-7 and isinstance(cfg.optimizer.lr, float)
     assert cfg.train_steps == 7

@@ -28,12 +28,20 @@ def hetero_config(tmp_path):
 
 def recipe_on(path: str, *overrides: str):
     return build_recipe(
-        "tiny_puzzle_sft_cpu", [f"model.hf_config_path={path}", "model.seq_length=128", "data.max_seq_length=128", *overrides]
+        "tiny_puzzle_sft_cpu",
+        [f"model.hf_config_path={path}", "model.seq_length=128", "data.max_seq_length=128", *overrides],
     )
 
 
 def test_kv_heads_message_names_layer_and_tp(hetero_config) -> None:
-    report = validate_recipe(recipe_on(hetero_config, "parallel.tensor_model_parallel_size=8", "cluster.devices_per_node=8", "global_batch_size=64"))
+    report = validate_recipe(
+        recipe_on(
+            hetero_config,
+            "parallel.tensor_model_parallel_size=8",
+            "cluster.devices_per_node=8",
+            "global_batch_size=64",
+        )
+    )
     assert "layer 12 has 2 KV heads, not divisible by tensor_model_parallel_size=8" in report.errors
     assert len([e for e in report.errors if "KV head" in e]) == 1  # the no-op layer 3 is not checked
     with pytest.raises(RecipeValidationError, match="layer 12 has 2 KV heads"):
@@ -57,21 +65,49 @@ def test_valid_heterogeneous_layout_passes(hetero_config) -> None:
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (["parallel.pipeline_model_parallel_size=3", "cluster.devices_per_node=3", "global_batch_size=63"],
-         "16 layers do not split evenly over pipeline_model_parallel_size=3; set parallel.pipeline_layout, e.g. the parameter-balanced ["),
-        (["parallel.pipeline_model_parallel_size=2", "parallel.pipeline_layout=[8,7]", "cluster.devices_per_node=2"],
-         "parallel.pipeline_layout covers 15 layers but the model has 16 (missing 1)"),
-        (["parallel.pipeline_model_parallel_size=2", "parallel.pipeline_layout=[16]", "cluster.devices_per_node=2"],
-         "parallel.pipeline_layout has 1 stages but pipeline_model_parallel_size=2"),
-        (["parallel.pipeline_model_parallel_size=2", "parallel.pipeline_layout=[16,0]", "cluster.devices_per_node=2"],
-         "stage(s) [1] hold no layers"),
-        (["parallel.tensor_model_parallel_size=2", "cluster.devices_per_node=3"],
-         "world size 3 (cluster.nodes=1 x cluster.devices_per_node=3) is not divisible by TP x PP x CP = 2 x 1 x 1 = 2"),
+        (
+            ["parallel.pipeline_model_parallel_size=3", "cluster.devices_per_node=3", "global_batch_size=63"],
+            "16 layers do not split evenly over pipeline_model_parallel_size=3; set parallel.pipeline_layout, e.g. the parameter-balanced [",
+        ),
+        (
+            [
+                "parallel.pipeline_model_parallel_size=2",
+                "parallel.pipeline_layout=[8,7]",
+                "cluster.devices_per_node=2",
+            ],
+            "parallel.pipeline_layout covers 15 layers but the model has 16 (missing 1)",
+        ),
+        (
+            ["parallel.pipeline_model_parallel_size=2", "parallel.pipeline_layout=[16]", "cluster.devices_per_node=2"],
+            "parallel.pipeline_layout has 1 stages but pipeline_model_parallel_size=2",
+        ),
+        (
+            [
+                "parallel.pipeline_model_parallel_size=2",
+                "parallel.pipeline_layout=[16,0]",
+                "cluster.devices_per_node=2",
+            ],
+            "stage(s) [1] hold no layers",
+        ),
+        (
+            ["parallel.tensor_model_parallel_size=2", "cluster.devices_per_node=3"],
+            "world size 3 (cluster.nodes=1 x cluster.devices_per_node=3) is not divisible by TP x PP x CP = 2 x 1 x 1 = 2",
+        ),
         (["parallel.data_parallel_size=4", "cluster.devices_per_node=2"], "world size 2 != TP x PP x CP x DP"),
         (["parallel.sequence_parallel=true"], "sequence_parallel=true needs tensor_model_parallel_size > 1"),
-        (["parallel.context_parallel_size=2", "cluster.devices_per_node=2", "model.seq_length=126", "data.max_seq_length=64"],
-         "model.seq_length=126 is not divisible by 2 x context_parallel_size = 4"),
-        (["cluster.devices_per_node=2", "global_batch_size=63"], "global_batch_size=63 is not divisible by micro_batch_size x DP"),
+        (
+            [
+                "parallel.context_parallel_size=2",
+                "cluster.devices_per_node=2",
+                "model.seq_length=126",
+                "data.max_seq_length=64",
+            ],
+            "model.seq_length=126 is not divisible by 2 x context_parallel_size = 4",
+        ),
+        (
+            ["cluster.devices_per_node=2", "global_batch_size=63"],
+            "global_batch_size=63 is not divisible by micro_batch_size x DP",
+        ),
         (["optimizer.bf16=true"], "optimizer.bf16=true is GPU-only"),
     ],
 )
@@ -81,27 +117,44 @@ def test_errors_say_which_number_is_wrong(hetero_config, overrides, fragment) ->
 
 
 def test_rl_consistency_checks() -> None:
-    cfg = build_recipe("tiny_puzzle_grpo_cpu", ["global_batch_size=64", "generation.max_new_tokens=200", "rewards.0.name=nope"])
+    cfg = build_recipe(
+        "tiny_puzzle_grpo_cpu", ["global_batch_size=64", "generation.max_new_tokens=200", "rewards.0.name=nope"]
+    )
     errors = validate_recipe(cfg).errors
     assert any("global_batch_size=64 but a rollout gives 128 samples / 1 updates = 128" in e for e in errors)
-    assert any("data.max_seq_length + generation.max_new_tokens = 128 + 200 = 328 exceeds model.seq_length=256" in e for e in errors)
+    assert any(
+        "data.max_seq_length + generation.max_new_tokens = 128 + 200 = 328 exceeds model.seq_length=256" in e
+        for e in errors
+    )
     assert any("rewards[0].name='nope' is not a registered rewards plugin" in e for e in errors)
 
 
 def test_generation_tp_must_divide_kv_heads(hetero_config) -> None:
     cfg = build_recipe(
         "tiny_puzzle_grpo_cpu",
-        [f"model.hf_config_path={hetero_config}", "generation.tensor_model_parallel_size=4", "cluster.devices_per_node=4",
-         "micro_batch_size=1"],
+        [
+            f"model.hf_config_path={hetero_config}",
+            "generation.tensor_model_parallel_size=4",
+            "cluster.devices_per_node=4",
+            "micro_batch_size=1",
+        ],
     )
-    assert "layer 12 has 2 KV heads, not divisible by generation.tensor_model_parallel_size=4" in validate_recipe(cfg).errors
+    assert (
+        "layer 12 has 2 KV heads, not divisible by generation.tensor_model_parallel_size=4"
+        in validate_recipe(cfg).errors
+    )
 
 
 def test_memory_overflow_is_an_error() -> None:
     cfg = build_recipe(
         "llama_nemotron_super_49b_sft_64gpu_h100_bf16",
-        ["cluster.nodes=1", "parallel.tensor_model_parallel_size=8", "parallel.pipeline_model_parallel_size=1",
-         "parallel.pipeline_layout=null", "global_batch_size=8"],
+        [
+            "cluster.nodes=1",
+            "parallel.tensor_model_parallel_size=8",
+            "parallel.pipeline_model_parallel_size=1",
+            "parallel.pipeline_layout=null",
+            "global_batch_size=8",
+        ],
     )
     report = validate_recipe(cfg)
     assert report.memory is not None and not report.memory.fits
@@ -140,7 +193,7 @@ def _brute_force(costs, pp, first, last):
     n = len(costs)
     for cuts in itertools.combinations(range(1, n), pp - 1):
         bounds = (0, *cuts, n)
-        loads = [sum(costs[bounds[i]:bounds[i + 1]]) for i in range(pp)]
+        loads = [sum(costs[bounds[i] : bounds[i + 1]]) for i in range(pp)]
         loads[0] += first
         loads[-1] += last
         if best is None or max(loads) < best:
@@ -159,7 +212,7 @@ def test_balanced_layout_is_optimal(seed) -> None:
     first, last = rng.choice([0, 3]), rng.choice([0, 3])
     layout = balanced_layout(costs, pp, first_stage_extra=first, last_stage_extra=last)
     assert len(layout) == pp and sum(layout) == n and min(layout) >= 1
-    loads = [sum(costs[r.start:r.stop]) for r in stage_ranges(layout)]
+    loads = [sum(costs[r.start : r.stop]) for r in stage_ranges(layout)]
     loads[0] += first
     loads[-1] += last
     assert max(loads) == _brute_force(costs, pp, first, last)

@@ -7,18 +7,26 @@ import torch
 
 from nemotron_plugins.puzzle.hf_checkpoint import (
     HFCheckpointError,
+    ParallelRanks,
     TensorPlan,
     expected_hf_tensors,
     fc1_from_megatron,
     fc1_to_megatron,
     hf_to_megatron_tensor,
+    load_hf_checkpoint,
     megatron_to_hf_tensors,
     parse_shard_size,
     plan_megatron_tensors,
     qkv_from_megatron,
     qkv_to_megatron,
+    read_hf_state_dict,
 )
-from tests.reference.tiny_checkpoints import random_hf_weights, tensor_hashes, tiny_heterogeneous_config
+from tests.reference.tiny_checkpoints import (
+    random_hf_weights,
+    tensor_hashes,
+    tiny_heterogeneous_config,
+    write_hf_checkpoint,
+)
 
 torch.set_num_threads(1)
 
@@ -195,3 +203,62 @@ def test_parse_shard_size() -> None:
         parse_shard_size("5 parsecs")
     with pytest.raises(ValueError, match="positive"):
         parse_shard_size(0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoint files: what is checked before any model tensor is touched
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_missing_and_unexpected_tensors_are_named_with_their_layer(tmp_path) -> None:
+    cfg = tiny_heterogeneous_config()
+    weights = random_hf_weights(cfg)
+    del weights["model.layers.3.self_attn.k_proj.weight"]
+    weights["model.layers.4.mlp.gate_proj.weight"] = torch.zeros(8, 32)  # layer 4 is fully no-op
+    src = write_hf_checkpoint(tmp_path / "bad", cfg, weights, shards=2)
+    with pytest.raises(HFCheckpointError) as err:
+        load_hf_checkpoint(torch.nn.Module(), src, cfg, parallel=ParallelRanks(), progress=False)
+    msg = str(err.value)
+    assert "missing tensors: model.layers.3.self_attn.k_proj.weight (layer 3)" in msg
+    assert "unexpected tensors: model.layers.4.mlp.gate_proj.weight (layer 4)" in msg
+
+
+def test_non_strict_reports_instead_of_raising(tmp_path) -> None:
+    cfg = tiny_heterogeneous_config()
+    weights = random_hf_weights(cfg)
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)  # old checkpoints: ignored silently
+    weights["extra.weight"] = torch.ones(2)
+    del weights["model.norm.weight"]
+    src = write_hf_checkpoint(tmp_path / "ckpt", cfg, weights)
+    report = load_hf_checkpoint(torch.nn.Module(), src, cfg, parallel=ParallelRanks(), strict=False, progress=False)
+    assert report.missing_hf == ["model.norm.weight"]
+    assert report.unexpected_hf == ["extra.weight"]
+    assert report.loaded == []
+
+
+def test_index_pointing_to_a_missing_file_and_duplicate_tensors(tmp_path) -> None:
+    cfg = tiny_heterogeneous_config()
+    src = write_hf_checkpoint(tmp_path / "ckpt", cfg, random_hf_weights(cfg), shards=2)
+    (src / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(HFCheckpointError, match="model-00002-of-00002.safetensors.*does not exist"):
+        read_hf_state_dict(src)
+
+    from safetensors.torch import save_file
+
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    save_file({"a": torch.zeros(1)}, str(dup / "one.safetensors"))
+    save_file({"a": torch.ones(1)}, str(dup / "two.safetensors"))
+    with pytest.raises(HFCheckpointError, match="tensor a appears in both one.safetensors and two.safetensors"):
+        read_hf_state_dict(dup)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(HFCheckpointError, match="no model.safetensors.index.json and no"):
+        read_hf_state_dict(empty)
+
+
+def test_sharded_checkpoint_reads_back_every_tensor(tmp_path) -> None:
+    cfg = tiny_heterogeneous_config()
+    weights = random_hf_weights(cfg, dtype=torch.bfloat16)
+    src = write_hf_checkpoint(tmp_path / "ckpt", cfg, weights, shards=3)
+    assert tensor_hashes(read_hf_state_dict(src)) == tensor_hashes(weights)

@@ -85,7 +85,12 @@ def test_tiny_grpo_starts_from_the_tiny_sft_checkpoint(tmp_path) -> None:
 
 def test_shipped_model_configs_have_published_sizes() -> None:
     nano = load_hf_config(model_config_path(NANO_8B_CONFIG))
-    assert (nano.num_hidden_layers, nano.hidden_size, nano.num_attention_heads, nano.vocab_size) == (32, 4096, 32, 128256)
+    assert (nano.num_hidden_layers, nano.hidden_size, nano.num_attention_heads, nano.vocab_size) == (
+        32,
+        4096,
+        32,
+        128256,
+    )
     assert set(nano.architecture()) == {("gqa", 8, "swiglu", 14336)}
     assert nano.rope_theta == 500000.0 and nano.rope_scaling["rope_type"] == "llama3"
 

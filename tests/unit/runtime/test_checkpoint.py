@@ -296,25 +296,21 @@ def _dist_worker(rank: int, world: int, init_file: str, root: str, q) -> None:
         torch.manual_seed(0)
         state = load_training_state(root)
         after_restore = torch.rand(2)
-        q.put(
-            (
-                rank,
-                float(state.model_state["w"][0]),
-                state.optimizer_state["r"],
-                torch.equal(expected_next, after_restore),
-            )
-        )
+        same = torch.equal(expected_next, after_restore)
+        q.put((rank, float(state.model_state["w"][0]), state.optimizer_state["r"], same))
     finally:
         dist.destroy_process_group()
 
 
 def test_two_ranks_write_their_own_shards(tmp_path: Path) -> None:
+    """Plain gloo processes (the checkpoint needs no megatron; run_local_processes would import it, ~10 s)."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     root = tmp_path / "ckpt"
-    procs = [ctx.Process(target=_dist_worker, args=(r, 2, str(tmp_path / "init"), str(root), q)) for r in range(2)]
+    args = (2, str(tmp_path / "init"), str(root), q)
+    procs = [ctx.Process(target=_dist_worker, args=(r, *args)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
