@@ -819,7 +819,7 @@ def _parse(data: Mapping[str, Any]) -> PuzzleModelConfig:
         if key == "head_dim":
             values[key] = head_dim
         elif key in _TOP_LEVEL_DEFAULTS:
-            values[key] = data[key] if data.get(key) is not None else _TOP_LEVEL_DEFAULTS[key]
+            values[key] = data[key] if data.get(key) is not None else _rope_parameters_value(data, key)
             if key == "rope_scaling" and values[key] is not None and not isinstance(values[key], Mapping):
                 raise BlockConfigError(key, f"must be an object or null, got {values[key]!r}")
         else:
@@ -834,6 +834,21 @@ def _parse(data: Mapping[str, Any]) -> PuzzleModelConfig:
         hf_extra=hf_extra,
         hf_keys=tuple(data.keys()),
     )
+
+
+def _rope_parameters_value(data: Mapping[str, Any], key: str) -> Any:
+    """Default for a missing top-level key, reading transformers 5's ``rope_parameters`` for the RoPE settings.
+
+    transformers 5.x saves the RoPE base only as ``rope_parameters.rope_theta`` (and the scaling type there too);
+    falling back to LlamaConfig's 10000 would silently change the model.
+    """
+    rope = data.get("rope_parameters")
+    if isinstance(rope, Mapping):
+        if key == "rope_theta" and rope.get("rope_theta") is not None:
+            return float(rope["rope_theta"])
+        if key == "rope_scaling" and rope.get("rope_type", "default") != "default":
+            return dict(rope)
+    return _TOP_LEVEL_DEFAULTS[key]
 
 
 def _block(attn: AttentionConfig, ffn: FFNConfig, path: str, hf_keys: tuple[str, ...] | None) -> BlockConfig:

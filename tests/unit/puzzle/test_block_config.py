@@ -514,3 +514,22 @@ def test_megatron_heterogeneous_config_reads_our_block_configs() -> None:
         (False, False, 1, False, False, 160),
     ]
     assert (mcfg.get_config_for_layer(4).num_query_groups, mcfg.get_config_for_layer(4).ffn_hidden_size) == (1, 160)
+
+
+def test_transformers5_rope_parameters_are_read():
+    from nemotron_plugins.puzzle.block_config import parse_hf_config
+
+    data = {
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "vocab_size": 100,
+        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0},
+    }
+    cfg = parse_hf_config(data)
+    assert cfg.rope_theta == 500000.0
+    assert cfg.rope_scaling["rope_type"] == "llama3"
+    plain = parse_hf_config({**data, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}})
+    assert plain.rope_theta == 1e6 and plain.rope_scaling is None
