@@ -306,11 +306,77 @@ def build_policy(config: GRPOTrainConfig, vocab_size: int) -> Any:
         model_config = tiny_puzzle_config(vocab_size)
     if model_config.vocab_size < vocab_size:
         raise ValueError(f"model vocab_size {model_config.vocab_size} < tokenizer size {vocab_size}")
+    init_state = None
+    if config.init_checkpoint:
+        sft = _try_load_sft_checkpoint(config.init_checkpoint)
+        if sft is not None:
+            # An SFT stage's Megatron checkpoint: its own architecture wins over the default tiny one.
+            model_config = sft.model_config
+            init_state = megatron_state_to_policy_state(sft.model_state, model_config)
+        else:
+            init_state = load_model_weights(config.init_checkpoint)
     torch.manual_seed(config.seed)
     policy = PuzzlePolicy(model_config)
-    if config.init_checkpoint:
-        policy.load_state_dict(load_model_weights(config.init_checkpoint))
+    if init_state is not None:
+        policy.load_state_dict(init_state)
     return policy
+
+
+def _try_load_sft_checkpoint(path: str) -> Any:
+    """The :func:`nemotron_plugins.sft.trainer.load_sft_checkpoint` result, or ``None`` for other checkpoints."""
+    from nemotron_plugins.runtime.checkpoint import CheckpointError
+
+    if Path(path).is_file():
+        return None
+    from nemotron_plugins.sft.trainer import load_sft_checkpoint
+
+    try:
+        return load_sft_checkpoint(path)
+    except CheckpointError:
+        return None
+
+
+def megatron_state_to_policy_state(megatron_state: Mapping[str, Any], cfg: Any) -> dict[str, torch.Tensor]:
+    """Map a single-rank (TP1, PP1) Megatron Puzzle state dict to :class:`PuzzlePolicy` parameter names.
+
+    Goes through the HF layout with the checkpoint converter's pure functions (QKV regrouping, fc1 split, vocabulary
+    padding removed), then renames: HF ``q/k/v`` become the policy's stacked ``qkv``, ``gate/up`` its ``fc1``.
+
+    Raises:
+        KeyError: A tensor the architecture needs is missing from ``megatron_state`` (the name is in the message).
+    """
+    from nemotron_plugins.puzzle.hf_checkpoint import megatron_to_hf_tensors, plan_megatron_tensors
+
+    hf: dict[str, torch.Tensor] = {}
+    for plan in plan_megatron_tensors(cfg, model_keys=set(megatron_state)):
+        if plan.megatron_name not in megatron_state:
+            raise KeyError(f"SFT checkpoint lacks {plan.megatron_name} ({plan.where()})")
+        hf.update(megatron_to_hf_tensors(plan, [megatron_state[plan.megatron_name]], cfg))
+    out: dict[str, torch.Tensor] = {
+        "embed.weight": hf["model.embed_tokens.weight"],
+        "final_norm.weight": hf["model.norm.weight"],
+    }
+    out["output.weight"] = hf.get("lm_head.weight", hf["model.embed_tokens.weight"])
+    for i, block in enumerate(cfg.blocks):
+        pre = f"model.layers.{i}."
+        attn, ffn = block.attention.kind, block.ffn.kind
+        if attn != "no_op":
+            out[f"layers.{i}.attn.norm.weight"] = hf[pre + "input_layernorm.weight"]
+        if attn == "gqa":
+            qkv = [hf[pre + f"self_attn.{n}_proj.weight"] for n in ("q", "k", "v")]
+            out[f"layers.{i}.attn.qkv.weight"] = torch.cat(qkv, dim=0)
+            out[f"layers.{i}.attn.proj.weight"] = hf[pre + "self_attn.o_proj.weight"]
+        elif attn == "linear":
+            out[f"layers.{i}.attn.linear.weight"] = hf[pre + "self_attn.linear_attn.weight"]
+        if ffn != "no_op":
+            out[f"layers.{i}.ffn.norm.weight"] = hf[pre + "post_attention_layernorm.weight"]
+        if ffn == "swiglu":
+            gate_up = [hf[pre + f"mlp.{n}_proj.weight"] for n in ("gate", "up")]
+            out[f"layers.{i}.ffn.fc1.weight"] = torch.cat(gate_up, dim=0)
+            out[f"layers.{i}.ffn.fc2.weight"] = hf[pre + "mlp.down_proj.weight"]
+        elif ffn == "linear":
+            out[f"layers.{i}.ffn.linear.weight"] = hf[pre + "mlp.linear_mlp.weight"]
+    return out
 
 
 def encode_prompts(tokenizer: Any, rows: Sequence[Mapping[str, Any]]) -> list[list[int]]:
