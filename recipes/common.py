@@ -57,6 +57,18 @@ def param_balanced_layout(file_name: str, pipeline_model_parallel_size: int) -> 
     )
 
 
+def post_training_sft_data(chat_template: str, max_seq_length: int = 16384) -> DataConfig:
+    """The post-training SFT splits (code, math, science, chat, safety), reasoning on/off pairs, packed sequences."""
+    return DataConfig(
+        dataset=POST_TRAINING_DATASET,
+        splits=["code", "math", "science", "chat", "safety"],
+        reasoning="both",
+        chat_template=chat_template,
+        max_seq_length=max_seq_length,
+        pack_sequences=True,
+    )
+
+
 def reasoning_rl_data(chat_template: str, max_prompt_tokens: int = 4096) -> DataConfig:
     """Prompts for scientific-reasoning GRPO (reasoning on) from the post-training data's science/math split."""
     return DataConfig(

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from nemotron_plugins.launch.recipe_config import ClusterConfig, DataConfig, RecipeConfig, RewardSpec
+from nemotron_plugins.launch.recipe_config import ClusterConfig, RecipeConfig, RewardSpec
 from nemotron_plugins.runtime.config import ModelConfig, OptimizerConfig, ParallelConfig
 from recipes.common import (
     NANO_8B_CONFIG,
     NEMO_CONTAINER,
-    POST_TRAINING_DATASET,
     curriculum_sampler,
     gpu_logging,
     grpo_algorithm,
     if_rl_data,
     model_config_path,
+    post_training_sft_data,
     reasoning_rewards,
     reasoning_rl_data,
     rloo_algorithm,
@@ -43,14 +43,7 @@ def llama_nemotron_nano_8b_sft_8gpu_h100_bf16_config() -> RecipeConfig:
         optimizer=OptimizerConfig(lr=1e-5, min_lr=1e-6, warmup_steps=100, lr_schedule="cosine", bf16=True),
         logging=gpu_logging(),
         cluster=_cluster(1),
-        data=DataConfig(
-            dataset=POST_TRAINING_DATASET,
-            splits=["code", "math", "science", "chat", "safety"],
-            reasoning="both",
-            chat_template=CHAT_TEMPLATE,
-            max_seq_length=16384,
-            pack_sequences=True,
-        ),
+        data=post_training_sft_data(CHAT_TEMPLATE),
         train_steps=4000,
         micro_batch_size=1,
         global_batch_size=64,

@@ -6,11 +6,10 @@ pipeline split is balanced on its per-layer parameters, so it is uneven (a fused
 
 from __future__ import annotations
 
-from nemotron_plugins.launch.recipe_config import ClusterConfig, DataConfig, RecipeConfig, RewardSpec
+from nemotron_plugins.launch.recipe_config import ClusterConfig, RecipeConfig, RewardSpec
 from nemotron_plugins.runtime.config import ModelConfig, OptimizerConfig, ParallelConfig
 from recipes.common import (
     NEMO_CONTAINER,
-    POST_TRAINING_DATASET,
     ULTRA_253B_CONFIG,
     curriculum_sampler,
     gpu_logging,
@@ -18,6 +17,7 @@ from recipes.common import (
     if_rl_data,
     model_config_path,
     param_balanced_layout,
+    post_training_sft_data,
     reasoning_rewards,
     reasoning_rl_data,
     rloo_algorithm,
@@ -63,14 +63,7 @@ def llama_nemotron_ultra_253b_sft_576gpu_h100_bf16_config() -> RecipeConfig:
         optimizer=OptimizerConfig(lr=5e-6, min_lr=5e-7, warmup_steps=100, lr_schedule="cosine", bf16=True),
         logging=gpu_logging(),
         cluster=_cluster(72),
-        data=DataConfig(
-            dataset=POST_TRAINING_DATASET,
-            splits=["code", "math", "science", "chat", "safety"],
-            reasoning="both",
-            chat_template=CHAT_TEMPLATE,
-            max_seq_length=16384,
-            pack_sequences=True,
-        ),
+        data=post_training_sft_data(CHAT_TEMPLATE),
         train_steps=2000,
         micro_batch_size=1,
         global_batch_size=576,
