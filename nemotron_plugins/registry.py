@@ -149,7 +149,9 @@ class Registry(Generic[T]):
     def register(self, name: str, target: T | str, *, override: bool = False) -> T | str: ...
 
     @overload
-    def register(self, name: str | None = None, target: None = None, *, override: bool = False) -> Callable[[T], T]: ...
+    def register(
+        self, name: str | None = None, target: None = None, *, override: bool = False
+    ) -> Callable[[T], T]: ...
 
     def register(self, name: str | None = None, target: T | str | None = None, *, override: bool = False) -> Any:
         """Register ``target`` under ``name``, or return a decorator that does.

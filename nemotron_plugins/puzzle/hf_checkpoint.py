@@ -980,3 +980,37 @@ def _remove_old_weights(out: Path) -> None:
     for f in list(out.glob("model*.safetensors")) + [out / SAFE_INDEX_NAME]:
         if f.is_file():
             f.unlink()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resharding a single-rank Megatron state for another layout
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def reshard_single_rank_state(
+    full_state: Mapping[str, torch.Tensor], cfg: PuzzleModelConfig, model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """This rank's state dict for ``model`` (any TP / PP chunk) from a single-rank (TP1, PP1) Megatron state.
+
+    Goes through the HF layout with the converter's pure functions (QKV regrouping, fc1 split, vocabulary padding),
+    so a checkpoint written by a one-process run (e.g. the tiny SFT stage) can start a TP / PP run.
+
+    Raises:
+        HFCheckpointError: ``full_state`` lacks a tensor the architecture needs (named in the message).
+    """
+    hf: dict[str, torch.Tensor] = {}
+    for plan in plan_megatron_tensors(cfg, model_keys=set(full_state)):
+        if plan.megatron_name not in full_state:
+            raise HFCheckpointError(f"single-rank state lacks {plan.megatron_name} ({plan.where()})")
+        hf.update(megatron_to_hf_tensors(plan, [full_state[plan.megatron_name]], cfg))
+    ranks = ParallelRanks.from_megatron()
+    plans, state = _chunk_plans(model, cfg)
+    out: dict[str, torch.Tensor] = {}
+    for plan in plans:
+        target = state[plan.megatron_name]
+        padded = target.shape[0] * ranks.tp_size if plan.kind == "vocab" else None
+        tensor = hf_to_megatron_tensor(
+            plan, hf, cfg, tp_rank=ranks.tp_rank, tp_size=ranks.tp_size, padded_vocab_size=padded
+        )
+        out[plan.megatron_name] = tensor.to(target.dtype)
+    return out

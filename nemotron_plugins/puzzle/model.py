@@ -356,9 +356,45 @@ def build_puzzle_model(
         )
     if llama3 is not None and hasattr(model, "rotary_pos_emb"):
         _apply_llama3_scaling(model.rotary_pos_emb, cfg, llama3)
+    if not config.perform_initialization:
+        mark_tensor_parallel_weights_(model)
     if target is not None and target.type == "cuda":
         model = model.cuda()
     return model
+
+
+def mark_tensor_parallel_weights_(model: Any) -> int:
+    """Set megatron's tensor-parallel attributes (``tensor_model_parallel``, ``partition_dim``, ``partition_stride``)
+    on the weights of vocab-parallel embeddings and column / row parallel linears where they are missing.
+
+    megatron-core sets them only inside its weight initialisers, so a model built with
+    ``perform_initialization=False`` (to load a checkpoint) would otherwise count TP-sharded weights as replicated
+    (wrong gradient norms and clipping) and be initialised unsharded by :func:`init_weights_layout_invariant_`.
+
+    Returns:
+        The number of weights marked.
+    """
+    from megatron.core.tensor_parallel.layers import (
+        ColumnParallelLinear,
+        RowParallelLinear,
+        VocabParallelEmbedding,
+        set_tensor_model_parallel_attributes,
+    )
+
+    marked = 0
+    for module in unwrap_model(model).modules():
+        if isinstance(module, (VocabParallelEmbedding, ColumnParallelLinear)):
+            dim = 0
+        elif isinstance(module, RowParallelLinear):
+            dim = 1
+        else:
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is None or hasattr(weight, "tensor_model_parallel"):
+            continue
+        set_tensor_model_parallel_attributes(weight, is_parallel=True, dim=dim, stride=1)
+        marked += 1
+    return marked
 
 
 def _apply_llama3_scaling(rotary: Any, cfg: PuzzleModelConfig, params: dict[str, float]) -> None:

@@ -349,8 +349,9 @@ def _worker(
     torch.set_num_threads(threads)
     try:
         value = fn(rank, *args)
-        pickle.dumps(value)
-        results.put((rank, True, value))
+        # Plain pickle bytes: torch's multiprocessing reductions would share tensor storage through file descriptors
+        # served by this process, which may have exited by the time the parent unpickles.
+        results.put((rank, True, pickle.dumps(value)))
     except BaseException:  # noqa: BLE001 - report every failure to the parent
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -408,7 +409,7 @@ def run_local_processes(
             if not results.empty():
                 rank, ok, value = results.get()
                 if ok:
-                    outputs[rank] = value
+                    outputs[rank] = pickle.loads(value)  # noqa: S301 - bytes from our own worker process
                 else:
                     failures.append(f"rank {rank} failed:\n{value}")
                     break

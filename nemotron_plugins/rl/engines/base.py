@@ -38,7 +38,7 @@ class SamplingSettings:
     """Sampling parameters of one :meth:`RolloutEngine.rollout` call."""
 
     temperature: float = 1.0
-    """Softmax temperature (> 0)."""
+    """Softmax temperature (>= 0; 0 is greedy decoding, as in vLLM and the OpenAI API)."""
     top_p: float = 1.0
     """Nucleus threshold in (0, 1]; 1 disables it."""
     max_new_tokens: int = 256
@@ -50,8 +50,8 @@ class SamplingSettings:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad parameter."""
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if (

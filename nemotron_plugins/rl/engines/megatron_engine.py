@@ -12,7 +12,7 @@ batch is prefilled up to its shortest prompt, then every step writes one positio
 token where the prompt is still running and a sampled token elsewhere. No padding or attention mask is needed and a
 completion's log-probs are exactly those of a full causal forward over prompt + completion (tested to 1e-4).
 
-Sampling: logits / temperature, log-softmax; top-p keeps the smallest set of most likely tokens whose probability
+Sampling: logits / temperature, log-softmax (temperature 0: greedy arg-max); top-p keeps the smallest set of most likely tokens whose probability
 reaches ``top_p`` and samples from it renormalised. The returned log-prob of a token is its log-probability under the
 temperature-scaled distribution before top-p truncation (what the trainer recomputes). Tensor parallelism works
 (logits are gathered; every TP rank draws the same tokens from the same seed); pipeline parallelism is not supported
@@ -96,9 +96,14 @@ def sample_tokens(
     """Sample one token per row of ``logits`` [b, vocab]; return ``(tokens, logprobs)``.
 
     ``logprobs`` are under ``log_softmax(logits[:, :vocab_size] / temperature)`` (before top-p truncation).
+    ``temperature == 0`` is greedy decoding: the arg-max token, with its log-prob at temperature 1.
     """
     if vocab_size is not None:
         logits = logits[..., :vocab_size]
+    if temperature == 0:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        tokens = logp.argmax(dim=-1)
+        return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     probs = logp.exp()
     if top_p < 1.0:

@@ -1,0 +1,114 @@
+"""GRPO policy updates of the tiny Puzzle model on fixed rollouts, at any TP / PP / DP layout.
+
+Shared by the functional test (TP=1 in-process, TP=2 / PP=2 / DP=2 in two spawned gloo processes): the same
+initial weights (``init_weights_layout_invariant_``), the same packed rollout batch, megatron DDP + optimizer through
+:func:`nemotron_plugins.rl.trainer.policy_update` with two updates per rollout (so the ratio / clipping path and the
+"old" log-prob pass run), a KL term to a frozen reference, and megatron's vocabulary padding on the logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+VOCAB = 106  # padded to 128 by megatron: the padding ids must be masked out of the log-softmax
+SEQ = 64
+SEED = 11
+KEYS = ("loss", "kl", "clip_fraction", "ratio_mean", "pg_loss", "grad_norm", "generator_trainer_logprob_diff")
+
+
+def fixed_batch() -> Any:
+    """16 rollouts (4 prompts x 4 samples) of random tokens with random advantages and generator log-probs."""
+    from nemotron_plugins.rl.trainer import pack_policy_batch
+
+    gen = torch.Generator().manual_seed(SEED)
+    prompts, completions, logprobs = [], [], []
+    for _ in range(16):
+        p = int(torch.randint(5, 12, (), generator=gen))
+        c = int(torch.randint(3, 20, (), generator=gen))
+        prompts.append(torch.randint(0, VOCAB, (p,), generator=gen).tolist())
+        completions.append(torch.randint(0, VOCAB, (c,), generator=gen).tolist())
+        logprobs.append((-5.0 + 0.1 * torch.randn(c, generator=gen)).tolist())
+    advantages = torch.randn(16, generator=gen)
+    return pack_policy_batch(prompts, completions, logprobs, advantages, pad_id=0)
+
+
+def train_config(parallel: Any) -> Any:
+    from nemotron_plugins.rl.config import GRPOConfig
+    from nemotron_plugins.rl.trainer import GRPOTrainConfig
+
+    return GRPOTrainConfig(
+        grpo=GRPOConfig(
+            num_prompts_per_rollout=4,
+            num_generations=4,
+            global_batch_size=8,
+            micro_batch_size=2,
+            max_new_tokens=20,
+            beta=0.05,
+            epsilon=0.2,
+            importance_sampling_correction=True,
+        ),
+        lr=3e-3,
+        parallel=parallel,
+        seq_length=SEQ,
+    )
+
+
+def run_updates(parallel_kwargs: dict[str, Any], rollouts: int = 2, full_state_path: str | None = None) -> dict:
+    """Initialise megatron for the layout, run ``rollouts`` policy updates on the fixed batch, tear down.
+
+    With ``full_state_path`` the initial weights are loaded from that single-rank state (resharded to the layout)
+    instead of ``init_weights_layout_invariant_``.
+
+    Returns:
+        ``{"metrics": [per-update metrics...], "logprobs": target log-probs before training (last stage, else None)}``.
+    """
+    from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
+    from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
+    from nemotron_plugins.rl import trainer
+    from nemotron_plugins.runtime.config import ParallelConfig
+    from nemotron_plugins.runtime.distributed import destroy_distributed, init_distributed
+
+    parallel = ParallelConfig(**parallel_kwargs)
+    ctx = init_distributed(parallel, seed=SEED)
+    try:
+        cfg = tiny_puzzle_config(VOCAB)
+        config = train_config(parallel)
+
+        def build(init: bool) -> Any:
+            model = build_puzzle_model(cfg, parallel=parallel, seq_length=SEQ, perform_initialization=False)
+            if full_state_path is not None:
+                trainer._load_into(model, torch.load(full_state_path, weights_only=True), 1, cfg, full_state_path)
+            else:
+                init_weights_layout_invariant_(model, seed=SEED)
+            if parallel.pipeline_model_parallel_size > 1:
+                model.config.pipeline_dtype = torch.float32
+            return model
+
+        model, ref = build(True), build(True)
+        ref.eval()
+        batch = fixed_batch()
+        ddp, optimizer = trainer.build_policy_optimizer(model, config)
+        plan = trainer._micro_batches(batch, torch.arange(len(batch)), 2, parallel.pipeline_model_parallel_size > 1)
+        before = trainer._forward_logprobs(ddp, plan, batch.input_ids.shape[1], 2, 1.0, VOCAB)
+        metrics = [
+            trainer.policy_update(ddp, optimizer, batch, config, vocab_size=VOCAB, ref_model=ref)
+            for _ in range(rollouts)
+        ]
+        last = ctx.is_last_stage and ctx.tp_rank == 0
+        return {"metrics": metrics, "logprobs": torch.cat(before) if last and before else None}
+    finally:
+        destroy_distributed()
+
+
+def parallel_worker(rank: int, layouts: dict[str, dict[str, Any]], full_state_path: str) -> dict[str, Any]:
+    """Run :func:`run_updates` for each layout in turn (2 processes), plus TP=2 from a resharded single-rank state."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    try:
+        out = {name: run_updates(kwargs) for name, kwargs in layouts.items()}
+        out["TP=2 resharded"] = run_updates({"tensor_model_parallel_size": 2}, full_state_path=full_state_path)
+        return out
+    finally:
+        torch.distributed.destroy_process_group()
