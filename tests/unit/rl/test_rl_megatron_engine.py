@@ -221,3 +221,24 @@ def test_curriculum_adapter_and_errors(model, tokenizer):
     with pytest.raises(ValueError, match="top_p"):
         engine.rollout(["ok"], n=1, top_p=0.0)
     assert ROLLOUT_ENGINES.get("megatron") is MegatronRolloutEngine
+
+
+def test_temperature_zero_is_greedy(model, tokenizer):
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]))
+    tok, lp = sample_tokens(logits, temperature=0.0, top_p=1.0, generator=None)
+    assert tok.tolist() == [1, 0]
+    assert lp.tolist() == pytest.approx(torch.log(torch.tensor([0.5, 0.6])).tolist())
+    engine = MegatronRolloutEngine(model, tokenizer)
+    groups = engine.rollout(["12+34=", "7+5="], n=3, temperature=0.0, max_new_tokens=8, seed=1)
+    other = engine.rollout(["12+34=", "7+5="], n=1, temperature=0.0, max_new_tokens=8, seed=99)
+    for g, o in zip(groups, other, strict=True):
+        ids = [r.completion_ids for r in g.rollouts]
+        assert ids[0] == ids[1] == ids[2] == o.rollouts[0].completion_ids  # arg-max: no seed, no spread
+        # Each token is the arg-max of the full forward's next-token logits.
+        full = torch.tensor([g.rollouts[0].prompt_ids + ids[0]])
+        with torch.no_grad():
+            logits_full = model(full, torch.arange(full.shape[1]).unsqueeze(0), None)[0, :, : len(tokenizer)]
+        p = len(g.rollouts[0].prompt_ids)
+        assert logits_full[p - 1 : -1].argmax(-1).tolist() == ids[0]
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        engine.rollout(["ok"], n=1, temperature=-1.0)
