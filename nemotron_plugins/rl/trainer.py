@@ -138,6 +138,10 @@ class GRPOTrainConfig:
     """Held-out prompts for evaluation (0 disables evaluation)."""
     data_seed: int = 0
     """Seed of the synthetic data."""
+    synthetic_train_problems: int | None = None
+    """Training problems written to the synthetic data (default ``num_train_prompts``). Set it to the SFT stage's
+    count (with the same ``data_seed``) so the held-out problems are exactly the SFT stage's held-out ones, disjoint
+    from everything SFT trained on; the run then uses the first ``num_train_prompts`` of them."""
 
     curriculum: bool = True
     """Order prompts with the progressive-Gaussian curriculum over pass rates of the initial policy; False samples
@@ -269,7 +273,8 @@ def load_prompt_rows(config: GRPOTrainConfig) -> tuple[list[dict[str, Any]], lis
         if not (data_dir / "rl_train.jsonl").exists():
             from nemotron_plugins.data.synthetic import write_synthetic_dataset
 
-            write_synthetic_dataset(data_dir, config.num_train_prompts, config.num_heldout_prompts, config.data_seed)
+            problems = max(config.num_train_prompts, config.synthetic_train_problems or 0)
+            write_synthetic_dataset(data_dir, problems, config.num_heldout_prompts, config.data_seed)
     for name in ("rl_train.jsonl", "rl_heldout.jsonl"):
         if not (data_dir / name).exists():
             raise FileNotFoundError(f"data_dir {data_dir} has no {name} (write it with write_synthetic_dataset)")
@@ -1398,6 +1403,9 @@ def train_config_from_recipe(recipe: Any) -> GRPOTrainConfig:
         num_train_prompts=recipe.data.num_train_samples or 512,
         num_heldout_prompts=recipe.data.num_eval_samples,
         data_seed=int(options.get("data_seed", 0)),
+        synthetic_train_problems=int(options["synthetic_train_problems"])
+        if "synthetic_train_problems" in options
+        else None,
         curriculum=recipe.sampler is not None and recipe.sampler.name != "uniform",
         curriculum_width=recipe.sampler.sigma if recipe.sampler is not None else 0.15,
         pass_rate_samples=recipe.sampler.pass_rate_responses if recipe.sampler is not None else 2,

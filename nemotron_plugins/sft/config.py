@@ -66,10 +66,17 @@ class SFTDataConfig:
     """Synthetic task: largest operand."""
     data_seed: int = 0
     """Synthetic task: generation seed."""
+    reasoning: str = "both"
+    """Which reasoning-toggle rows to train on: ``on``, ``off`` or ``both`` (the system prompt's ``detailed
+    thinking on|off``)."""
     max_seq_length: int = 128
     """Row length in tokens; longer examples are dropped (counted in the data report)."""
     pack_sequences: bool = False
     """Pack several examples per row (block-diagonal attention mask, per-sequence positions)."""
+    dynamic_padding: bool = True
+    """Cut each step's rows to the longest sequence of its global batch (rounded up to a multiple of 8) instead of
+    ``max_seq_length``. The loss is unchanged (only trailing padding is cut) and the length is the same on every
+    rank, so pipeline-parallel shapes agree."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -170,6 +177,8 @@ class SFTRunConfig:
             raise SFTConfigError("data.path: required when data.dataset is 'jsonl'")
         if d.path is not None and not os.path.exists(d.path):
             raise SFTConfigError(f"data.path: {d.path!r} does not exist")
+        if d.reasoning not in ("on", "off", "both"):
+            raise SFTConfigError(f"data.reasoning: must be on, off or both, got {d.reasoning!r}")
         _positive("data.max_seq_length", d.max_seq_length)
         if d.max_seq_length > m.seq_length and m.seq_length > 0:
             raise SFTConfigError(
@@ -217,10 +226,10 @@ def _positive(name: str, value: Any) -> None:
 def from_recipe(recipe: Any) -> SFTRunConfig:
     """Convert a :class:`~nemotron_plugins.launch.recipe_config.RecipeConfig` with ``task == "sft"``.
 
-    Recipe data fields map as: ``data.path`` / ``tokenizer`` / ``max_seq_length`` / ``pack_sequences`` directly,
-    ``num_train_samples`` -> synthetic training problems, ``num_eval_samples`` -> held-out problems and evaluated
-    prompts, ``options`` -> ``corrupt_fraction`` / ``min_value`` / ``max_value`` / ``data_seed`` /
-    ``eval_max_new_tokens`` / ``eval_batch_size``.
+    Recipe data fields map as: ``data.path`` / ``tokenizer`` / ``reasoning`` / ``max_seq_length`` /
+    ``pack_sequences`` directly, ``num_train_samples`` -> synthetic training problems, ``num_eval_samples`` ->
+    held-out problems and evaluated prompts, ``options`` -> ``corrupt_fraction`` / ``min_value`` / ``max_value`` /
+    ``data_seed`` / ``eval_max_new_tokens`` / ``eval_batch_size``.
 
     Raises:
         SFTConfigError: the recipe is not an SFT recipe or names an unknown data option.
@@ -238,6 +247,7 @@ def from_recipe(recipe: Any) -> SFTRunConfig:
         dataset=dataset,
         path=rd.path,
         tokenizer=rd.tokenizer or "tiny",
+        reasoning=rd.reasoning,
         max_seq_length=rd.max_seq_length,
         pack_sequences=rd.pack_sequences,
     )

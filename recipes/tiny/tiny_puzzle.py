@@ -2,8 +2,12 @@
 
 Settings follow the study in SYSTEM.md section 5: half of the SFT traces are corrupted (a forgotten carry with a
 consistent answer) so SFT leaves headroom, then GRPO (16 prompts x 8 responses, clip 0.2, no KL, lr 5e-5, one update
-per rollout, uniform-reward groups skipped) recovers accuracy. ``tiny_puzzle_grpo_cpu`` starts from the SFT recipe's
-checkpoint and ``nemotron-plugins train`` runs the SFT stage first when that checkpoint is missing.
+per rollout, uniform-reward groups skipped, ``math`` + ``think_format`` rewards) recovers accuracy. Both stages use
+reasoning-on data, as the study did (the RL prompts are reasoning-on). ``tiny_puzzle_grpo_cpu`` starts from the SFT
+recipe's checkpoint and ``nemotron-plugins train`` runs the SFT stage first when that checkpoint is missing.
+
+Measured (2 CPU cores, other jobs running): held-out accuracy over 500 prompts after SFT 0.280 sampled at T=1 /
+0.396 greedy; after 80 GRPO steps 0.918 / 0.962 (format reward 0.99).
 """
 
 from __future__ import annotations
@@ -38,16 +42,22 @@ def _cluster() -> ClusterConfig:
     return ClusterConfig(nodes=1, devices_per_node=1, device="cpu", gpu_memory_gb=8.0, time_limit="00:30:00")
 
 
-def _data(**options: object) -> DataConfig:
+SFT_PROBLEMS = 4000
+"""Synthetic training problems of the SFT stage; the GRPO stage writes the same problems (same seed) so its
+held-out prompts are exactly the SFT stage's held-out problems, disjoint from everything SFT trained on."""
+
+
+def _data(*, num_train_samples: int = SFT_PROBLEMS, eval_interval: int = 0, **options: object) -> DataConfig:
     return DataConfig(
         dataset="synthetic_addition",
         splits=["train"],
-        reasoning="both",
+        reasoning="on",
         chat_template="llama-nemotron-super",
         tokenizer="tiny",
         max_seq_length=MAX_PROMPT_TOKENS if options.pop("prompts", False) else SEQ_LENGTH,
-        num_train_samples=4000,
+        num_train_samples=num_train_samples,
         num_eval_samples=500,
+        eval_interval=eval_interval,
         options=dict(options),
     )
 
@@ -82,8 +92,8 @@ def tiny_puzzle_grpo_cpu_config() -> RecipeConfig:
         optimizer=OptimizerConfig(lr=5e-5, clip_grad=1.0),
         logging=LoggingConfig(log_interval=10, progress_bar=False),
         cluster=_cluster(),
-        data=_data(prompts=True),
-        rewards=[RewardSpec(name="math", weight=1.0)],
+        data=_data(prompts=True, num_train_samples=1024, eval_interval=20, synthetic_train_problems=SFT_PROBLEMS),
+        rewards=[RewardSpec(name="math", weight=1.0), RewardSpec(name="think_format", weight=0.5)],
         algorithm=AlgorithmConfig(
             name="grpo",
             prompts_per_rollout=16,
@@ -95,8 +105,8 @@ def tiny_puzzle_grpo_cpu_config() -> RecipeConfig:
             kl_beta=0.0,
         ),
         generation=GenerationConfig(engine="megatron", temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS),
-        train_steps=150,
-        micro_batch_size=32,
+        train_steps=80,
+        micro_batch_size=64,
         global_batch_size=128,
         seed=1234,
         init_from_recipe="tiny_puzzle_sft_cpu",

@@ -52,7 +52,7 @@ def test_typed_values() -> None:
         ("optimizer.lr_schedule=cosin", "is not one of 'constant', 'cosine', 'linear'"),
         ("parallel.pipeline_layout=[1,x]", "parallel.pipeline_layout[1]: expected an int"),
         ("optimizer=3", "optimizer is a OptimizerConfig block: set its fields instead"),
-        ("rewards.5.weight=1", "is a list of 1 items"),
+        ("rewards.5.weight=1", "is a list of 2 items"),
         ("train_steps", "must look like key=value"),
     ],
 )

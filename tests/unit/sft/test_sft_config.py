@@ -31,6 +31,7 @@ def test_tiny_config_has_every_block_kind() -> None:
         (lambda c: setattr(c.model, "architecture", "huge"), "model.architecture"),
         (lambda c: setattr(c.data, "dataset", "nope"), "data.dataset"),
         (lambda c: setattr(c.data, "corrupt_fraction", 1.5), "corrupt_fraction"),
+        (lambda c: setattr(c.data, "reasoning", "maybe"), "data.reasoning"),
         (lambda c: setattr(c.eval, "num_prompts", 10_000), "eval.num_prompts"),
         (lambda c: setattr(c.optimizer, "lr", 0.0), "optimizer.lr"),
         (lambda c: setattr(c.optimizer, "lr_schedule", "step"), "lr_schedule"),
@@ -73,7 +74,10 @@ def test_from_recipe() -> None:
     cfg = from_recipe(recipe)
     assert cfg.train_steps == 7 and cfg.data.num_train_problems == 50 and cfg.data.corrupt_fraction == 0.5
     assert cfg.eval.num_prompts == 20 and cfg.data.num_heldout_problems == 20
+    assert cfg.data.reasoning == "both" and cfg.data.dynamic_padding
     cfg.validate()
+    recipe.data.reasoning = "on"
+    assert from_recipe(recipe).data.reasoning == "on"
     recipe.data.options = {"bogus": 1}
     with pytest.raises(SFTConfigError, match="bogus"):
         from_recipe(recipe)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from nemotron_plugins.data.packing import pack_examples
+from nemotron_plugins.data.sft import SFTExample
 from nemotron_plugins.runtime.config import CheckpointConfig, LoggingConfig, OptimizerConfig
 from nemotron_plugins.sft.config import SFTDataConfig, SFTEvalConfig, SFTRunConfig
-from nemotron_plugins.sft.trainer import _batch_order, load_sft_checkpoint, run_sft
+from nemotron_plugins.sft.trainer import _batch_order, _RowTensors, load_sft_checkpoint, run_sft
 
 
 def _config(tmp_path, *, steps: int, save_interval: int = 0, eval_prompts: int = 0, name: str = "run") -> SFTRunConfig:
@@ -75,3 +79,66 @@ def test_resume_with_other_batch_layout_is_rejected_cleanly(tmp_path) -> None:
     cfg.global_batch_size = 3
     with pytest.raises(ValueError, match="global_batch_size"):
         run_sft(cfg)
+
+
+def _example(n_prompt: int, n_target: int, start: int) -> SFTExample:
+    ids = list(range(start, start + n_prompt + n_target))
+    return SFTExample(input_ids=ids, loss_mask=[0] * n_prompt + [1] * n_target, prompt_length=n_prompt, reasoning="on")
+
+
+def test_row_tensors_cut_batches_to_their_longest_row() -> None:
+    rows = pack_examples([_example(3, 2, 10), _example(6, 5, 30), _example(1, 1, 50)], 32, strategy="none")
+    data = _RowTensors.from_rows(rows, packed=False)
+    assert data.lengths.tolist() == [5, 11, 2] and data.max_length == 32
+    assert data.batch_length(torch.tensor([0, 2])) == 8  # 5 rounded up to a multiple of 8
+    assert data.batch_length(torch.tensor([2, 1])) == 16
+    assert data.batch_length(torch.tensor([1]), multiple=64) == 32  # never beyond the stored rows
+    batch = data.collate(torch.tensor([2, 0]), 8)
+    assert batch["tokens"].shape == (2, 8) and batch["attention_mask"] is None
+    assert batch["tokens"][1].tolist() == [*range(10, 15), 0, 0, 0]
+    assert batch["loss_mask"].sum().item() == 1 + 2  # every target token survives the cut
+    assert batch["tokens"].is_contiguous() and batch["labels"].dtype == torch.long
+
+
+def test_packed_mask_matches_attention_allowed_after_the_cut() -> None:
+    rows = pack_examples([_example(2, 2, 10), _example(1, 2, 20), _example(3, 3, 30)], 16, strategy="sequential")
+    data = _RowTensors.from_rows(rows, packed=True)
+    length = data.batch_length(torch.arange(len(rows)))
+    assert length == 16
+    cut = data.collate(torch.arange(len(rows)), 8)["attention_mask"]
+    assert cut.shape == (len(rows), 1, 8, 8) and cut.dtype == torch.bool
+    for i, row in enumerate(rows):
+        allowed = torch.from_numpy(row.attention_allowed())[:8, :8]
+        assert torch.equal(cut[i, 0], ~allowed)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_dynamic_padding_leaves_losses_unchanged(tmp_path, packed: bool) -> None:
+    losses, lengths = {}, {}
+    for dynamic in (False, True):
+        cfg = _config(tmp_path, steps=3, name=f"dyn{int(dynamic)}")
+        cfg.checkpoint.save_dir = None
+        cfg.data.max_seq_length = 128  # rows of ~60-90 tokens: one per row even when packed
+        cfg.data.dynamic_padding = dynamic
+        cfg.data.pack_sequences = packed
+        losses[dynamic] = run_sft(cfg).losses
+        with open(cfg.logging.jsonl_path, encoding="utf-8") as fh:
+            lengths[dynamic] = [json.loads(line)["seq_length"] for line in fh]
+    assert lengths[False] == [128] * 3
+    assert all(n % 8 == 0 and n < 128 for n in lengths[True]), lengths[True]
+    assert list(losses[True]) == [1, 2, 3]
+    for step, loss in losses[False].items():
+        assert abs(losses[True][step] - loss) < 1e-5, (step, loss, losses[True][step])
+
+
+def test_bf16_autocast_tracks_fp32_losses(tmp_path) -> None:
+    losses = {}
+    for bf16 in (False, True):
+        cfg = _config(tmp_path, steps=3, name=f"bf16{int(bf16)}")
+        cfg.checkpoint.save_dir = None
+        cfg.optimizer.bf16 = bf16
+        losses[bf16] = run_sft(cfg).losses
+    assert abs(losses[True][1] - losses[False][1]) < 5e-3  # same weights: only the bf16 rounding differs
+    for step, loss in losses[False].items():
+        assert abs(losses[True][step] - loss) < 0.1, (step, loss, losses[True][step])
+    assert losses[True] != losses[False]  # the matmuls really ran in bf16
