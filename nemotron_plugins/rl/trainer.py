@@ -1125,16 +1125,10 @@ def run_grpo(config: Any) -> GRPOResult:
     config.validate()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    from nemotron_plugins.runtime.distributed import destroy_distributed, get_context, init_distributed
+    from nemotron_plugins.runtime.distributed import ensure_distributed
 
-    owns_dist = get_context() is None
-    if owns_dist:
-        init_distributed(config.parallel, seed=config.seed)
-    try:
+    with ensure_distributed(config.parallel, seed=config.seed):
         return _run(config)
-    finally:
-        if owns_dist:
-            destroy_distributed()
 
 
 def _run(config: GRPOTrainConfig) -> GRPOResult:  # noqa: PLR0915 - one linear training procedure

@@ -47,6 +47,7 @@ __all__ = [
     "DistributedError",
     "destroy_distributed",
     "distributed_context",
+    "ensure_distributed",
     "find_free_port",
     "get_context",
     "init_distributed",
@@ -327,6 +328,18 @@ def distributed_context(parallel: ParallelConfig | None = None, **kwargs: Any) -
         yield ctx
     finally:
         destroy_distributed()
+
+
+@contextlib.contextmanager
+def ensure_distributed(parallel: ParallelConfig | None = None, **kwargs: Any) -> Iterator[DistributedContext]:
+    """The current :class:`DistributedContext` if one is set up (a caller or a test owns it and tears it down),
+    otherwise :func:`distributed_context` for the duration: how trainers run both standalone and inside a launcher."""
+    ctx = get_context()
+    if ctx is not None:
+        yield ctx
+        return
+    with distributed_context(parallel, **kwargs) as owned:
+        yield owned
 
 
 def _worker(

@@ -538,16 +538,10 @@ def run_sft(config: SFTRunConfig | Any) -> SFTResult:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
-    from nemotron_plugins.runtime.distributed import destroy_distributed, get_context, init_distributed
+    from nemotron_plugins.runtime.distributed import ensure_distributed
 
-    owns_dist = get_context() is None
-    if owns_dist:
-        init_distributed(cfg.parallel, seed=cfg.seed)
-    try:
+    with ensure_distributed(cfg.parallel, seed=cfg.seed):
         return _run(cfg)
-    finally:
-        if owns_dist:
-            destroy_distributed()
 
 
 def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one linear training procedure
