@@ -540,8 +540,9 @@ def build_engine(config: GRPOTrainConfig, model: Any, model_config: Any, tokeniz
     options = dict(config.vllm_options)
     path = Path(options.pop("model_path", Path(config.output_dir) / "hf_policy"))
     export_hf_checkpoint(model, model_config, path)
+    if _layout()[1] == 0:
+        tokenizer.save_pretrained(str(path))
     _barrier()
-    tokenizer.save_pretrained(str(path))
     return VLLMRolloutEngine(
         VLLMEngineConfig(model_path=str(path), seed=config.seed, **options),
         tokenizer=tokenizer,
