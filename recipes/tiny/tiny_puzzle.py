@@ -63,7 +63,8 @@ def _data(*, num_train_samples: int = SFT_PROBLEMS, eval_interval: int = 0, **op
 
 
 def tiny_puzzle_sft_cpu_config() -> RecipeConfig:
-    """SFT of the tiny Puzzle model on synthetic addition with half of the traces corrupted (CPU, ~4 minutes)."""
+    """SFT of the tiny Puzzle model on synthetic addition with half of the traces corrupted (2 CPU cores: ~0.6 s/step
+    with dynamic padding to 112 tokens, ~10 minutes for the 800 steps plus the held-out evaluation)."""
     return RecipeConfig(
         name="tiny_puzzle_sft_cpu",
         task="sft",
