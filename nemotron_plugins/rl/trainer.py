@@ -55,6 +55,7 @@ import torch
 
 from nemotron_plugins.rl.config import GRPOConfig
 from nemotron_plugins.runtime.config import ParallelConfig
+from nemotron_plugins.runtime.distributed import barrier
 
 logger = logging.getLogger(__name__)
 
@@ -367,11 +368,6 @@ def _all_gather(obj: Any, group: Any = None) -> list[Any]:
     return out
 
 
-def _barrier() -> None:
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.barrier()
-
-
 def _mix_seed(*parts: int) -> int:
     value = 0
     for part in parts:
@@ -542,7 +538,7 @@ def build_engine(config: GRPOTrainConfig, model: Any, model_config: Any, tokeniz
     export_hf_checkpoint(model, model_config, path)
     if _layout()[1] == 0:
         tokenizer.save_pretrained(str(path))
-    _barrier()
+    barrier()
     return VLLMRolloutEngine(
         VLLMEngineConfig(model_path=str(path), seed=config.seed, **options),
         tokenizer=tokenizer,
@@ -798,8 +794,13 @@ def _micro_batches(batch: PolicyBatch, rows: torch.Tensor, micro: int, pad_rows:
     return out
 
 
-def _device_of(model: Any) -> torch.device:
-    return next(model.parameters()).device
+def _forward_micro_batch(model: Any, mb: Mapping[str, Any]) -> torch.Tensor:
+    """The model chunk's forward on a micro-batch's ``input_ids`` (causal, positions 0..W-1): logits on the last
+    pipeline stage, hidden states elsewhere (megatron's schedule feeds the previous stage's output in)."""
+    device = next(model.parameters()).device
+    tokens = mb["input_ids"].to(device)
+    positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
+    return model(tokens, positions, None)
 
 
 def _logprobs(output: torch.Tensor, targets: torch.Tensor, temperature: float, vocab_size: int) -> torch.Tensor:
@@ -842,10 +843,7 @@ def _forward_logprobs(
 
     def step_fn(data_iterator: Any, model_: Any) -> tuple[torch.Tensor, Any]:
         mb = next(data_iterator)
-        device = _device_of(model_)
-        tokens = mb["input_ids"].to(device)
-        positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
-        output = model_(tokens, positions, None)
+        output = _forward_micro_batch(model_, mb)
 
         def loss_func(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
             lp = _logprobs(out, mb["targets"].to(out.device), temperature, vocab_size)
@@ -929,10 +927,7 @@ def policy_update(
                 data_iterator: Any, model_: Any, gt: float = global_tokens, gs: float = global_sequences
             ) -> tuple[torch.Tensor, Any]:
                 mb = next(data_iterator)
-                device = _device_of(model_)
-                tokens = mb["input_ids"].to(device)
-                positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
-                output = model_(tokens, positions, None)
+                output = _forward_micro_batch(model_, mb)
 
                 def loss_func(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
                     dev = out.device
@@ -1150,7 +1145,7 @@ def _run(config: GRPOTrainConfig) -> GRPOResult:  # noqa: PLR0915 - one linear t
     ckpt_dir = out / "checkpoints"
     if is_rank0:
         load_prompt_rows(config)  # writes the synthetic data once
-    _barrier()
+    barrier()
     rows, heldout, _ = load_prompt_rows(config)
     model, model_config, tokenizer = build_policy(config, build_tiny_tokenizer())
     vocab_size = len(tokenizer)

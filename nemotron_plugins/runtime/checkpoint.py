@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nemotron_plugins.runtime.distributed import barrier
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -93,11 +95,6 @@ def _rank_and_world() -> tuple[int, int]:
     if _dist_active():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _barrier() -> None:
-    if _dist_active():
-        torch.distributed.barrier()
 
 
 def _broadcast_ok(ok: bool) -> bool:
@@ -311,7 +308,7 @@ def save_training_state(
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale_tmp_dirs(root)
         tmp_dir.mkdir()
-    _barrier()
+    barrier()
 
     payload = {
         "format_version": FORMAT_VERSION,
@@ -336,7 +333,7 @@ def save_training_state(
     if not _broadcast_ok(ok):
         if rank == 0:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-        _barrier()
+        barrier()
         if error is not None:
             raise error
         raise CheckpointError(f"another rank failed to write its shard of {final_dir}; nothing was committed")
@@ -348,7 +345,7 @@ def save_training_state(
                 prune_checkpoints(root, keep_last)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)  # no-op after a successful rename
-    _barrier()
+    barrier()
     return final_dir
 
 

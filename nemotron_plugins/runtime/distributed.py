@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DistributedContext",
+    "barrier",
     "DistributedError",
     "destroy_distributed",
     "distributed_context",
@@ -328,6 +329,12 @@ def distributed_context(parallel: ParallelConfig | None = None, **kwargs: Any) -
         yield ctx
     finally:
         destroy_distributed()
+
+
+def barrier() -> None:
+    """``torch.distributed.barrier()`` when a process group is up (no-op in a plain single process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 @contextlib.contextmanager
