@@ -66,6 +66,7 @@ __all__ = [
     "load_hf_config",
     "make_config",
     "parse_hf_config",
+    "reject_unimplemented",
     "save_hf_config",
     "to_hf_config",
     "to_megatron_block_configs",
@@ -259,7 +260,9 @@ class AttentionConfig:
     num_key_value_heads: int | None = None
     """KV heads (query groups); set iff ``kind == "gqa"``."""
     window_length: int | None = None
-    """DeciLM sliding-window length (``None``: full attention). Kept for exact write-back; only decilm style has it."""
+    """DeciLM sliding-window length (``None``: full attention). Parsed so configs round-trip and the cost model can
+    describe them; building or loading a model with one raises (:func:`reject_unimplemented`): the Megatron layers
+    implement full causal attention only. Only decilm style can write it."""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     """Other known HF keys of this sub-dict (``sparsify``, ``num_sink_tokens``, ``weights_precision``, ...), verbatim.
     Not compared directly: equality uses ``settings`` (the same without keys at their "unused" value)."""
@@ -1168,13 +1171,44 @@ def make_config(
     )
 
 
+def reject_unimplemented(cfg: PuzzleModelConfig, *, source: str = "") -> None:
+    """Raise when ``cfg`` uses a feature the Megatron Puzzle model does not implement.
+
+    Parsing keeps these fields (round trips, cost estimates), but a model built or loaded from such a config would
+    silently compute something else, so every builder and loader calls this first. Today that is DeciLM's
+    ``window_length`` (sliding-window attention): the Megatron layers attend over the full causal context.
+
+    Args:
+        cfg: The config.
+        source: Where it came from (a file path), put in front of the message.
+
+    Raises:
+        BlockConfigError: naming the layer and field, e.g.
+            ``"config.json: block_configs[3].attention.window_length: sliding-window attention ..."``.
+    """
+    for i, block in enumerate(cfg.blocks):
+        window = block.attention.window_length
+        if window is not None:
+            path = f"block_configs[{i}].attention.window_length"
+            raise BlockConfigError(
+                f"{source}: {path}" if source else path,
+                f"sliding-window attention (window_length={window}, layer {i}) is not implemented by the Megatron "
+                "Puzzle model, which attends over the full causal context; set window_length to null to train this "
+                "layer with full attention (that changes the model), or use a config without sliding windows",
+            )
+
+
 def to_megatron_block_configs(cfg: PuzzleModelConfig) -> dict[str, Any]:
     """The ``{"block_configs": [...]}`` dict megatron-core's ``HeterogeneousTransformerConfig`` reads natively.
 
     It uses megatron's own keys (``num_query_groups``, ``ffn_hidden_size``; the FFN sub-dict is ``mlp``), so any
     width works, including the tiny ones that have no decilm ``ffn_mult``. Pass ``json.dumps`` of it as
     ``heterogeneous_layers_config_encoded_json``.
+
+    Raises:
+        BlockConfigError: ``cfg`` uses a feature the model does not implement (:func:`reject_unimplemented`).
     """
+    reject_unimplemented(cfg)
     return {
         "block_configs": [
             {

@@ -55,7 +55,13 @@ from typing import Any, Literal
 
 import torch
 
-from nemotron_plugins.puzzle.block_config import BlockConfig, PuzzleModelConfig, load_hf_config, save_hf_config
+from nemotron_plugins.puzzle.block_config import (
+    BlockConfig,
+    PuzzleModelConfig,
+    load_hf_config,
+    reject_unimplemented,
+    save_hf_config,
+)
 from nemotron_plugins.puzzle.model import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -63,6 +69,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "HFCheckpointError",
     "LAYER_SLOT_NAMES",
+    "LoadReport",
     "ParallelRanks",
     "TensorPlan",
     "expected_hf_tensors",
@@ -521,14 +528,20 @@ def _hf_weight_map(path: Path) -> dict[str, Path]:
     return out
 
 
+_SAFETENSORS_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2}
+_SAFETENSORS_ITEMSIZE |= {"U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
 class _HFReader:
-    """Lazily opened safetensors files; reads one tensor at a time."""
+    """Lazily opened safetensors files; reads whole tensors or slices of them, counting the bytes it returns."""
 
     def __init__(self, path: Path) -> None:
         self.weight_map = _hf_weight_map(path)
         self._handles: dict[Path, Any] = {}
+        self.bytes_read = 0
+        """Bytes of every tensor or slice returned so far (what is copied out of the files)."""
 
-    def get(self, name: str) -> torch.Tensor:
+    def _handle(self, name: str) -> Any:
         from safetensors import safe_open
 
         f = self.weight_map[name]
@@ -536,10 +549,97 @@ class _HFReader:
             if not f.is_file():
                 raise HFCheckpointError(f"tensor {name}: its file {f} (from the index) does not exist")
             self._handles[f] = safe_open(str(f), framework="pt")
-        return self._handles[f].get_tensor(name)
+        return self._handles[f]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of tensor ``name`` from the file header (reads no data)."""
+        return tuple(self._handle(name).get_slice(name).get_shape())
+
+    def nbytes(self, name: str) -> int:
+        """Size in bytes of the whole tensor ``name`` from the file header (reads no data)."""
+        view = self._handle(name).get_slice(name)
+        return _numel(view.get_shape()) * _SAFETENSORS_ITEMSIZE[view.get_dtype()]
+
+    def get(self, name: str) -> torch.Tensor:
+        """The whole tensor ``name``."""
+        tensor = self._handle(name).get_tensor(name)
+        self.bytes_read += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def read(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Rows (``dim=0``) or columns (``dim=1``) ``start:stop`` of tensor ``name``, read with ``get_slice``."""
+        view = self._handle(name).get_slice(name)
+        part = view[start:stop] if dim == 0 else view[:, start:stop]
+        self.bytes_read += part.numel() * part.element_size()
+        return part
 
     def close(self) -> None:
         self._handles.clear()
+
+
+def _rank_range(size: int, tp_rank: int, tp_size: int, *, name: str, dim: int) -> tuple[int, int]:
+    if size % tp_size:
+        raise HFCheckpointError(f"{name}: dimension {dim} of size {size} is not divisible by TP={tp_size}")
+    part = size // tp_size
+    return tp_rank * part, (tp_rank + 1) * part
+
+
+def _read_rank_tensor(
+    plan: TensorPlan,
+    reader: _HFReader,
+    cfg: PuzzleModelConfig,
+    *,
+    tp_rank: int,
+    tp_size: int,
+    padded_vocab_size: int | None,
+) -> torch.Tensor:
+    """This TP rank's Megatron tensor for ``plan``, reading only the rows / columns of the HF tensors it needs.
+
+    Equal to :func:`hf_to_megatron_tensor` of the whole tensors (tested bitwise), but a TP-sharded tensor costs
+    ``1/TP`` of its bytes: column-parallel rows, row-parallel columns, this rank's query groups of q / k / v (a
+    contiguous row range of each), this rank's rows of gate and up, this rank's vocabulary rows (padding rows are
+    zeros, not read). Replicated tensors (norms) are read whole. The result may be a view into the file mapping:
+    copy it before the reader closes.
+    """
+    names = plan.hf_names
+    name = names[0]
+    if plan.kind == "replicated":
+        return reader.get(name)
+    if plan.kind in ("column", "row"):
+        dim = 0 if plan.kind == "column" else 1
+        start, stop = _rank_range(reader.shape(name)[dim], tp_rank, tp_size, name=name, dim=dim)
+        return reader.read(name, dim, start, stop)
+    if plan.kind == "vocab":
+        rows = reader.shape(name)[0]
+        padded = padded_vocab_size or rows
+        if padded < rows:
+            raise HFCheckpointError(f"{name}: {rows} vocabulary rows do not fit the model's {padded}")
+        start, stop = _rank_range(padded, tp_rank, tp_size, name=name, dim=0)
+        part = reader.read(name, 0, min(start, rows), min(stop, rows))
+        if part.shape[0] < stop - start:  # padding rows past the real vocabulary are zeros
+            part = torch.cat([part, part.new_zeros(stop - start - part.shape[0], *part.shape[1:])])
+        return part
+    if plan.kind == "qkv":
+        heads, kv, head_dim = cfg.num_attention_heads, plan.num_kv_heads, cfg.head_dim
+        if kv % tp_size:
+            raise HFCheckpointError(
+                f"{plan.where()}: {kv} KV heads cannot be split over TP={tp_size} (need a multiple)"
+            )
+        per_group, groups = heads // kv, kv // tp_size
+        g0 = tp_rank * groups
+        q = reader.read(names[0], 0, g0 * per_group * head_dim, (g0 + groups) * per_group * head_dim)
+        k = reader.read(names[1], 0, g0 * head_dim, (g0 + groups) * head_dim)
+        v = reader.read(names[2], 0, g0 * head_dim, (g0 + groups) * head_dim)
+        return qkv_to_megatron(q, k, v, num_heads=groups * per_group, num_kv_heads=groups, head_dim=head_dim)
+    if plan.kind == "fc1":
+        gate, up = names
+        if reader.shape(gate) != reader.shape(up):
+            raise HFCheckpointError(
+                f"{plan.where()}: {gate} {reader.shape(gate)} and {up} {reader.shape(up)} differ in shape"
+            )
+        start, stop = _rank_range(reader.shape(gate)[0], tp_rank, tp_size, name=gate, dim=0)
+        return torch.cat([reader.read(gate, 0, start, stop), reader.read(up, 0, start, stop)])
+    raise ValueError(f"unknown tensor kind {plan.kind!r}")
 
 
 def read_hf_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -636,6 +736,15 @@ class LoadReport:
     """HF tensors the config does not describe (only non-empty with ``strict=False``)."""
     unfilled_model: list[str] = field(default_factory=list)
     """Model tensors nothing was loaded into (only non-empty with ``strict=False``)."""
+    bytes_read: int = 0
+    """Bytes this rank read out of the safetensors files (the tensors and slices it asked for; with ``sliced``
+    about ``1/TP`` of each TP-sharded tensor plus every replicated one). The OS reads whole pages, so a column slice
+    of a matrix whose rows are shorter than a page may touch more of the file than this counts."""
+    bytes_in_tensors: int = 0
+    """Full size of the HF tensors this rank read from (what reading them whole would cost)."""
+    bytes_read_by_kind: dict[str, int] = field(default_factory=dict)
+    """``bytes_read`` split by :attr:`TensorPlan.kind` (``replicated``, ``column``, ``row``, ``vocab``, ``qkv``,
+    ``fc1``)."""
 
 
 def load_hf_checkpoint(
@@ -646,11 +755,14 @@ def load_hf_checkpoint(
     parallel: ParallelRanks | None = None,
     strict: bool = True,
     progress: bool = True,
+    sliced: bool = True,
 ) -> LoadReport:
     """Stream an HF DeciLM / Llama safetensors checkpoint into a Megatron model (every rank calls this).
 
-    Each rank reads only the tensors its model chunks need, one tensor group (e.g. q/k/v of one layer) at a time,
-    and copies its TP shard into the parameters in place (converting dtype).
+    Each rank reads only the tensors its model chunks need (a pipeline stage: its layers), and of a TP-sharded
+    tensor only its own rows or columns (``safe_open(...).get_slice``; fused q/k/v and gate/up included), one
+    tensor group (e.g. q/k/v of one layer) at a time, and copies them into the parameters in place (converting
+    dtype). ``LoadReport.bytes_read`` counts what it read.
 
     Args:
         model_or_models: The model, or a list of model chunks (virtual pipeline); DDP / Float16Module wrappers are
@@ -660,16 +772,21 @@ def load_hf_checkpoint(
         parallel: This rank's TP rank / size; default: megatron-core's ``parallel_state``.
         strict: Raise on missing / unexpected HF tensors and on model tensors nothing maps to.
         progress: Show a tqdm bar on rank 0.
+        sliced: Read only this rank's slices (default). ``False`` reads every needed tensor whole and shards it in
+            memory (the reference path the sliced one is tested against).
 
     Returns:
         A :class:`LoadReport`.
 
     Raises:
         HFCheckpointError: naming the tensor and layer that is missing, unexpected or of the wrong shape.
+        BlockConfigError: the config uses a feature the model does not implement (``window_length``), naming the
+            layer.
     """
     path = Path(path)
     if cfg is None:
         cfg = load_hf_config(path if path.is_dir() else path.parent)
+    reject_unimplemented(cfg, source=str(path / "config.json" if path.is_dir() else path))
     if parallel is None:
         parallel = ParallelRanks.from_megatron()
     models = [model_or_models] if isinstance(model_or_models, torch.nn.Module) else list(model_or_models)
@@ -708,19 +825,27 @@ def load_hf_checkpoint(
                     report.unfilled_model.append(plan.megatron_name)
                     bar.update(1)
                     continue
-                hf = {}
                 for n in plan.hf_names:
-                    t = reader.get(n)
-                    if n in expected and tuple(t.shape) != expected[n]:
+                    shape = reader.shape(n)
+                    if n in expected and shape != expected[n]:
                         raise HFCheckpointError(
-                            f"{_describe_hf(n)}: shape {tuple(t.shape)} does not match the config's {expected[n]}"
+                            f"{_describe_hf(n)}: shape {shape} does not match the config's {expected[n]}"
                         )
-                    hf[n] = t
+                    report.bytes_in_tensors += reader.nbytes(n)
                 target = state[plan.megatron_name]
                 padded = target.shape[0] * parallel.tp_size if plan.kind == "vocab" else None
-                value = hf_to_megatron_tensor(
-                    plan, hf, cfg, tp_rank=parallel.tp_rank, tp_size=parallel.tp_size, padded_vocab_size=padded
-                )
+                before = reader.bytes_read
+                if sliced:
+                    value = _read_rank_tensor(
+                        plan, reader, cfg, tp_rank=parallel.tp_rank, tp_size=parallel.tp_size, padded_vocab_size=padded
+                    )
+                else:
+                    hf = {n: reader.get(n) for n in plan.hf_names}
+                    value = hf_to_megatron_tensor(
+                        plan, hf, cfg, tp_rank=parallel.tp_rank, tp_size=parallel.tp_size, padded_vocab_size=padded
+                    )
+                kind_bytes = report.bytes_read_by_kind
+                kind_bytes[plan.kind] = kind_bytes.get(plan.kind, 0) + reader.bytes_read - before
                 if value.shape != target.shape:
                     raise HFCheckpointError(
                         f"{plan.where()}: {', '.join(plan.hf_names)} give {plan.megatron_name} shape "
@@ -732,6 +857,7 @@ def load_hf_checkpoint(
                 bar.update(1)
     finally:
         bar.close()
+        report.bytes_read = reader.bytes_read
         reader.close()
     return report
 

@@ -21,6 +21,7 @@ from nemotron_plugins.puzzle.block_config import (
     load_hf_config,
     make_config,
     parse_hf_config,
+    reject_unimplemented,
     save_hf_config,
     to_hf_config,
     to_megatron_block_configs,
@@ -197,6 +198,19 @@ def test_sliding_window_is_decilm_only(super_dict: dict) -> None:
     assert to_hf_config(cfg) == data
     with pytest.raises(BlockConfigError, match=r"block_configs\[3\]\.attention\.window_length"):
         to_hf_config(cfg, field_style="puzzletron")
+
+
+def test_sliding_window_is_rejected_wherever_a_model_is_built(super_dict: dict) -> None:
+    """window_length parses (round trips, cost estimates) but is never accepted and ignored by a model build."""
+    data = copy.deepcopy(super_dict)
+    data["block_configs"][3]["attention"]["window_length"] = 4096
+    cfg = parse_hf_config(data)
+    with pytest.raises(BlockConfigError, match=r"block_configs\[3\]\.attention\.window_length.*not implemented"):
+        to_megatron_block_configs(cfg)
+    with pytest.raises(BlockConfigError, match=r"^cfg.json: block_configs\[3\].*layer 3"):
+        reject_unimplemented(cfg, source="cfg.json")
+    data["block_configs"][3]["attention"]["window_length"] = None
+    reject_unimplemented(parse_hf_config(data))  # null means full attention
 
 
 def test_non_default_decilm_extra_is_not_dropped_silently(super_dict: dict) -> None:

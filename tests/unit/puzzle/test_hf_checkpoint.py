@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from nemotron_plugins.puzzle.block_config import AttentionConfig
 from nemotron_plugins.puzzle.hf_checkpoint import (
     HFCheckpointError,
     ParallelRanks,
@@ -132,6 +135,44 @@ def test_every_plan_round_trips_bitwise(tp: int, tied: bool, dtype: torch.dtype)
     assert tensor_hashes(back) == tensor_hashes(hf)
 
 
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("tied", [False, True])
+def test_sliced_reads_equal_whole_tensor_sharding_and_read_one_tp_th(tmp_path, tp: int, tied: bool) -> None:
+    """Each rank's slices, read with get_slice, are bitwise what sharding the whole tensors gives, at 1/TP the bytes."""
+    from nemotron_plugins.puzzle.hf_checkpoint import _HFReader, _read_rank_tensor
+
+    cfg = tiny_heterogeneous_config(tie_word_embeddings=tied)
+    if tp == 4:  # KV heads must divide by TP: a 4-KV-head-only variant of every GQA layer
+        cfg = dataclasses.replace(
+            cfg,
+            blocks=tuple(
+                dataclasses.replace(b, attention=AttentionConfig.gqa(4)) if b.attention.kind == "gqa" else b
+                for b in cfg.blocks
+            ),
+        )
+    hf = random_hf_weights(cfg, seed=2, dtype=torch.bfloat16)
+    src = write_hf_checkpoint(tmp_path / "ckpt", cfg, hf, shards=2)
+    padded = 64
+    plans = plan_megatron_tensors(cfg, has_output_layer=True)
+    for plan in plans:
+        full_bytes = sum(hf[n].numel() * hf[n].element_size() for n in plan.hf_names)
+        per_rank = []
+        for r in range(tp):
+            reader = _HFReader(src)
+            got = _read_rank_tensor(plan, reader, cfg, tp_rank=r, tp_size=tp, padded_vocab_size=padded)
+            want = hf_to_megatron_tensor(plan, hf, cfg, tp_rank=r, tp_size=tp, padded_vocab_size=padded)
+            assert got.dtype == want.dtype and torch.equal(got, want), (plan.megatron_name, r)
+            per_rank.append(reader.bytes_read)
+            reader.close()
+        if plan.kind == "replicated":
+            assert per_rank == [full_bytes] * tp
+        elif plan.kind == "vocab":  # 50 real rows over 64 padded: padding rows are not read
+            row = hf[plan.hf_names[0]][0].numel() * 2
+            assert per_rank == [min(max(cfg.vocab_size - r * padded // tp, 0), padded // tp) * row for r in range(tp)]
+        else:
+            assert per_rank == [full_bytes // tp] * tp, plan.megatron_name
+
+
 def test_plan_names_and_pipeline_local_numbering() -> None:
     cfg = tiny_heterogeneous_config()
     stage1 = plan_megatron_tensors(cfg, layers=[3, 4, 5], has_embedding=False, has_final_norm=True)
@@ -221,6 +262,20 @@ def test_missing_and_unexpected_tensors_are_named_with_their_layer(tmp_path) -> 
     msg = str(err.value)
     assert "missing tensors: model.layers.3.self_attn.k_proj.weight (layer 3)" in msg
     assert "unexpected tensors: model.layers.4.mlp.gate_proj.weight (layer 4)" in msg
+
+
+def test_sliding_window_config_is_rejected_at_load_naming_the_layer(tmp_path) -> None:
+    from nemotron_plugins.puzzle.block_config import BlockConfigError
+
+    cfg = tiny_heterogeneous_config()
+    blocks = list(cfg.blocks)
+    blocks[5] = dataclasses.replace(
+        blocks[5], attention=AttentionConfig(kind="gqa", num_key_value_heads=2, window_length=8)
+    )
+    windowed = dataclasses.replace(cfg, blocks=tuple(blocks))
+    src = write_hf_checkpoint(tmp_path / "ckpt", cfg, random_hf_weights(cfg))
+    with pytest.raises(BlockConfigError, match=r"config.json: block_configs\[5\]\.attention\.window_length"):
+        load_hf_checkpoint(torch.nn.Module(), src, windowed, parallel=ParallelRanks(), progress=False)
 
 
 def test_non_strict_reports_instead_of_raising(tmp_path) -> None:
