@@ -84,6 +84,7 @@ __all__ = [
     "qkv_from_megatron",
     "qkv_to_megatron",
     "read_hf_state_dict",
+    "save_hf_weights",
     "shard_tensor",
 ]
 
@@ -1078,6 +1079,45 @@ def export_hf_checkpoint(
     if dist:
         torch.distributed.barrier()
     return out
+
+
+def save_hf_weights(
+    weights: Mapping[str, torch.Tensor], out_dir: str | os.PathLike[str], *, max_shard_size: int | str = "5GB"
+) -> list[Path]:
+    """Write in-memory HF tensors as safetensors shards the way transformers does (single process).
+
+    Tensors go into ``model-0000k-of-0000n.safetensors`` files in the order given, a new file starting when the next
+    tensor would make the current one exceed ``max_shard_size``, plus ``model.safetensors.index.json``; a single
+    ``model.safetensors`` (no index) when everything fits one shard. Earlier weight files in ``out_dir`` are removed.
+
+    Args:
+        weights: ``{hf_name: tensor}`` in file order.
+        out_dir: Directory (created).
+        max_shard_size: Largest shard, bytes or ``"5GB"``-style.
+
+    Returns:
+        The weight files written, in order.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_old_weights(out)
+    sizes = [(n, t.numel() * t.element_size()) for n, t in weights.items()]
+    shards = _plan_shards(sizes, parse_shard_size(max_shard_size))
+    if len(shards) <= 1:
+        names = [SAFE_SINGLE_NAME]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for fname, shard in zip(names, shards, strict=False):
+        save_file({n: weights[n].contiguous() for n in shard}, str(out / fname), metadata={"format": "pt"})
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(s for _, s in sizes)},
+            "weight_map": {n: fname for fname, shard in zip(names, shards, strict=True) for n in shard},
+        }
+        (out / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return [out / f for f in names[: max(len(shards), 1)]]
 
 
 def _numel(shape: Sequence[int]) -> int:
