@@ -67,8 +67,13 @@ def _forward(model, ids: torch.Tensor, hidden: int) -> torch.Tensor | None:
     return out if ps.get_tensor_model_parallel_rank() == 0 else None
 
 
-def _worker(rank: int, tp: int, pp: int, jobs: list[tuple[str, str, str | None]]) -> list[torch.Tensor | None]:
-    """Load, forward and export each ``(src, out, export dtype)`` job in one process group; returns the logits."""
+def _worker(
+    rank: int, tp: int, pp: int, jobs: list[tuple[str, str, str | None]]
+) -> list[tuple[torch.Tensor | None, int]]:
+    """Load, forward and export each ``(src, out, export dtype)`` job in one process group.
+
+    Returns, per job, the logits (``None`` on ranks without them) and the bytes this rank read.
+    """
     from nemotron_plugins.puzzle.hf_checkpoint import export_hf_checkpoint, load_hf_checkpoint
     from nemotron_plugins.runtime.config import ParallelConfig
     from nemotron_plugins.runtime.distributed import init_distributed
@@ -80,21 +85,28 @@ def _worker(rank: int, tp: int, pp: int, jobs: list[tuple[str, str, str | None]]
         model = _build_megatron_model(cfg).eval()
         report = load_hf_checkpoint(model, src, cfg, progress=False)
         assert report.loaded and not report.unfilled_model, report
-        results.append(_forward(model, _input_ids(cfg.vocab_size), cfg.hidden_size))
+        results.append((_forward(model, _input_ids(cfg.vocab_size), cfg.hidden_size), report.bytes_read))
         dtype = getattr(torch, export_dtype) if export_dtype else None
         export_hf_checkpoint(model, cfg, out, max_shard_size="24KB", dtype=dtype, progress=False)
     return results
 
 
-def _run(jobs: list[tuple[Path, Path, str | None]], *, tp: int = 1, pp: int = 1) -> list[torch.Tensor]:
-    """Run the jobs in a TP x PP group of local processes; the logits of each job (from the rank that has them)."""
+def _run(
+    jobs: list[tuple[Path, Path, str | None]], *, tp: int = 1, pp: int = 1, bytes_read: list | None = None
+) -> list[torch.Tensor]:
+    """Run the jobs in a TP x PP group of local processes; the logits of each job (from the rank that has them).
+
+    ``bytes_read``, when given, receives per job the list of bytes each rank read.
+    """
     args = (tp, pp, [(str(src), str(out), dtype) for src, out, dtype in jobs])
     per_rank = run_local_processes(_worker, tp * pp, args=args, timeout_s=300)
     logits = []
     for j in range(len(jobs)):
-        found = [r[j] for r in per_rank if r[j] is not None]
+        found = [r[j][0] for r in per_rank if r[j][0] is not None]
         assert len(found) == 1
         logits.append(found[0])
+        if bytes_read is not None:
+            bytes_read.append([r[j][1] for r in per_rank])
     return logits
 
 
@@ -176,8 +188,12 @@ def test_heterogeneous_parity_and_bitwise_round_trip_tp1(single_process: dict) -
 @pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2)], ids=["tp2", "pp2"])
 def test_heterogeneous_parity_and_bitwise_round_trip_parallel(tmp_path: Path, tp: int, pp: int) -> None:
     cfg, weights, src = _heterogeneous_source(tmp_path)
-    (logits,) = _run([(src, tmp_path / "out", None)], tp=tp, pp=pp)
+    read: list[list[int]] = []
+    (logits,) = _run([(src, tmp_path / "out", None)], tp=tp, pp=pp, bytes_read=read)
     _check_heterogeneous(cfg, weights, logits, tmp_path / "out")
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    if pp == 2:  # each stage reads its own layers only: together exactly the file, no tensor twice
+        assert sum(read[0]) == total and all(0 < b < total for b in read[0]), read
 
 
 def test_tied_bf16_checkpoint_round_trips_bitwise(single_process: dict) -> None:
@@ -197,3 +213,103 @@ def test_llama_parity_with_transformers(single_process: dict) -> None:
     assert tensor_hashes(read_hf_state_dict(root / "llama_out")) == tensor_hashes(
         read_hf_state_dict(root / "llama_src")
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The fixture checkpoint (nemotron_plugins.fixtures): loads at TP1 and TP2, each TP2 rank reading half the bytes
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _fixture_worker(rank: int, src: str, tp: int) -> dict:
+    """Load the fixture checkpoint sliced (and at TP > 1 also whole, into zeroed parameters); forward both."""
+    from nemotron_plugins.puzzle.hf_checkpoint import load_hf_checkpoint
+    from nemotron_plugins.runtime.config import ParallelConfig
+    from nemotron_plugins.runtime.distributed import init_distributed
+
+    init_distributed(ParallelConfig(tensor_model_parallel_size=tp), seed=100)
+    cfg = load_hf_config(src)
+    model = _build_megatron_model(cfg).eval()
+    ids = _input_ids(cfg.vocab_size)
+    report = load_hf_checkpoint(model, src, cfg, progress=False)
+    assert report.loaded and not report.unfilled_model, report
+    out = {
+        "logits": _forward(model, ids, cfg.hidden_size),
+        "bytes_read": report.bytes_read,
+        "bytes_in_tensors": report.bytes_in_tensors,
+        "by_kind": report.bytes_read_by_kind,
+    }
+    if tp > 1:
+        sliced_state = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+        whole = load_hf_checkpoint(model, src, cfg, progress=False, sliced=False)
+        out["whole_logits"] = _forward(model, ids, cfg.hidden_size)
+        out["whole_bytes_read"] = whole.bytes_read
+        state = model.state_dict()
+        out["same_state"] = all(torch.equal(state[k], v) for k, v in sliced_state.items())
+    return out
+
+
+@pytest.fixture(scope="module")
+def fixture_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("transformers")
+    from nemotron_plugins.fixtures import write_fixture_checkpoint
+
+    return write_fixture_checkpoint(tmp_path_factory.mktemp("fixture") / "checkpoint", seed=0)
+
+
+def _fixture_reference_logits(src: Path) -> torch.Tensor:
+    cfg = load_hf_config(src)
+    weights = {k: v.float() for k, v in read_hf_state_dict(src).items()}
+    return decilm_forward(weights, to_hf_config(cfg), _input_ids(cfg.vocab_size)), cfg
+
+
+def test_fixture_checkpoint_loads_at_tp1_with_reference_logits(fixture_checkpoint: Path) -> None:
+    (result,) = run_local_processes(_fixture_worker, 1, args=(str(fixture_checkpoint), 1), timeout_s=300)
+    expected, cfg = _fixture_reference_logits(fixture_checkpoint)
+    assert (result["logits"][..., : cfg.vocab_size] - expected).abs().max().item() <= 1e-4 * expected.abs().max()
+    assert (
+        result["bytes_read"]
+        == result["bytes_in_tensors"]
+        == sum(p.stat().st_size for p in fixture_checkpoint.glob("*.safetensors"))
+        - _safetensors_header_bytes(fixture_checkpoint)
+    )
+
+
+def _safetensors_header_bytes(src: Path) -> int:
+    total = 0
+    for f in src.glob("*.safetensors"):
+        with f.open("rb") as handle:
+            total += 8 + int.from_bytes(handle.read(8), "little")
+    return total
+
+
+def test_fixture_checkpoint_at_tp2_each_rank_reads_half_of_the_sharded_bytes(fixture_checkpoint: Path) -> None:
+    from nemotron_plugins.puzzle.hf_checkpoint import plan_megatron_tensors
+
+    ranks = run_local_processes(_fixture_worker, 2, args=(str(fixture_checkpoint), 2), timeout_s=300)
+    expected, cfg = _fixture_reference_logits(fixture_checkpoint)
+    logits = ranks[0]["logits"]
+    # Sliced and whole-tensor loading give the same parameters and the same logits, equal to the reference's.
+    assert all(r["same_state"] for r in ranks)
+    assert torch.equal(logits, ranks[0]["whole_logits"])
+    assert (logits[..., : cfg.vocab_size] - expected).abs().max().item() <= 1e-4 * expected.abs().max()
+
+    weights = read_hf_state_dict(fixture_checkpoint)
+    file_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+    sharded = {"column", "row", "qkv", "fc1"}
+    sharded_bytes = sum(
+        weights[n].numel() * weights[n].element_size()
+        for plan in plan_megatron_tensors(cfg)
+        if plan.kind in sharded
+        for n in plan.hf_names
+    )
+    for r in ranks:
+        assert r["bytes_in_tensors"] == file_bytes  # every rank needs a part of every tensor...
+        assert sum(r["by_kind"].get(k, 0) for k in sharded) == sharded_bytes // 2  # ...but reads half of each
+        assert r["whole_bytes_read"] == file_bytes
+        assert abs(r["bytes_read"] - file_bytes / 2) <= 0.01 * file_bytes, (r["bytes_read"], file_bytes)
+    # Vocabulary rows are split too (embedding and lm_head); the padding rows are not read. Norms are read by both.
+    assert sum(r["by_kind"]["vocab"] for r in ranks) == 2 * cfg.vocab_size * cfg.hidden_size * 2
+    print(f"\nfixture checkpoint {file_bytes} B; bytes read per rank at TP2: {[r['bytes_read'] for r in ranks]}")
