@@ -60,7 +60,6 @@ from nemotron_plugins.puzzle.block_config import (
     PuzzleModelConfig,
     load_hf_config,
     reject_unimplemented,
-    save_hf_config,
 )
 from nemotron_plugins.puzzle.model import unwrap_model
 
@@ -72,8 +71,13 @@ __all__ = [
     "LoadReport",
     "ParallelRanks",
     "TensorPlan",
+    "HFExportLayout",
+    "TOKENIZER_FILES",
+    "copy_tokenizer_files",
     "expected_hf_tensors",
     "export_hf_checkpoint",
+    "export_hf_state_dict",
+    "hf_export_layout",
     "fc1_from_megatron",
     "fc1_to_megatron",
     "hf_to_megatron_tensor",
@@ -84,6 +88,7 @@ __all__ = [
     "qkv_from_megatron",
     "qkv_to_megatron",
     "read_hf_state_dict",
+    "reexport_hf_checkpoint",
     "save_hf_weights",
     "shard_tensor",
 ]
@@ -948,6 +953,309 @@ def _order_key(plan: TensorPlan, cfg: PuzzleModelConfig) -> tuple[int, int]:
     return (cfg.num_hidden_layers + 1, 1)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# What an export writes: the config other loaders read, FFN padding, tokenizer and generation config
+# --------------------------------------------------------------------------------------------------------------------
+
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
+"""Tokenizer files an export copies from the tokenizer directory (those that exist)."""
+GENERATION_CONFIG_NAME = "generation_config.json"
+
+# Top-level keys a plain Llama config does not have (DeciLM's remote-code map, its null global sizes).
+_NOT_LLAMA_KEYS = (
+    "auto_map",
+    "architectures",
+    "model_type",
+    "intermediate_size",
+    "num_key_value_heads",
+    "_name_or_path",
+)
+_DECILM_LABELS = {"architectures": ["DeciLMForCausalLM"], "model_type": "nemotron-nas"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HFExportLayout:
+    """How a Puzzle config is written so that other loaders read it as the same model."""
+
+    architecture: Literal["llama", "nemotron-nas"]
+    """``llama``: every layer is the same GQA + SwiGLU block (``LlamaForCausalLM``, no ``block_configs``);
+    ``nemotron-nas``: ``DeciLMForCausalLM`` with decilm-style ``block_configs``."""
+    config: dict[str, Any]
+    """The ``config.json`` to write."""
+    export_cfg: PuzzleModelConfig
+    """The architecture as written (FFN widths padded, see ``ffn_padding``)."""
+    ffn_padding: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Layer -> ``(trained width, written width)`` for SwiGLU FFNs zero-padded to a multiple of 256."""
+
+
+def _is_plain_llama(cfg: PuzzleModelConfig) -> bool:
+    first = cfg.blocks[0]
+    return all(
+        b.attention.kind == "gqa"
+        and b.ffn.kind == "swiglu"
+        and b.ffn.fused_from is None
+        and b.attention.window_length is None
+        and b.attention.num_key_value_heads == first.attention.num_key_value_heads
+        and b.ffn.intermediate_size == first.ffn.intermediate_size
+        for b in cfg.blocks
+    )
+
+
+def hf_export_layout(cfg: PuzzleModelConfig, *, dtype: torch.dtype | None = None) -> HFExportLayout:
+    """The config an export writes for ``cfg``, readable by transformers, vLLM and NVIDIA's DeciLM code.
+
+    - Every layer the same GQA + SwiGLU block: a plain ``LlamaForCausalLM`` config with the global
+      ``num_key_value_heads`` and ``intermediate_size`` (any width works in Llama).
+    - Otherwise a ``nemotron-nas`` (``DeciLMForCausalLM``) config with decilm-style ``block_configs``. DeciLM readers
+      (NVIDIA's ``modeling_decilm.py``, vLLM's ``nemotron_nas``, llama.cpp) know an FFN only by ``ffn_mult`` and
+      derive its width as ``int(2 * ffn_mult * hidden / 3)`` rounded UP to a multiple of 256, so a width that is
+      not a multiple of 256 cannot be written. Such an FFN is written zero-padded to the next multiple of 256 (extra
+      ``gate`` / ``up`` rows and ``down`` columns are zero: ``silu(0) * 0 = 0``, so the model computes exactly the
+      same function; ``ffn_padding`` lists them).
+
+    Why the old export failed: a config with such a width was written in puzzletron style labelled
+    ``LlamaForCausalLM`` with the sizes only inside ``block_configs``; transformers' ``LlamaConfig`` ignores
+    ``block_configs``, falls back to its defaults (``intermediate_size`` 11008, one KV head per query head) and the
+    load fails on the shape mismatch.
+
+    Args:
+        cfg: The trained architecture.
+        dtype: The dtype of the written tensors (sets ``torch_dtype``); default: keep the config's.
+
+    Raises:
+        HFCheckpointError: a layer uses what no HF reader implements (a sliding window; a fused FFN that would need
+            padding), naming the layer.
+    """
+    import dataclasses
+
+    from nemotron_plugins.puzzle.block_config import (
+        FFNConfig,
+        _thaw,
+        ffn_mult_to_intermediate_size,
+        intermediate_size_to_ffn_mult,
+        make_config,
+        to_hf_config,
+    )
+
+    dtype_name = None if dtype is None else str(dtype).removeprefix("torch.")
+    if _is_plain_llama(cfg):
+        extra = {k: _thaw(v) for k, v in cfg.hf_extra.items() if k not in _NOT_LLAMA_KEYS}
+        block = cfg.blocks[0]
+        config: dict[str, Any] = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            **extra,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": block.ffn.intermediate_size,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_key_value_heads": block.attention.num_key_value_heads,
+            "head_dim": cfg.head_dim,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "vocab_size": cfg.vocab_size,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "rope_theta": cfg.rope_theta,
+            "rope_scaling": _thaw(cfg.rope_scaling),
+            "rms_norm_eps": cfg.rms_norm_eps,
+            "tie_word_embeddings": cfg.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+        }
+        if dtype_name is not None:
+            config["torch_dtype"] = dtype_name
+        return HFExportLayout(architecture="llama", config=config, export_cfg=cfg)
+
+    padding: dict[int, tuple[int, int]] = {}
+    blocks = []
+    for i, b in enumerate(cfg.blocks):
+        if b.attention.window_length is not None:
+            raise HFCheckpointError(f"layer {i}: window_length is set, but the model was trained without it")
+        if b.ffn.kind == "swiglu":
+            width = b.ffn.intermediate_size
+            padded = -(-width // 256) * 256
+            if padded != width and b.ffn.fused_from is not None:
+                raise HFCheckpointError(
+                    f"layer {i}: the fused FFN of width {width} (fused from {list(b.ffn.fused_from)}) is not a "
+                    "multiple of 256 and cannot be written for DeciLM readers; fuse to widths that sum to a "
+                    "multiple of 256"
+                )
+            mult = b.ffn.ffn_mult
+            if mult is None or ffn_mult_to_intermediate_size(mult, cfg.hidden_size) != padded:
+                mult = intermediate_size_to_ffn_mult(padded, cfg.hidden_size)
+            if mult is None:  # pragma: no cover - every multiple of 256 has an ffn_mult
+                raise HFCheckpointError(f"layer {i}: no ffn_mult gives width {padded} at hidden {cfg.hidden_size}")
+            if padded != width:
+                padding[i] = (width, padded)
+            ffn = FFNConfig(
+                kind="swiglu",
+                intermediate_size=padded,
+                ffn_mult=mult,
+                fused_from=b.ffn.fused_from,
+                extra=b.ffn.extra,
+            )
+            b = dataclasses.replace(b, ffn=ffn)
+        blocks.append(b)
+    extra = dict(cfg.hf_extra)
+    if cfg.field_style != "decilm" or extra.get("model_type") != "nemotron-nas":
+        extra = {k: v for k, v in extra.items() if k not in _NOT_LLAMA_KEYS}
+        extra |= {**_DECILM_LABELS, "intermediate_size": None, "num_key_value_heads": None}
+    if dtype_name is not None:
+        extra["torch_dtype"] = dtype_name
+    export_cfg = make_config(
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        vocab_size=cfg.vocab_size,
+        blocks=blocks,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_theta=cfg.rope_theta,
+        rope_scaling=cfg.rope_scaling,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        field_style="decilm",
+        hf_extra=extra,
+        hf_keys=cfg.hf_keys if cfg.field_style == "decilm" else None,
+    )
+    config = to_hf_config(export_cfg, field_style="decilm")
+    return HFExportLayout(architecture="nemotron-nas", config=config, export_cfg=export_cfg, ffn_padding=padding)
+
+
+_FFN_HF = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def _pad_for_export(name: str, tensor: torch.Tensor, padding: Mapping[int, tuple[int, int]]) -> torch.Tensor:
+    """Zero-pad an FFN tensor of a padded layer (gate / up: rows, down: columns); other tensors unchanged."""
+    m = _FFN_HF.match(name)
+    if m is None or int(m.group(1)) not in padding:
+        return tensor
+    width, padded = padding[int(m.group(1))]
+    if m.group(2) == "down_proj":
+        return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], padded - width)], dim=1)
+    return torch.cat([tensor, tensor.new_zeros(padded - width, tensor.shape[1])], dim=0)
+
+
+def _hf_file_names(count: int) -> list[str]:
+    if count <= 1:
+        return [SAFE_SINGLE_NAME]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+class _ShardWriter:
+    """Writes HF tensors arriving in a known order into planned shard files, keeping one shard in memory."""
+
+    def __init__(self, out: Path, entries: Sequence[tuple[str, int]], max_bytes: int) -> None:
+        self.out = out
+        self.shards = _plan_shards(entries, max_bytes)
+        self.file_names = _hf_file_names(len(self.shards))
+        self.shard_of = {n: i for i, shard in enumerate(self.shards) for n in shard}
+        self.total_size = sum(size for _, size in entries)
+        self.buffer: dict[str, torch.Tensor] = {}
+        self.current = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        if self.shard_of.get(name) != self.current:
+            raise HFCheckpointError(f"internal shard order mismatch at {name}")
+        self.buffer[name] = tensor.detach().to("cpu").contiguous()
+        if len(self.buffer) == len(self.shards[self.current]):
+            save_file(self.buffer, str(self.out / self.file_names[self.current]), metadata={"format": "pt"})
+            self.buffer = {}
+            self.current += 1
+
+    def finish(self) -> None:
+        if self.current != len(self.shards):
+            raise HFCheckpointError(f"export stopped after {self.current} of {len(self.shards)} shards")
+        if len(self.shards) > 1:
+            index = {
+                "metadata": {"total_size": self.total_size},
+                "weight_map": {n: self.file_names[i] for n, i in self.shard_of.items()},
+            }
+            (self.out / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def copy_tokenizer_files(tokenizer_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> list[str]:
+    """Copy the tokenizer files (:data:`TOKENIZER_FILES`) of ``tokenizer_dir`` into ``out_dir``.
+
+    Returns:
+        The names copied.
+
+    Raises:
+        HFCheckpointError: ``tokenizer_dir`` holds none of them (named, with what was looked for).
+    """
+    import shutil
+
+    src, out = Path(tokenizer_dir), Path(out_dir)
+    names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
+    if not names:
+        raise HFCheckpointError(
+            f"tokenizer directory {src} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES[:3])}, ...); "
+            "pass the directory the model's tokenizer was saved in"
+        )
+    for n in names:
+        if (src / n).resolve() != (out / n).resolve():
+            shutil.copyfile(src / n, out / n)
+    return names
+
+
+def _write_generation_config(out: Path, config: Mapping[str, Any], source_dirs: Sequence[Path]) -> None:
+    """Copy ``generation_config.json`` from the first source that has one, else derive it from the token ids."""
+    import shutil
+
+    for src in source_dirs:
+        if (src / GENERATION_CONFIG_NAME).is_file():
+            if (src / GENERATION_CONFIG_NAME).resolve() != (out / GENERATION_CONFIG_NAME).resolve():
+                shutil.copyfile(src / GENERATION_CONFIG_NAME, out / GENERATION_CONFIG_NAME)
+            return
+    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+    if "eos_token_id" not in generation and (out / "tokenizer_config.json").is_file():
+        from nemotron_plugins.chat.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(out)
+        generation.setdefault("bos_token_id", tokenizer.bos_token_id)
+        generation["eos_token_id"] = tokenizer.eos_token_id
+    (out / GENERATION_CONFIG_NAME).write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+
+
+def _copy_remote_code(config: Mapping[str, Any], source_dirs: Sequence[Path], out: Path) -> None:
+    """Copy the modules ``auto_map`` points at (NVIDIA's ``*_decilm.py``) when a source directory has them."""
+    import shutil
+
+    modules = {str(v).split(".")[0] for v in (config.get("auto_map") or {}).values() if isinstance(v, str)}
+    for src in source_dirs:
+        for module in modules:
+            if (src / f"{module}.py").is_file() and not (out / f"{module}.py").exists():
+                shutil.copyfile(src / f"{module}.py", out / f"{module}.py")
+        for extra in src.glob("*.py") if modules else ():
+            if not (out / extra.name).exists():  # helpers the remote code imports (block_config.py, ...)
+                shutil.copyfile(extra, out / extra.name)
+
+
+def _finish_export(
+    out: Path,
+    layout: HFExportLayout,
+    *,
+    tokenizer_dir: str | os.PathLike[str] | None,
+    source_dir: str | os.PathLike[str] | None,
+) -> None:
+    (out / "config.json").write_text(json.dumps(layout.config, indent=2) + "\n", encoding="utf-8")
+    sources = [Path(p) for p in (tokenizer_dir, source_dir) if p is not None]
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, out)
+    _write_generation_config(out, layout.config, sources)
+    _copy_remote_code(layout.config, sources, out)
+
+
 def export_hf_checkpoint(
     model: torch.nn.Module | Sequence[torch.nn.Module],
     cfg: PuzzleModelConfig,
@@ -957,21 +1265,29 @@ def export_hf_checkpoint(
     dtype: torch.dtype | None = None,
     parallel: ParallelRanks | None = None,
     progress: bool = True,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+    source_dir: str | os.PathLike[str] | None = None,
 ) -> Path | None:
-    """Write the model as an HF safetensors checkpoint plus ``config.json`` (every rank calls this).
+    """Write the model as a Hugging Face checkpoint directory (every rank calls this).
 
     Tensors are gathered over TP within each pipeline stage and sent to global rank 0 one at a time; rank 0 keeps
     at most one output shard in memory and writes ``model-0000k-of-0000n.safetensors`` with
-    ``model.safetensors.index.json`` (or ``model.safetensors`` when everything fits one shard).
+    ``model.safetensors.index.json`` (or ``model.safetensors`` when everything fits one shard), ``config.json``
+    (:func:`hf_export_layout`: plain Llama when every block is standard, else nemotron-nas, FFN widths padded to a
+    multiple of 256 with zeros where needed), the tokenizer files of ``tokenizer_dir`` and
+    ``generation_config.json`` (copied from ``tokenizer_dir`` / ``source_dir`` when there, else from the token ids).
 
     Args:
         model: The model or its list of chunks (virtual pipeline); wrappers are unwrapped.
-        cfg: The architecture (written as ``config.json`` through the block-config writer).
+        cfg: The trained architecture.
         out_dir: Output directory (created on rank 0).
         max_shard_size: Largest shard, bytes or ``"5GB"``-style.
         dtype: Cast tensors to this dtype (default: keep the model's).
         parallel: This rank's TP ranks / group; default: megatron-core's ``parallel_state``.
         progress: Show a tqdm bar on rank 0.
+        tokenizer_dir: Directory whose tokenizer files are copied (``None``: no tokenizer is written).
+        source_dir: The HF checkpoint training started from: its ``generation_config.json`` and, when ``auto_map``
+            names remote code, its ``*.py`` modules are copied.
 
     Returns:
         ``out_dir`` on rank 0, ``None`` on the other ranks.
@@ -1026,25 +1342,18 @@ def export_hf_checkpoint(
     if absent:
         raise HFCheckpointError(f"no rank holds these tensors of the config: {[_describe_hf(n) for n in absent[:20]]}")
 
+    names = list(expected)
+    out_dtype = source[names[0]][2]
+    layout = hf_export_layout(cfg, dtype=out_dtype)
+    shapes = expected_hf_tensors(layout.export_cfg)  # padded FFN shapes
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(expected)
-    sizes = [(n, _numel(source[n][1]) * source[n][2].itemsize) for n in names]
-    shards = _plan_shards(sizes, max_bytes)
-    file_names = (
-        [SAFE_SINGLE_NAME]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
-    shard_of = {n: i for i, shard in enumerate(shards) for n in shard}
     _remove_old_weights(out)
+    writer = _ShardWriter(out, [(n, _numel(shapes[n]) * source[n][2].itemsize) for n in names], max_bytes)
 
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     backend_device = _comm_device()
-    buffer: dict[str, torch.Tensor] = {}
-    current = 0
     bar = tqdm(total=len(names), desc="export HF checkpoint", unit="tensor", disable=not progress)
     try:
         for name in names:
@@ -1056,29 +1365,152 @@ def export_hf_checkpoint(
             else:
                 tensor = torch.empty(shape, dtype=tdtype, device=backend_device)
                 torch.distributed.recv(tensor, src=src)
-            buffer[name] = tensor.detach().to("cpu").contiguous()
-            if shard_of[name] != current:
-                raise HFCheckpointError(f"internal shard order mismatch at {name}")
-            if len(buffer) == len(shards[current]):
-                save_file(buffer, str(out / file_names[current]), metadata={"format": "pt"})
-                buffer = {}
-                current += 1
+            writer.add(name, _pad_for_export(name, tensor.to("cpu"), layout.ffn_padding))
             bar.update(1)
         for _ in stream:  # drain (nothing left when everything matched)
             pass
     finally:
         bar.close()
-
-    if len(shards) > 1:
-        index = {
-            "metadata": {"total_size": sum(s for _, s in sizes)},
-            "weight_map": {n: file_names[shard_of[n]] for n in names},
-        }
-        (out / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    save_hf_config(cfg, out)
+    writer.finish()
+    _finish_export(out, layout, tokenizer_dir=tokenizer_dir, source_dir=source_dir)
     if dist:
         torch.distributed.barrier()
     return out
+
+
+def export_hf_state_dict(
+    state: Mapping[str, torch.Tensor],
+    cfg: PuzzleModelConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    layout: Literal["hf", "megatron"] = "hf",
+    max_shard_size: int | str = "5GB",
+    dtype: torch.dtype | None = None,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+    source_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write a whole model held by one process as a Hugging Face checkpoint directory (no distributed setup).
+
+    Writes the same files as :func:`export_hf_checkpoint`. Used for re-exporting an HF directory and for
+    single-rank training checkpoints.
+
+    Args:
+        state: HF tensors by HF name (``layout="hf"``), or a single-rank (TP1, PP1) Megatron ``GPTModel`` state dict
+            (``layout="megatron"``). Values may be lazy (e.g. memory-mapped) tensors; one shard is held at a time.
+        cfg: The architecture.
+        out_dir: Output directory (created).
+        layout: How ``state`` is keyed.
+        max_shard_size: Largest shard, bytes or ``"5GB"``-style.
+        dtype: Cast tensors to this dtype (default: keep theirs).
+        tokenizer_dir: Directory whose tokenizer files are copied (``None``: none).
+        source_dir: Directory whose ``generation_config.json`` / remote code are copied when present.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        HFCheckpointError: a tensor of the config is missing from ``state`` (named with its layer).
+    """
+    expected = expected_hf_tensors(cfg)
+    if layout == "megatron":
+        plans = plan_megatron_tensors(cfg, model_keys=set(state))
+        absent = [f"{p.megatron_name} ({p.where()})" for p in plans if p.megatron_name not in state]
+        getter = _megatron_state_getter(state, cfg, plans)
+    else:
+        absent = [_describe_hf(n) for n in expected if n not in state]
+        getter = state.__getitem__
+    if absent:
+        raise HFCheckpointError(f"the state lacks tensors of the config: {absent[:20]}")
+    first = getter(next(iter(expected)))
+    out_dtype = dtype if dtype is not None else first.dtype
+    export = hf_export_layout(cfg, dtype=out_dtype)
+    shapes = expected_hf_tensors(export.export_cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_old_weights(out)
+    writer = _ShardWriter(
+        out, [(n, _numel(shapes[n]) * out_dtype.itemsize) for n in expected], parse_shard_size(max_shard_size)
+    )
+    for name in expected:
+        tensor = getter(name)
+        if tuple(tensor.shape) != expected[name]:
+            raise HFCheckpointError(
+                f"{_describe_hf(name)}: shape {tuple(tensor.shape)}, the config says {expected[name]}"
+            )
+        writer.add(name, _pad_for_export(name, tensor.to(out_dtype), export.ffn_padding))
+    writer.finish()
+    _finish_export(out, export, tokenizer_dir=tokenizer_dir, source_dir=source_dir)
+    return out
+
+
+def _megatron_state_getter(
+    state: Mapping[str, torch.Tensor], cfg: PuzzleModelConfig, plans: Sequence[TensorPlan]
+) -> Any:
+    by_hf = {n: plan for plan in plans if plan.export for n in plan.hf_names}
+    cache: dict[str, torch.Tensor] = {}
+
+    def get(name: str) -> torch.Tensor:
+        if name not in cache:
+            plan = by_hf[name]
+            cache.clear()  # q/k/v (gate/up) of one plan are asked for one after another
+            cache.update(megatron_to_hf_tensors(plan, [state[plan.megatron_name]], cfg))
+        return cache[name]
+
+    return get
+
+
+def reexport_hf_checkpoint(
+    src_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str = "5GB",
+    dtype: torch.dtype | None = None,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Rewrite an HF checkpoint directory (DeciLM / Llama, either field style) the way an export writes it.
+
+    Tensors are streamed from the source files (memory-mapped; one output shard in memory). The config becomes
+    what :func:`hf_export_layout` gives (e.g. a puzzletron-style config becomes nemotron-nas with padded FFNs, an
+    all-standard one plain Llama); tokenizer files come from ``tokenizer_dir`` (default: ``src_dir``).
+
+    Raises:
+        HFCheckpointError: the source does not match its config, or has no tokenizer files.
+        BlockConfigError: the source config is invalid or uses an unimplemented feature (``window_length``).
+    """
+    src = Path(src_dir)
+    cfg = load_hf_config(src)
+    reject_unimplemented(cfg, source=str(src / "config.json"))
+    reader = _HFReader(src)
+    try:
+        _check_hf_names(cfg, set(reader.weight_map), strict=True)
+        state = _LazyState(reader)
+        return export_hf_state_dict(
+            state,
+            cfg,
+            out_dir,
+            max_shard_size=max_shard_size,
+            dtype=dtype,
+            tokenizer_dir=tokenizer_dir if tokenizer_dir is not None else src,
+            source_dir=src,
+        )
+    finally:
+        reader.close()
+
+
+class _LazyState(Mapping[str, torch.Tensor]):
+    def __init__(self, reader: _HFReader) -> None:
+        self.reader = reader
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.reader.weight_map:
+            raise KeyError(name)
+        return self.reader.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.reader.weight_map)
+
+    def __len__(self) -> int:
+        return len(self.reader.weight_map)
 
 
 def save_hf_weights(
@@ -1098,26 +1530,16 @@ def save_hf_weights(
     Returns:
         The weight files written, in order.
     """
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_weights(out)
-    sizes = [(n, t.numel() * t.element_size()) for n, t in weights.items()]
-    shards = _plan_shards(sizes, parse_shard_size(max_shard_size))
-    if len(shards) <= 1:
-        names = [SAFE_SINGLE_NAME]
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for fname, shard in zip(names, shards, strict=False):
-        save_file({n: weights[n].contiguous() for n in shard}, str(out / fname), metadata={"format": "pt"})
-    if len(shards) > 1:
-        index = {
-            "metadata": {"total_size": sum(s for _, s in sizes)},
-            "weight_map": {n: fname for fname, shard in zip(names, shards, strict=True) for n in shard},
-        }
-        (out / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return [out / f for f in names[: max(len(shards), 1)]]
+    writer = _ShardWriter(
+        out, [(n, t.numel() * t.element_size()) for n, t in weights.items()], parse_shard_size(max_shard_size)
+    )
+    for name, tensor in weights.items():
+        writer.add(name, tensor)
+    writer.finish()
+    return [out / f for f in writer.file_names]
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -124,13 +124,35 @@ def _heterogeneous_source(root: Path) -> tuple[PuzzleModelConfig, dict[str, torc
     return cfg, weights, write_hf_checkpoint(root / "hetero_src", cfg, weights, shards=3)
 
 
+def _unpadded(exported: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The exported tensors cut to the source shapes, checking that what export padded on is zeros."""
+    out = {}
+    for name, src in weights.items():
+        t = exported[name]
+        cut = t[tuple(slice(0, n) for n in src.shape)]
+        if t.shape != src.shape:
+            assert ".mlp." in name and t.numel() > src.numel(), name  # only FFN widths are padded
+            assert int(torch.count_nonzero(t)) == int(torch.count_nonzero(cut)), f"{name}: padding is not zero"
+        out[name] = cut.contiguous()
+    return out
+
+
 def _check_heterogeneous(cfg, weights, logits: torch.Tensor, out: Path) -> None:
-    expected = decilm_forward(weights, to_hf_config(cfg), _input_ids(cfg.vocab_size))
+    ids = _input_ids(cfg.vocab_size)
+    expected = decilm_forward(weights, to_hf_config(cfg), ids)
     assert logits.shape == (2, SEQ, PADDED_VOCAB)
     assert (logits[..., : cfg.vocab_size] - expected).abs().max().item() <= 1e-4
-    assert tensor_hashes(read_hf_state_dict(out)) == tensor_hashes(weights)
-    _assert_sharded_like_hf(out, weights)
-    assert load_hf_config(out).architecture() == cfg.architecture()
+    exported = read_hf_state_dict(out)
+    # Widths 96 / 64 / 32 have no DeciLM ffn_mult: written zero-padded to 256, everything else bitwise.
+    assert tensor_hashes(_unpadded(exported, weights)) == tensor_hashes(weights)
+    _assert_sharded_like_hf(out, exported)
+    written = json.loads((out / "config.json").read_text())
+    assert written["architectures"] == ["DeciLMForCausalLM"] and written["model_type"] == "nemotron-nas"
+    assert [b["ffn"].get("ffn_mult") for b in written["block_configs"]] == [12.0, 12.0, None, None, None, 12.0]
+    # What a DeciLM reader computes from the written files equals the trained model's logits.
+    assert (decilm_forward(exported, written, ids) - expected).abs().max().item() <= 1e-5
+    widths = [w if w is None else 256 for w in (b.ffn.intermediate_size for b in cfg.blocks)]
+    assert [b.ffn.intermediate_size for b in load_hf_config(out).blocks] == widths
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +225,7 @@ def test_tied_bf16_checkpoint_round_trips_bitwise(single_process: dict) -> None:
     assert (logits[..., : cfg.vocab_size] - expected).abs().max().item() <= 1e-4
     exported = read_hf_state_dict(single_process["root"] / "tied_out")
     assert "lm_head.weight" not in exported
-    assert tensor_hashes(exported) == tensor_hashes(weights)
+    assert tensor_hashes(_unpadded(exported, weights)) == tensor_hashes(weights)
 
 
 def test_llama_parity_with_transformers(single_process: dict) -> None:
@@ -213,6 +235,15 @@ def test_llama_parity_with_transformers(single_process: dict) -> None:
     assert tensor_hashes(read_hf_state_dict(root / "llama_out")) == tensor_hashes(
         read_hf_state_dict(root / "llama_src")
     )
+    # The export (intermediate_size 80, 2 KV heads of 4) is a plain Llama config transformers reads as written.
+    import transformers
+
+    written = json.loads((root / "llama_out" / "config.json").read_text())
+    assert written["architectures"] == ["LlamaForCausalLM"] and "block_configs" not in written
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(root / "llama_out", dtype=torch.float32).eval()
+    with torch.no_grad():
+        again = reloaded(_input_ids(61)).logits
+    assert (again - logits[..., :61]).abs().max().item() <= 1e-4
 
 
 # --------------------------------------------------------------------------------------------------------------------
