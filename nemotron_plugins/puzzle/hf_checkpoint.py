@@ -1218,13 +1218,29 @@ def _write_generation_config(out: Path, config: Mapping[str, Any], source_dirs: 
                 shutil.copyfile(src / GENERATION_CONFIG_NAME, out / GENERATION_CONFIG_NAME)
             return
     generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
-    if "eos_token_id" not in generation and (out / "tokenizer_config.json").is_file():
-        from nemotron_plugins.chat.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(out)
-        generation.setdefault("bos_token_id", tokenizer.bos_token_id)
-        generation["eos_token_id"] = tokenizer.eos_token_id
+    for key, token_id in _special_token_ids(out).items():
+        generation.setdefault(key, token_id)
     (out / GENERATION_CONFIG_NAME).write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+
+
+def _special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
+    """``{bos,eos,pad}_token_id`` from ``tokenizer_config.json`` + ``tokenizer.json`` (no tokenizer is built)."""
+    try:
+        names = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        backend = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    vocab = {t.get("content"): t.get("id") for t in backend.get("added_tokens") or [] if isinstance(t, dict)}
+    model_vocab = (backend.get("model") or {}).get("vocab")
+    if isinstance(model_vocab, dict):
+        vocab = {**model_vocab, **vocab}
+    out = {}
+    for role in ("bos", "eos", "pad"):
+        token = names.get(f"{role}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        if isinstance(vocab.get(token), int):
+            out[f"{role}_token_id"] = vocab[token]
+    return out
 
 
 def _copy_remote_code(config: Mapping[str, Any], source_dirs: Sequence[Path], out: Path) -> None:
