@@ -9,13 +9,13 @@ from pathlib import Path
 
 from nemotron_plugins.launch.pipeline_layout import balanced_layout
 from nemotron_plugins.launch.recipe_config import (
-    AlgorithmConfig,
     DataConfig,
     GenerationConfig,
     RewardSpec,
     SamplerConfig,
 )
-from nemotron_plugins.runtime.config import LoggingConfig
+from nemotron_plugins.rl.config import GRPOConfig
+from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """Model configs shipped with the recipes (package data)."""
@@ -29,6 +29,14 @@ NEMO_CONTAINER = "nvcr.io/nvidia/nemo:25.04"
 """Default container for the GPU recipes (megatron-core, Transformer Engine and vLLM preinstalled)."""
 
 POST_TRAINING_DATASET = "nvidia/Llama-Nemotron-Post-Training-Dataset"
+"""The Hugging Face dataset the paper recipes are written for (its files are passed as ``data.path``)."""
+
+HUB_MODELS = {
+    NANO_8B_CONFIG: "nvidia/Llama-3.1-Nemotron-Nano-8B-v1",
+    SUPER_49B_CONFIG: "nvidia/Llama-3_3-Nemotron-Super-49B-v1",
+    ULTRA_253B_CONFIG: "nvidia/Llama-3_1-Nemotron-Ultra-253B-v1",
+}
+"""The released checkpoint each shipped architecture describes."""
 
 
 def model_config_path(file_name: str) -> str:
@@ -37,6 +45,18 @@ def model_config_path(file_name: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"shipped model config {file_name!r} is missing from {CONFIG_DIR}")
     return str(path)
+
+
+def paper_model(file_name: str, seq_length: int) -> ModelConfig:
+    """A paper model: weights from ``model.checkpoint`` (the user's download of the released model, or an earlier
+    stage's export), the shipped architecture for pre-download validation, bf16."""
+    return ModelConfig(
+        init="checkpoint",
+        hub_id=HUB_MODELS[file_name],
+        config_path=model_config_path(file_name),
+        seq_length=seq_length,
+        params_dtype="bfloat16",
+    )
 
 
 def param_balanced_layout(file_name: str, pipeline_model_parallel_size: int) -> list[int]:
@@ -60,7 +80,8 @@ def param_balanced_layout(file_name: str, pipeline_model_parallel_size: int) -> 
 def post_training_sft_data(chat_template: str, max_seq_length: int = 16384) -> DataConfig:
     """The post-training SFT splits (code, math, science, chat, safety), reasoning on/off pairs, packed sequences."""
     return DataConfig(
-        dataset=POST_TRAINING_DATASET,
+        dataset="post_training",
+        hub_id=POST_TRAINING_DATASET,
         splits=["code", "math", "science", "chat", "safety"],
         reasoning="both",
         chat_template=chat_template,
@@ -72,7 +93,8 @@ def post_training_sft_data(chat_template: str, max_seq_length: int = 16384) -> D
 def reasoning_rl_data(chat_template: str, max_prompt_tokens: int = 4096) -> DataConfig:
     """Prompts for scientific-reasoning GRPO (reasoning on) from the post-training data's science/math split."""
     return DataConfig(
-        dataset=POST_TRAINING_DATASET,
+        dataset="post_training",
+        hub_id=POST_TRAINING_DATASET,
         splits=["science", "math"],
         reasoning="on",
         chat_template=chat_template,
@@ -83,7 +105,8 @@ def reasoning_rl_data(chat_template: str, max_prompt_tokens: int = 4096) -> Data
 def if_rl_data(chat_template: str, max_prompt_tokens: int = 2048) -> DataConfig:
     """Prompts for instruction-following RL (the ``instruction_following`` split, both toggle modes)."""
     return DataConfig(
-        dataset=POST_TRAINING_DATASET,
+        dataset="post_training",
+        hub_id=POST_TRAINING_DATASET,
         splits=["instruction_following"],
         reasoning="both",
         chat_template=chat_template,
@@ -108,30 +131,30 @@ def reasoning_rewards(judge_model: str = "meta-llama/Llama-3.3-70B-Instruct") ->
     ]
 
 
-def grpo_algorithm() -> AlgorithmConfig:
-    """LN-Ultra's scientific-reasoning GRPO: 72 prompts x 16 responses, 2 updates per rollout (batch 576)."""
-    return AlgorithmConfig(
-        name="grpo",
-        prompts_per_rollout=72,
-        generations_per_prompt=16,
-        updates_per_rollout=2,
-        normalize_std=True,
-        clip_eps=0.2,
-        kl_beta=0.0,
+def grpo_algorithm() -> GRPOConfig:
+    """LN-Ultra's scientific-reasoning GRPO: 72 prompts x 16 responses (with a global batch of 576: 2 updates per
+    rollout), clip 0.2, no KL."""
+    return GRPOConfig(
+        algorithm="grpo",
+        num_prompts_per_rollout=72,
+        num_generations=16,
+        normalize_advantages_by_std=True,
+        epsilon=0.2,
+        beta=0.0,
     )
 
 
-def rloo_algorithm(prompts: int = 128, generations: int = 8) -> AlgorithmConfig:
-    """Instruction-following RL with RLOO: 128 prompts per batch, leave-one-out baseline, one update per rollout."""
-    return AlgorithmConfig(
-        name="rloo",
-        prompts_per_rollout=prompts,
-        generations_per_prompt=generations,
-        updates_per_rollout=1,
+def rloo_algorithm(prompts: int = 128, generations: int = 8) -> GRPOConfig:
+    """Instruction-following RL with RLOO: 128 prompts per batch, leave-one-out baseline, no std division (with a
+    global batch of prompts x generations: one update per rollout)."""
+    return GRPOConfig(
+        algorithm="rloo",
+        num_prompts_per_rollout=prompts,
+        num_generations=generations,
         leave_one_out_baseline=True,
-        normalize_std=False,
-        clip_eps=0.2,
-        kl_beta=0.0,
+        normalize_advantages_by_std=False,
+        epsilon=0.2,
+        beta=0.0,
     )
 
 

@@ -65,6 +65,15 @@ GPU_RUNTIME_OVERHEAD_BYTES = 4 * GB
 _KV_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1}
 
 
+def kv_cache_dtype_bytes(recipe: RecipeConfig) -> int:
+    """Bytes per KV-cache element: ``generation.kv_cache_dtype``, ``auto`` = the model's parameter dtype."""
+    gen = recipe.generation
+    dtype = gen.kv_cache_dtype if gen is not None else "auto"
+    if dtype == "auto":
+        dtype = recipe.model.params_dtype
+    return _KV_DTYPE_BYTES[dtype]
+
+
 @dataclass(kw_only=True, slots=True)
 class StageMemory:
     """Training memory of one pipeline stage, per GPU, in bytes."""
@@ -207,7 +216,7 @@ def estimate_memory(
     bf16 = recipe.optimizer.bf16
     a = 2 if bf16 else 4
     if cost is None:
-        kv_bytes = _KV_DTYPE_BYTES[recipe.generation.kv_cache_dtype] if recipe.generation else 2
+        kv_bytes = kv_cache_dtype_bytes(recipe)
         cost = estimate_cost(cfg, dtype_bytes=kv_bytes)
     layout = layout or p.pipeline_layout or even_layout(cfg.num_hidden_layers, pp)
     if layout is None:
@@ -222,7 +231,7 @@ def estimate_memory(
     if p.use_distributed_optimizer:
         opt_b = opt_b / (d * cp)
     ref_b = (
-        (2 if bf16 else 4) if (recipe.is_rl and recipe.algorithm is not None and recipe.algorithm.kl_beta > 0) else 0
+        (2 if bf16 else 4) if (recipe.is_rl and recipe.algorithm is not None and recipe.algorithm.beta > 0) else 0
     )
 
     stages: list[StageMemory] = []
@@ -267,7 +276,7 @@ def estimate_memory(
     if recipe.is_rl and gen is not None and alg is not None:
         t_gen = gen.tensor_model_parallel_size
         replicas = max(1, recipe.world_size // t_gen)
-        seqs = math.ceil(alg.prompts_per_rollout * alg.generations_per_prompt / replicas)
+        seqs = math.ceil(alg.num_prompts_per_rollout * alg.num_generations / replicas)
         if gen.max_num_seqs is not None:
             seqs = min(seqs, gen.max_num_seqs)
         tokens = recipe.data.max_seq_length + gen.max_new_tokens

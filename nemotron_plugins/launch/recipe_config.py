@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from nemotron_plugins.rl.config import GRPOConfig
 from nemotron_plugins.runtime.config import (
     CheckpointConfig,
     LoggingConfig,
@@ -51,34 +52,87 @@ class ClusterConfig:
         return self.nodes * self.devices_per_node
 
 
+DATASETS: tuple[str, ...] = ("synthetic_addition", "post_training")
+"""Values of ``data.dataset``: the generated arithmetic task of the tiny recipes, or files in the
+Llama-Nemotron Post-Training-Dataset format."""
+
+
+@dataclass(kw_only=True, slots=True)
+class SyntheticDataConfig:
+    """The generated addition task (``data.dataset="synthetic_addition"``; tiny CPU recipes only)."""
+
+    problems: int = 2000
+    """Training problems written (each gives a reasoning-on and a reasoning-off SFT row, and one RL prompt)."""
+    heldout_problems: int = 500
+    """Held-out problems written (evaluation prompts come from these; never trained on)."""
+    corrupt_fraction: float = 0.0
+    """Fraction of training traces corrupted (a forgotten carry), leaving headroom for a later RL stage."""
+    min_value: int = 10
+    """Smallest operand."""
+    max_value: int = 999
+    """Largest operand."""
+    seed: int = 0
+    """Generation seed (an RL stage with the same seed and ``problems`` sees the SFT stage's held-out set)."""
+
+
 @dataclass(kw_only=True, slots=True)
 class DataConfig:
     """Where the training examples (SFT) or prompts (RL) come from."""
 
-    dataset: str = "synthetic_addition"
-    """Dataset name: a builtin synthetic task (``synthetic_addition``) or an HF dataset id / local path."""
-    splits: list[str] = field(default_factory=lambda: ["train"])
-    """Splits / categories to use (Post-Training dataset: code, math, science, chat, safety, instruction_following)."""
+    dataset: str = "post_training"
+    """``post_training``: files in the Llama-Nemotron Post-Training-Dataset format at ``path`` (JSONL, parquet, or
+    a ``datasets`` directory saved with ``save_to_disk``); ``synthetic_addition``: the generated task of the tiny
+    recipes, chosen explicitly (never a fallback)."""
+    hub_id: str | None = None
+    """The Hugging Face dataset the recipe is written for; named in the error when ``path`` is missing (nothing is
+    downloaded at run time)."""
     path: str | None = None
-    """Local directory or JSONL file with the rows; ``None`` means the dataset is synthetic or already cached."""
+    """Training rows: a JSONL / parquet file, a directory of them, or a saved ``datasets`` directory. Required for
+    ``post_training``; ``synthetic_addition`` writes its rows to ``<output_dir>/data``."""
+    eval_path: str | None = None
+    """Held-out rows in the same format (evaluation); ``None``: no held-out evaluation for ``post_training``."""
+    splits: list[str] = field(default_factory=list)
+    """Categories to keep (the rows' ``category`` column, e.g. ``math``, ``code``, ``science``, ``chat``); empty
+    keeps all."""
     reasoning: Literal["on", "off", "both"] = "both"
     """Which reasoning-toggle rows to keep (the system prompt ``detailed thinking on|off``)."""
     chat_template: str = "llama-nemotron-super"
     """Registered chat template (``CHAT_TEMPLATES``) used to render prompts."""
     tokenizer: str | None = None
-    """Tokenizer directory or builtin name; ``None`` uses the one that ships with the dataset / model."""
+    """Tokenizer directory, or ``tiny`` (the builtin character tokenizer); ``None`` = ``model.checkpoint``'s."""
     max_seq_length: int = 4096
-    """Longest tokenised example (SFT) or prompt (RL); longer ones are dropped."""
+    """Longest tokenised example (SFT) or prompt (RL); longer ones are dropped and counted."""
     pack_sequences: bool = False
-    """Pack several SFT examples into one sequence (attention and loss masks kept per example)."""
+    """SFT: pack several examples into one sequence; attention sees the boundaries (megatron ``PackedSeqParams``)."""
+    dynamic_padding: bool = True
+    """SFT: cut each step's rows to the longest sequence of its global batch (a multiple of 8) instead of
+    ``max_seq_length``; the loss is unchanged."""
     num_train_samples: int | None = None
-    """Cap on training rows (synthetic tasks: how many to generate)."""
-    num_eval_samples: int = 0
-    """Held-out rows for evaluation (0 disables evaluation)."""
-    eval_interval: int = 0
-    """Evaluate every N steps; 0 evaluates only at the end when there are eval rows."""
-    options: dict[str, object] = field(default_factory=dict)
-    """Dataset-specific options (e.g. ``corrupt_fraction`` for the synthetic task)."""
+    """Cap on training rows (RL: prompts) after filtering; ``None`` uses all."""
+    synthetic: SyntheticDataConfig | None = None
+    """Settings of ``dataset="synthetic_addition"`` (required there, rejected otherwise)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class EvalConfig:
+    """Held-out evaluation (SFT: greedy reasoning-toggle accuracy; RL: reward-based accuracy)."""
+
+    num_samples: int = 0
+    """Held-out prompts evaluated (0 disables evaluation)."""
+    interval: int = 0
+    """Evaluate every N steps; 0 evaluates only before (``at_start``) and after training."""
+    at_start: bool = True
+    """Also evaluate before the first step (a baseline)."""
+    greedy: bool = True
+    """RL: also report greedy (temperature 0) accuracy beside the sampled one."""
+    max_new_tokens: int | None = None
+    """Longest generated response; ``None`` = ``generation.max_new_tokens`` (required for SFT)."""
+    batch_size: int = 64
+    """Prompts decoded together in SFT evaluation."""
+    accuracy_reward: str | None = None
+    """RL: the reward (one of ``rewards``) reported as accuracy; ``None`` = the first reward."""
+    format_reward: str | None = None
+    """RL: a reward reported as the format score (``None``: none)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -87,10 +141,13 @@ class SamplerConfig:
 
     name: str = "progressive_gaussian"
     """Registered batch sampler (``BATCH_SAMPLERS``): ``progressive_gaussian`` or ``random``."""
+    pass_rates_path: str | None = None
+    """Pass rates from ``nemotron-plugins curriculum estimate`` (JSONL ``{"id", "pass_rate"}``, ids matching the
+    prompt rows' ``id``); ``None`` estimates them with the initial policy before training."""
     pass_rate_responses: int = 8
-    """Responses per prompt from the weaker model used to estimate each prompt's pass rate."""
-    drop_pass_rate_at_least: float = 0.75
-    """Prompts whose estimated pass rate is at least this are dropped as too easy."""
+    """Responses per prompt when the trainer estimates pass rates itself."""
+    drop_pass_rate_at_least: float | None = 0.75
+    """Prompts whose pass rate is at least this are dropped as too easy; ``None`` keeps all."""
     num_bins: int = 10
     """Equal-width pass-rate bins over [0, 1] the Gaussian target distribution is placed over."""
     center_start: float | None = None
@@ -100,16 +157,9 @@ class SamplerConfig:
     width: float = 0.15
     """Standard deviation of the target Gaussian, in pass-rate units."""
     schedule: Literal["linear", "cosine", "sqrt", "quadratic", "constant"] = "linear"
-    """How the centre moves from start to end over the batches."""
-    pass_rates_path: str | None = None
-    """Precomputed pass rates (JSONL ``{"id", "pass_rate"}``); ``None`` estimates them before training."""
-    options: dict[str, object] = field(default_factory=dict)
-    """Other keyword arguments for the sampler (e.g. ``balance``)."""
-
-    @property
-    def sigma(self) -> float:
-        """Deprecated alias of ``width`` (an earlier name of this field, still read by the RL trainer)."""
-        return self.width
+    """How the centre moves from start to end over the run's ``train_steps`` batches."""
+    balance: Literal["none", "sinkhorn"] = "none"
+    """``none``: the paper's plain Gaussian per batch; ``sinkhorn``: targets rescaled to each bin's supply."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -117,41 +167,12 @@ class RewardSpec:
     """One reward in a weighted sum."""
 
     name: str
-    """Registered reward (``REWARDS``), e.g. ``llm_judge``, ``format``, ``ifeval``, ``exact_answer``."""
+    """Registered reward (``REWARDS``), e.g. ``math``, ``llm_judge``, ``think_format``, ``ifeval``."""
     weight: float = 1.0
-    """Weight of this reward in the sum."""
+    """Weight of this reward in the sum (non-zero)."""
     options: dict[str, object] = field(default_factory=dict)
-    """Keyword arguments for the reward's constructor (e.g. the judge's ``base_url`` and ``model``)."""
-
-
-@dataclass(kw_only=True, slots=True)
-class AlgorithmConfig:
-    """GRPO / RLOO: advantage estimation and the clipped policy-gradient loss."""
-
-    name: Literal["grpo", "rloo"] = "grpo"
-    """Registered algorithm (``ALGORITHMS``)."""
-    prompts_per_rollout: int = 72
-    """Prompts sampled per rollout step."""
-    generations_per_prompt: int = 16
-    """Responses generated per prompt (the group size)."""
-    updates_per_rollout: int = 2
-    """Gradient updates per rollout; the rollout's samples are split into this many global batches."""
-    leave_one_out_baseline: bool = False
-    """Baseline each response with the mean of the other responses in its group (RLOO); else the group mean."""
-    normalize_std: bool = True
-    """Divide advantages by the group's reward std where it is > 0 (GRPO)."""
-    skip_uniform_groups: bool = True
-    """Drop groups whose rewards are all equal (zero advantage)."""
-    clip_eps: float = 0.2
-    """Lower (and default upper) ratio clip."""
-    clip_eps_high: float | None = None
-    """Upper ratio clip (asymmetric clipping); ``None`` uses ``clip_eps``."""
-    kl_beta: float = 0.0
-    """Weight of the KL penalty to the reference policy (k3 estimator); 0 disables the reference model."""
-    token_level_loss: bool = True
-    """Average the loss over all tokens of the global batch (else per sequence, then over sequences)."""
-    importance_correction: bool = False
-    """Correct for generator/trainer log-prob mismatch with truncated importance weights."""
+    """Keyword arguments of the reward's constructor (e.g. the judge's ``base_url``); validation builds the
+    reward with them, so an unknown option is rejected."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -159,22 +180,24 @@ class GenerationConfig:
     """Rollout generation, colocated with training on the same devices."""
 
     engine: str = "megatron"
-    """Registered rollout engine (``ROLLOUT_ENGINES``): ``megatron`` (CPU-capable), ``vllm`` or ``openai``."""
+    """Registered rollout engine (``ROLLOUT_ENGINES``) the trainer drives: ``megatron`` (CPU-capable, the policy
+    itself with a KV cache) or ``vllm`` (GPU)."""
     tensor_model_parallel_size: int = 1
-    """Generation TP; generation DP is ``world_size / TP``."""
+    """Generation TP (vLLM); the ``megatron`` engine generates at the training TP and needs this equal to it."""
     temperature: float = 1.0
-    """Sampling temperature."""
+    """Sampling temperature; the loss uses log-probs of the same tempered distribution."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     max_new_tokens: int = 1024
     """Longest generated response."""
+    batch_size: int = 128
+    """``megatron`` engine: sequences decoded together (one static KV cache of this batch size)."""
     fp8: bool = False
-    """Generate with FP8 weights (vLLM: per-tensor weight scales, per-token activation scales)."""
-    kv_cache_dtype: Literal["bfloat16", "float16", "float32", "fp8"] = "bfloat16"
-    """KV-cache element type (sizes the cache in the memory estimate)."""
+    """vLLM: generate with FP8 weights (per-tensor weight scales, dynamic activation scales)."""
+    kv_cache_dtype: Literal["auto", "bfloat16", "float16", "float32", "fp8"] = "auto"
+    """vLLM KV-cache element type; ``auto`` = the model dtype. Also sizes the cache in the memory estimate."""
     max_num_seqs: int | None = None
-    """Most sequences one generation replica decodes at once (vLLM ``max_num_seqs``); ``None`` = all of the
-    rollout's sequences on that replica. Sizes the KV cache in the memory estimate."""
+    """vLLM: most sequences one replica decodes at once; ``None`` = vLLM's default."""
     gpu_memory_utilization: float = 0.6
     """vLLM's share of device memory while generating."""
 
@@ -203,12 +226,16 @@ class RecipeConfig:
     """The machines this recipe is sized for."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data or RL prompts."""
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
     sampler: SamplerConfig | None = None
-    """Curriculum sampler (RL); ``None`` samples prompts uniformly."""
+    """Curriculum sampler (RL); ``None`` samples prompts uniformly at random."""
     rewards: list[RewardSpec] | None = None
     """Weighted rewards (RL only)."""
-    algorithm: AlgorithmConfig | None = None
-    """RL algorithm (RL only)."""
+    reward_workers: int = 0
+    """RL: worker processes scoring rewards (bounded time and memory per sample); 0 scores in the trainer."""
+    algorithm: GRPOConfig | None = None
+    """RL algorithm: advantages and the clipped policy-gradient loss (RL only)."""
     generation: GenerationConfig | None = None
     """Rollout generation (RL only)."""
     train_steps: int = 100
@@ -216,18 +243,25 @@ class RecipeConfig:
     micro_batch_size: int = 1
     """Sequences per micro-batch per data-parallel rank."""
     global_batch_size: int = 8
-    """Sequences per optimizer step over all data-parallel ranks."""
+    """Sequences per optimizer step over all data-parallel ranks (RL: a rollout of
+    ``prompts x generations x epochs`` gives ``rollout / global_batch_size`` optimizer steps)."""
     recompute: Literal["none", "selective", "full"] = "none"
     """Activation recomputation: ``selective`` recomputes attention cores, ``full`` whole layers."""
     seed: int = 1234
-    """Random seed."""
+    """Random seed (weights, data order, sampling)."""
     output_dir: str | None = None
     """Run directory; defaults to ``runs/<name>``. Unset checkpoint / log paths are placed inside it."""
     init_from_recipe: str | None = None
     """A recipe whose final checkpoint initialises this one (e.g. the SFT stage before GRPO). ``train`` runs it
     first, in ``<parent of output_dir>/<that recipe>``, when its checkpoint is missing."""
     init_checkpoint: str | None = None
-    """Checkpoint directory whose model weights initialise this run (optimizer state is not loaded)."""
+    """Training checkpoint directory whose model weights (and architecture, tokenizer) start this run; the
+    optimizer state is not loaded."""
+    stop_after_steps: int | None = None
+    """Stop (after saving a checkpoint) once this many steps are done, keeping the ``train_steps`` schedule: a
+    deliberate interruption to resume later (preemptible jobs, tests)."""
+    torch_threads: int | None = None
+    """``torch.set_num_threads`` per process (CPU runs); ``None`` leaves torch's default."""
 
     @property
     def is_rl(self) -> bool:

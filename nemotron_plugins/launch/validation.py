@@ -7,7 +7,6 @@ under ``nemotron_plugins`` (recipes are the top layer and may not be imported fr
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ from nemotron_plugins.launch.pipeline_layout import balanced_layout, even_layout
 if TYPE_CHECKING:
     from nemotron_plugins.launch.recipe_config import RecipeConfig
     from nemotron_plugins.puzzle.block_config import PuzzleModelConfig
-    from nemotron_plugins.runtime.config import ModelConfig
 
 
 class RecipeValidationError(ValueError):
@@ -58,28 +56,16 @@ class ValidationReport:
             raise RecipeValidationError(self.name, self.errors)
 
 
-def load_model_config(model: ModelConfig) -> PuzzleModelConfig:
-    """Load the architecture a :class:`ModelConfig` points at, with its top-level ``overrides`` applied.
+def load_model_config(recipe: RecipeConfig) -> PuzzleModelConfig:
+    """The architecture the run builds (``model.checkpoint``'s config, an earlier stage's, or
+    ``model.config_path``), with ``model.overrides`` applied.
 
     Raises:
-        ValueError: If the config names no ``hf_config_path`` (builtin architectures are resolved by the trainer).
-        nemotron_plugins.puzzle.block_config.BlockConfigError: If the file is missing or invalid.
+        ValueError: Naming the field when no architecture is given or its file is missing or invalid.
     """
-    from nemotron_plugins.puzzle.block_config import BlockConfigError, parse_hf_config
+    from nemotron_plugins.training.setup import load_architecture
 
-    if model.hf_config_path is None:
-        raise ValueError(f"model.hf_config_path is not set (architecture={model.architecture!r}); cannot check layers")
-    path = Path(model.hf_config_path)
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BlockConfigError(str(path), "no such file (model.hf_config_path)") from None
-    except json.JSONDecodeError as err:
-        raise BlockConfigError(str(path), f"not valid JSON at line {err.lineno}, column {err.colno}") from None
-    data.update(model.overrides)
-    return parse_hf_config(data, source=str(path))
+    return load_architecture(recipe)
 
 
 def _kv(n: int) -> str:
@@ -214,31 +200,24 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
         errors.append(f"global_batch_size={gbs} is not divisible by micro_batch_size x DP = {mbs} x {dp} = {mbs * dp}")
     if recipe.train_steps < 1:
         errors.append(f"train_steps={recipe.train_steps} must be >= 1")
+    if recipe.stop_after_steps is not None and not 1 <= recipe.stop_after_steps <= recipe.train_steps:
+        errors.append(f"stop_after_steps={recipe.stop_after_steps} must be between 1 and train_steps={recipe.train_steps}")
     if recipe.is_rl:
         for part in ("algorithm", "generation", "rewards"):
             if not getattr(recipe, part):
                 errors.append(f"task {recipe.task!r} needs {part} to be set")
         alg = recipe.algorithm
         if alg is not None:
-            if alg.name != recipe.task:
-                errors.append(f"algorithm.name={alg.name!r} does not match task={recipe.task!r}")
-            samples = alg.prompts_per_rollout * alg.generations_per_prompt
-            if alg.updates_per_rollout < 1 or samples % alg.updates_per_rollout:
+            if alg.algorithm != recipe.task:
+                errors.append(f"algorithm.algorithm={alg.algorithm!r} does not match task={recipe.task!r}")
+            samples = alg.rollout_size * alg.epochs_per_rollout
+            if gbs >= 1 and (samples % gbs or alg.rollout_size % gbs):
                 errors.append(
-                    f"a rollout of {alg.prompts_per_rollout} prompts x {alg.generations_per_prompt} generations = "
-                    f"{samples} samples does not split into algorithm.updates_per_rollout={alg.updates_per_rollout} updates"
+                    f"global_batch_size={gbs} must divide the rollout of algorithm.num_prompts_per_rollout x "
+                    f"num_generations = {alg.num_prompts_per_rollout} x {alg.num_generations} = {alg.rollout_size}"
                 )
-            elif samples // alg.updates_per_rollout != gbs:
-                errors.append(
-                    f"global_batch_size={gbs} but a rollout gives {samples} samples / {alg.updates_per_rollout} updates "
-                    f"= {samples // alg.updates_per_rollout} per update"
-                )
-            if alg.name == "rloo" and not alg.leave_one_out_baseline:
-                errors.append("algorithm.name='rloo' needs algorithm.leave_one_out_baseline=true")
-            if alg.generations_per_prompt < 2:
-                errors.append(
-                    f"algorithm.generations_per_prompt={alg.generations_per_prompt}: group baselines need >= 2"
-                )
+            if alg.algorithm == "rloo" and not alg.leave_one_out_baseline:
+                errors.append("algorithm.algorithm='rloo' needs algorithm.leave_one_out_baseline=true")
         gen = recipe.generation
         if gen is not None and recipe.data.max_seq_length + gen.max_new_tokens > recipe.model.seq_length:
             errors.append(
@@ -261,6 +240,157 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
     return errors
 
 
+def check_fields(recipe: RecipeConfig) -> list[str]:
+    """Settings a run of this task would not act on are refused, naming the field (a setting is used or
+    refused); returns the errors."""
+    from nemotron_plugins.launch.recipe_config import DATASETS, EvalConfig, GenerationConfig
+
+    errors: list[str] = []
+    m, d, ev, p = recipe.model, recipe.data, recipe.evaluation, recipe.parallel
+    if m.init == "random":
+        if m.checkpoint:
+            errors.append("model.checkpoint is set but model.init='random'; use one of them")
+        if not m.config_path:
+            errors.append("model.init='random' needs model.config_path (the architecture to initialise)")
+    if (m.params_dtype == "bfloat16") != bool(recipe.optimizer.bf16):
+        errors.append(
+            f"model.params_dtype={m.params_dtype!r} with optimizer.bf16={recipe.optimizer.bf16}: bf16 training keeps "
+            "bfloat16 parameters with fp32 main weights in the optimizer; set both or neither"
+        )
+    if m.params_dtype == "float16":
+        errors.append("model.params_dtype='float16' is not supported (no loss scaling); use bfloat16 or float32")
+    if d.dataset not in DATASETS:
+        errors.append(f"data.dataset={d.dataset!r} is unknown; valid: {list(DATASETS)}")
+    elif d.dataset == "synthetic_addition":
+        if d.synthetic is None:
+            errors.append("data.synthetic is required for data.dataset='synthetic_addition'")
+        for name in ("path", "eval_path"):
+            if getattr(d, name):
+                errors.append(f"data.{name} is set but data.dataset='synthetic_addition' writes its own files")
+        if d.splits:
+            errors.append("data.splits filters Post-Training categories; the synthetic task has one (leave it empty)")
+    else:
+        if d.synthetic is not None:
+            errors.append(f"data.synthetic is set but data.dataset={d.dataset!r}; remove it")
+    if p.context_parallel_size > 1:
+        errors.append(
+            f"parallel.context_parallel_size={p.context_parallel_size}: the trainers do not split sequences over a "
+            "context-parallel group yet; use 1 (or a layout with more TP / PP)"
+        )
+    if recipe.checkpoint.keep_last < 1:
+        errors.append(f"checkpoint.keep_last={recipe.checkpoint.keep_last} must be >= 1")
+    if recipe.checkpoint.save_interval < 0:
+        errors.append(f"checkpoint.save_interval={recipe.checkpoint.save_interval} must be >= 0")
+    if recipe.logging.log_interval < 1:
+        errors.append(f"logging.log_interval={recipe.logging.log_interval} must be >= 1")
+    if ev.num_samples < 0 or ev.interval < 0:
+        errors.append("evaluation.num_samples and evaluation.interval must be >= 0")
+    if recipe.reward_workers < 0:
+        errors.append(f"reward_workers={recipe.reward_workers} must be >= 0")
+    defaults_eval = EvalConfig()
+    if recipe.is_rl:
+        if d.pack_sequences:
+            errors.append("data.pack_sequences is an SFT setting; RL packs its rollouts itself (set it to false)")
+        if not d.dynamic_padding:
+            errors.append("data.dynamic_padding=false is an SFT setting; RL pads each rollout to its longest sample")
+        if ev.batch_size != defaults_eval.batch_size:
+            errors.append("evaluation.batch_size is an SFT setting; RL evaluation decodes generation.batch_size at once")
+        names = [r.name for r in recipe.rewards or []]
+        for key in ("accuracy_reward", "format_reward"):
+            value = getattr(ev, key)
+            if value is not None and value not in names:
+                errors.append(f"evaluation.{key}={value!r} is not one of the recipe's rewards {names}")
+        gen = recipe.generation
+        if gen is not None and gen.engine == "megatron":
+            defaults = GenerationConfig()
+            if gen.tensor_model_parallel_size != p.tensor_model_parallel_size:
+                errors.append(
+                    f"generation.tensor_model_parallel_size={gen.tensor_model_parallel_size}: the megatron engine "
+                    f"generates with the policy at its training TP ({p.tensor_model_parallel_size}); set them equal"
+                )
+            if p.pipeline_model_parallel_size > 1:
+                errors.append(
+                    "parallel.pipeline_model_parallel_size > 1 with generation.engine='megatron': it decodes with the "
+                    "whole model on each rank; use generation.engine='vllm' for a pipelined policy"
+                )
+            for name in ("fp8", "kv_cache_dtype", "max_num_seqs", "gpu_memory_utilization"):
+                if getattr(gen, name) != getattr(defaults, name):
+                    errors.append(f"generation.{name} is a vLLM setting; the megatron engine does not use it")
+        if gen is not None and gen.engine == "vllm" and gen.batch_size != GenerationConfig().batch_size:
+            errors.append("generation.batch_size is the megatron engine's; vLLM batches with generation.max_num_seqs")
+        if gen is not None and gen.engine not in ("megatron", "vllm"):
+            errors.append(f"generation.engine={gen.engine!r}: the trainer drives 'megatron' or 'vllm'")
+    else:
+        if recipe.reward_workers:
+            errors.append("reward_workers is an RL setting; SFT scores no rewards")
+        if not ev.greedy:
+            errors.append("evaluation.greedy=false: SFT evaluation is always greedy (an RL setting)")
+        for key in ("accuracy_reward", "format_reward"):
+            if getattr(ev, key) is not None:
+                errors.append(f"evaluation.{key} is an RL setting; SFT evaluation has no rewards")
+        if ev.num_samples and ev.max_new_tokens is None:
+            errors.append("evaluation.max_new_tokens is required for SFT evaluation (evaluation.num_samples > 0)")
+        if ev.num_samples and d.dataset == "post_training" and not d.eval_path:
+            errors.append("evaluation.num_samples > 0 needs data.eval_path (held-out prompts with ground_truth)")
+    return errors
+
+
+def check_inputs(recipe: RecipeConfig) -> list[str]:
+    """The checkpoint, tokenizer and data the run reads exist and look right; returns the errors (each naming the
+    field, the path and how to get it)."""
+    from nemotron_plugins.data.sources import missing_path_message
+
+    errors: list[str] = []
+    m, d = recipe.model, recipe.data
+    if m.init == "checkpoint" and not m.checkpoint and not recipe.init_checkpoint and not recipe.init_from_recipe:
+        hub = m.hub_id or "ORG/MODEL"
+        errors.append(
+            f"model.checkpoint is not set: recipe {recipe.name!r} starts from {m.hub_id or 'a Hugging Face checkpoint'}; "
+            f"download it once (e.g. `huggingface-cli download {hub} --local-dir DIR`) and pass model.checkpoint=DIR "
+            "(or init_checkpoint=<an earlier stage's checkpoints>)"
+        )
+    if m.checkpoint:
+        path = Path(m.checkpoint)
+        if not (path / "config.json").is_file():
+            errors.append(f"model.checkpoint={m.checkpoint}: no config.json there (an HF checkpoint directory is needed)")
+        elif not any(path.glob("*.safetensors")):
+            errors.append(f"model.checkpoint={m.checkpoint}: no *.safetensors weights there")
+    if recipe.init_checkpoint and not recipe.init_from_recipe and not Path(recipe.init_checkpoint).exists():
+        errors.append(f"init_checkpoint={recipe.init_checkpoint} does not exist")
+    if d.dataset == "post_training":
+        if not d.path:
+            errors.append(missing_path_message(d))
+        elif not Path(d.path).exists():
+            errors.append(f"data.path={d.path} does not exist")
+        if d.eval_path and not Path(d.eval_path).exists():
+            errors.append(f"data.eval_path={d.eval_path} does not exist")
+    if d.tokenizer and d.tokenizer != "tiny" and not Path(d.tokenizer).is_dir():
+        errors.append(f"data.tokenizer={d.tokenizer}: not a directory with tokenizer files (or 'tiny')")
+    if recipe.sampler is not None and recipe.sampler.pass_rates_path and not Path(recipe.sampler.pass_rates_path).is_file():
+        errors.append(
+            f"sampler.pass_rates_path={recipe.sampler.pass_rates_path} does not exist (write it with "
+            "`nemotron-plugins curriculum estimate`)"
+        )
+    return errors
+
+
+def check_rewards(recipe: RecipeConfig) -> list[str]:
+    """Each reward builds with its options (an unknown option is refused by the reward's constructor)."""
+    errors: list[str] = []
+    from nemotron_plugins.rewards.base import build_reward
+
+    for i, spec in enumerate(recipe.rewards or []):
+        try:
+            reward = build_reward(spec.name, **spec.options)
+        except Exception as exc:  # noqa: BLE001 - report any constructor failure against the field
+            errors.append(f"rewards[{i}].options for {spec.name!r}: {type(exc).__name__}: {exc}")
+            continue
+        close = getattr(reward, "close", None)
+        if callable(close):
+            close()
+    return errors
+
+
 def check_plugins(recipe: RecipeConfig) -> list[str]:
     """Names the recipe selects must be registered (rewards, sampler, algorithm, engine, chat template)."""
     from nemotron_plugins.registry import ALGORITHMS, BATCH_SAMPLERS, CHAT_TEMPLATES, REWARDS, ROLLOUT_ENGINES
@@ -270,7 +400,7 @@ def check_plugins(recipe: RecipeConfig) -> list[str]:
     if recipe.sampler is not None:
         wanted.append((BATCH_SAMPLERS, "sampler.name", recipe.sampler.name))
     if recipe.algorithm is not None:
-        wanted.append((ALGORITHMS, "algorithm.name", recipe.algorithm.name))
+        wanted.append((ALGORITHMS, "algorithm.algorithm", recipe.algorithm.algorithm))
     if recipe.generation is not None:
         wanted.append((ROLLOUT_ENGINES, "generation.engine", recipe.generation.engine))
     for i, spec in enumerate(recipe.rewards or []):
@@ -283,42 +413,52 @@ def check_plugins(recipe: RecipeConfig) -> list[str]:
     return errors
 
 
-def validate_recipe(recipe: RecipeConfig, *, memory: bool = True, plugins: bool = True) -> ValidationReport:
+def validate_recipe(
+    recipe: RecipeConfig, *, memory: bool = True, plugins: bool = True, inputs: bool = True
+) -> ValidationReport:
     """Run every pre-launch check on ``recipe``; never raises for a bad recipe (see ``raise_if_invalid``).
+
+    One validation, shared by ``recipes validate``, ``train`` and ``launch``: batch arithmetic, settings the task
+    does not use, registered plugins, the inputs (checkpoint, tokenizer, data files), the architecture against the
+    parallel layout, and memory per GPU.
 
     Args:
         recipe: The run config.
         memory: Also estimate per-GPU memory and compare with ``cluster.gpu_memory_gb``.
-        plugins: Also check that the selected plugin names are registered.
+        plugins: Also check that the selected plugin names are registered and the rewards build.
+        inputs: Also check that the checkpoint, tokenizer and data files exist.
 
     Returns:
         A report with ``errors``, ``warnings``, the memory estimate and the parameter count.
     """
-    from nemotron_plugins.puzzle.block_config import BlockConfigError
+    from nemotron_plugins.training.setup import RunSetupError
 
     report = ValidationReport(name=recipe.name)
     report.errors.extend(check_batches(recipe))
+    report.errors.extend(check_fields(recipe))
     if plugins:
-        report.errors.extend(check_plugins(recipe))
+        plugin_errors = check_plugins(recipe)
+        report.errors.extend(plugin_errors)
+        if not plugin_errors:
+            report.errors.extend(check_rewards(recipe))
+    if inputs:
+        report.errors.extend(check_inputs(recipe))
     try:
-        cfg = load_model_config(recipe.model)
-    except (ValueError, BlockConfigError) as exc:
-        report.errors.append(f"model: {exc}")
+        cfg = load_model_config(recipe)
+    except RunSetupError as exc:
+        if not any(str(exc).split(":")[0] in e for e in report.errors):
+            report.errors.append(str(exc))
         return report
     errors, warnings = check_parallelism(recipe, cfg)
     report.errors.extend(errors)
     report.warnings.extend(warnings)
+    from nemotron_plugins.launch.memory import kv_cache_dtype_bytes
     from nemotron_plugins.puzzle.cost import estimate_cost
 
     cost = estimate_cost(cfg)
     report.total_params = cost.total_params
     if memory and not errors:
-        kv_bytes = (
-            {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1}[recipe.generation.kv_cache_dtype]
-            if recipe.generation
-            else 2
-        )
-        estimate = estimate_memory(recipe, cfg, estimate_cost(cfg, dtype_bytes=kv_bytes))
+        estimate = estimate_memory(recipe, cfg, estimate_cost(cfg, dtype_bytes=kv_cache_dtype_bytes(recipe)))
         report.memory = estimate
         if not estimate.fits:
             report.errors.append(
@@ -326,6 +466,41 @@ def validate_recipe(recipe: RecipeConfig, *, memory: bool = True, plugins: bool 
                 f"{estimate.peak / 1e9:.1f} GB exceeds cluster.gpu_memory_gb={recipe.cluster.gpu_memory_gb:g} "
                 f"({estimate.summary()})"
             )
+    return report
+
+
+def validate_for_run(recipe: RecipeConfig) -> ValidationReport:
+    """The validation a trainer runs before any work: :func:`validate_recipe` without the memory estimate
+    (``cluster`` sizes the launch, the world here may be a scaled-down one), plus the world size actually running.
+
+    Raises:
+        RecipeValidationError: Listing every problem.
+    """
+    import os
+
+    report = validate_recipe(recipe, memory=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        import torch
+
+        if torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+        if recipe.cluster.device == "cuda" and not torch.cuda.is_available():
+            report.errors.append("cluster.device='cuda' but CUDA is not available here; use cluster.device=cpu")
+    except ImportError:  # pragma: no cover - torch ships with the package
+        pass
+    p = recipe.parallel
+    mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size
+    if mp and world % mp:
+        report.errors.append(f"this run has {world} process(es), not a multiple of TP x PP x CP = {mp}")
+    elif mp:
+        dp = world // mp
+        if recipe.global_batch_size % (recipe.micro_batch_size * dp):
+            report.errors.append(
+                f"global_batch_size={recipe.global_batch_size} is not divisible by micro_batch_size x DP = "
+                f"{recipe.micro_batch_size} x {dp} for the {world} process(es) running"
+            )
+    report.raise_if_invalid()
     return report
 
 

@@ -1,15 +1,18 @@
-"""The configuration of the GRPO / RLOO algorithms: rollout sizes, sampling, advantages and the clipped loss.
+"""The ``algorithm`` block of the run config: GRPO / RLOO rollout sizes, advantages and the clipped loss.
 
-Defaults follow the Llama-Nemotron report's scientific-reasoning GRPO run (LN-Ultra): 72 prompts per rollout with
-16 samples each (1,152 sequences), temperature 1, top_p 1, a global batch of 576 sequences, so each rollout gives 2
-gradient updates, and a clipping epsilon of 0.2. :func:`rloo_config` returns the instruction-following RLOO setup.
+It is a part of :class:`~nemotron_plugins.launch.recipe_config.RecipeConfig` (``recipe.algorithm``), not a config
+of its own: sampling lives in ``recipe.generation``, batch sizes in ``recipe.global_batch_size`` /
+``micro_batch_size``, the seed in ``recipe.seed``. Defaults follow the Llama-Nemotron report's scientific-reasoning
+GRPO run (LN-Ultra): 72 prompts per rollout with 16 samples each (1,152 sequences); with the recipe's global batch
+of 576 sequences each rollout gives 2 gradient updates; a clipping epsilon of 0.2. :func:`rloo_config` returns the
+instruction-following RLOO setup.
 
 Plain data: no torch import, so a config can be built and validated anywhere.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 AlgorithmName = Literal["grpo", "rloo"]
@@ -34,26 +37,9 @@ class GRPOConfig:
     """Prompts sampled per rollout (LN-Ultra GRPO: 72)."""
     num_generations: int = 16
     """Completions sampled per prompt, i.e. the group size (LN-Ultra GRPO: 16). Must be >= 2."""
-    global_batch_size: int = 576
-    """Sequences per optimizer step, summed over data-parallel ranks and micro-batches (LN-Ultra GRPO: 576).
-    Must divide ``num_prompts_per_rollout * num_generations``."""
-    micro_batch_size: int = 1
-    """Sequences per forward/backward pass on one data-parallel rank (gradient accumulation fills the rest)."""
     epochs_per_rollout: int = 1
-    """Passes over each rollout's samples. Updates per rollout = epochs * rollout size / global batch."""
-
-    # ---- sampling ------------------------------------------------------------------------------------------------
-    temperature: float = 1.0
-    """Sampling temperature for rollouts (paper: 1.0). The loss uses log-probs of the same tempered distribution."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold for rollouts (paper: 1.0, i.e. off)."""
-    max_new_tokens: int = 4096
-    """Longest completion sampled, in tokens. Not stated for the GRPO run; tiny recipes set a small value."""
-    stop: tuple[str, ...] = ()
-    """Stop strings that end a completion (the string itself is kept in the returned text)."""
-    rollout_engine: str = "megatron"
-    """Name of the rollout engine in ``ROLLOUT_ENGINES``: ``"megatron"`` (CPU-capable, embedded), ``"vllm"`` (GPU,
-    colocated), ``"openai"`` (any OpenAI-compatible server)."""
+    """Passes over each rollout's samples. Optimizer steps per rollout = epochs * rollout size / the recipe's
+    ``global_batch_size`` (LN-Ultra: 1 * 1152 / 576 = 2)."""
 
     # ---- advantages ----------------------------------------------------------------------------------------------
     leave_one_out_baseline: bool = False
@@ -65,6 +51,8 @@ class GRPOConfig:
     """Use Bessel's correction (divide by n - 1) in the group std, as TRL does; False divides by n (NeMo-RL)."""
     std_epsilon: float = 0.0
     """Added to the std before dividing. 0 = exact division where std > 0; TRL uses 1e-4 everywhere."""
+    skip_uniform_groups: bool = True
+    """Leave groups whose rewards are all equal (zero advantage, no learning signal) out of the update."""
 
     # ---- loss ----------------------------------------------------------------------------------------------------
     epsilon: float = 0.2
@@ -85,11 +73,6 @@ class GRPOConfig:
     importance_sampling_cap: float | None = 2.0
     """Upper truncation of the importance-sampling weight; ``None`` leaves it unbounded."""
 
-    seed: int = 1234
-    """Seed for prompt order and rollout sampling."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form options for plugins (ignored by the builtin algorithms)."""
-
     def __post_init__(self) -> None:
         self.validate()
 
@@ -98,10 +81,9 @@ class GRPOConfig:
         """Sequences generated per rollout (prompts x generations)."""
         return self.num_prompts_per_rollout * self.num_generations
 
-    @property
-    def updates_per_rollout(self) -> int:
-        """Optimizer steps taken on each rollout (2 with the paper's defaults)."""
-        return self.epochs_per_rollout * self.rollout_size // self.global_batch_size
+    def updates_per_rollout(self, global_batch_size: int) -> int:
+        """Optimizer steps taken on each rollout with ``global_batch_size`` sequences per step."""
+        return self.epochs_per_rollout * self.rollout_size // global_batch_size
 
     @property
     def clip_high(self) -> float:
@@ -116,32 +98,12 @@ class GRPOConfig:
 
         if self.algorithm not in ("grpo", "rloo"):
             raise bad("algorithm", self.algorithm, "use 'grpo' or 'rloo'")
-        for name in ("num_prompts_per_rollout", "global_batch_size", "micro_batch_size", "epochs_per_rollout"):
+        for name in ("num_prompts_per_rollout", "epochs_per_rollout"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise bad(name, value, "must be an integer >= 1")
         if not isinstance(self.num_generations, int) or self.num_generations < 2:
             raise bad("num_generations", self.num_generations, "a group needs at least 2 samples (integer >= 2)")
-        if self.rollout_size % self.global_batch_size:
-            raise bad(
-                "global_batch_size",
-                self.global_batch_size,
-                f"must divide the rollout size num_prompts_per_rollout * num_generations = {self.rollout_size}",
-            )
-        if self.global_batch_size % self.micro_batch_size:
-            raise bad(
-                "micro_batch_size", self.micro_batch_size, f"must divide global_batch_size={self.global_batch_size}"
-            )
-        if not self.temperature > 0:
-            raise bad("temperature", self.temperature, "must be > 0 (use a tiny value for near-greedy sampling)")
-        if not 0 < self.top_p <= 1:
-            raise bad("top_p", self.top_p, "must be in (0, 1]")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise bad("max_new_tokens", self.max_new_tokens, "must be an integer >= 1")
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            raise bad("stop", self.stop, "must be a tuple of non-empty strings")
-        if not self.rollout_engine:
-            raise bad("rollout_engine", self.rollout_engine, "name a registered rollout engine, e.g. 'megatron'")
         if self.std_epsilon < 0:
             raise bad("std_epsilon", self.std_epsilon, "must be >= 0")
         if not 0 < self.epsilon < 1:
@@ -173,13 +135,12 @@ def rloo_config(**overrides: Any) -> GRPOConfig:
     """RLOO as used for instruction-following RL: batch of 128 prompts, leave-one-out baseline, no std division.
 
     The report gives the batch (128 prompts) and fewer than 120 steps; the group size is not stated, we use 8, with
-    one update per rollout (global batch = 128 x 8).
+    one update per rollout (the recipe's global batch = 128 x 8).
     """
     defaults: dict[str, Any] = {
         "algorithm": "rloo",
         "num_prompts_per_rollout": 128,
         "num_generations": 8,
-        "global_batch_size": 1024,
         "leave_one_out_baseline": True,
         "normalize_advantages_by_std": False,
     }

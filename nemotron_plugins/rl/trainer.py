@@ -29,11 +29,13 @@ megatron-core's ``DistributedDataParallel`` with megatron's optimizer, at any TP
    console (progress bar), a JSONL file and TensorBoard / W&B when configured; an atomic checkpoint (every rank its
    shard) holds the model, optimizer, sampler position, pass rates and RNG, so a killed run resumes exactly.
 
+The run reads the recipe's :class:`~nemotron_plugins.launch.recipe_config.RecipeConfig` directly (``algorithm``,
+``generation``, ``rewards``, ``sampler``, ``evaluation``, ``data``...): there is no second RL schema. The model,
+optimizer and LR scheduler come from the shared training stack (:mod:`nemotron_plugins.training`).
+
 Public API::
 
-    GRPOTrainConfig(...)                           # everything a run needs
-    run_grpo(config: GRPOTrainConfig | RecipeConfig) -> GRPOResult
-    build_policy_optimizer(model, config)          # megatron DDP + optimizer for a policy
+    run_grpo(config: RecipeConfig) -> GRPOResult
     policy_update(model, optimizer, batch, config) -> dict   # one rollout's gradient updates (any TP / PP / DP)
     evaluate_policy(engine, tokenizer, rows, rewards, ...) -> dict   # held-out accuracy, sampled and greedy
 """
@@ -49,178 +51,19 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nemotron_plugins.rl.config import GRPOConfig
-from nemotron_plugins.runtime.config import ParallelConfig
 from nemotron_plugins.runtime.distributed import barrier
+
+if TYPE_CHECKING:
+    from nemotron_plugins.launch.recipe_config import RecipeConfig
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_ENGINES = ("megatron", "embedded")
 TRAINER_ENGINES = (*EMBEDDED_ENGINES, "vllm")
-
-
-@dataclass(kw_only=True, slots=True)
-class RewardTerm:
-    """One reward of the weighted sum."""
-
-    name: str
-    """Registered reward name (``REWARDS``) or composition spec understood by ``build_reward``."""
-    weight: float = 1.0
-    """Weight in the total reward."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Constructor keyword arguments."""
-
-
-@dataclass(kw_only=True, slots=True)
-class GRPOTrainConfig:
-    """Everything one GRPO / RLOO run needs."""
-
-    grpo: GRPOConfig = field(
-        default_factory=lambda: GRPOConfig(
-            num_prompts_per_rollout=16, num_generations=8, global_batch_size=128, max_new_tokens=48
-        )
-    )
-    """Algorithm: rollout sizes, sampling, advantages and the clipped loss."""
-    train_steps: int = 60
-    """Rollout steps (each with ``grpo.updates_per_rollout`` optimizer steps)."""
-    rewards: list[RewardTerm] = field(
-        default_factory=lambda: [RewardTerm(name="math"), RewardTerm(name="think_format")]
-    )
-    """Rewards summed (weighted) into the training reward."""
-    accuracy_reward: str = "math"
-    """Reward whose mean is reported as accuracy (must be one of ``rewards``)."""
-    format_reward: str | None = "think_format"
-    """Reward reported as the format score in evaluations (``None``: none)."""
-    reward_workers: int = 0
-    """Worker processes scoring rewards (``PooledReward``); 0 scores in this process."""
-    skip_uniform_groups: bool = True
-    """Drop groups whose rewards are all equal (no learning signal) from the update."""
-
-    lr: float = 5e-5
-    """Adam learning rate (SYSTEM.md section 5: 5e-5; >= 1e-4 collapsed the tiny model)."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
-    clip_grad: float = 1.0
-    """Global gradient-norm clip (0 disables)."""
-
-    model_config: Any = None
-    """A ``PuzzleModelConfig``; ``None`` uses ``tiny_puzzle_config(len(tokenizer))``. An SFT ``init_checkpoint``
-    brings its own architecture and tokenizer, which win."""
-    init_checkpoint: str | None = None
-    """Weights to start from: an SFT checkpoint (root or ``step_XXXXXX`` directory written by ``run_sft``; a
-    single-rank checkpoint is resharded to this run's TP / PP layout, others must match it), a
-    ``save_training_state`` checkpoint, or a ``.pt`` single-rank state dict of the ``GPTModel``. ``None`` starts
-    from a random initialisation (``init_weights_layout_invariant_``: the same weights at any layout)."""
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """Tensor / pipeline parallel sizes of the policy (data parallel is what is left of the world). The
-    ``megatron`` rollout engine needs ``pipeline_model_parallel_size == 1``."""
-    seq_length: int = 256
-    """Longest prompt + completion in tokens (the model's ``max_sequence_length``)."""
-    params_dtype: str = "float32"
-    """Parameter dtype (``"float32"`` on CPU; ``"bfloat16"`` on GPU with megatron's mixed-precision optimizer)."""
-    engine_batch_size: int = 128
-    """Sequences the ``megatron`` engine decodes together (one KV cache of this batch size)."""
-    vllm_options: dict[str, Any] = field(default_factory=dict)
-    """``VLLMEngineConfig`` fields for ``grpo.rollout_engine == "vllm"`` (``model_path`` defaults to an HF export of
-    the initial policy in ``<output_dir>/hf_policy``)."""
-
-    data_dir: str | None = None
-    """Directory with ``rl_train.jsonl`` and ``rl_heldout.jsonl``; ``None`` writes the synthetic addition data into
-    ``<output_dir>/data``."""
-    num_train_prompts: int = 512
-    """Training prompts (synthetic data / cap on the file's rows)."""
-    num_heldout_prompts: int = 500
-    """Held-out prompts for evaluation (0 disables evaluation)."""
-    data_seed: int = 0
-    """Seed of the synthetic data."""
-    synthetic_train_problems: int | None = None
-    """Training problems written to the synthetic data (default ``num_train_prompts``). Set it to the SFT stage's
-    count (with the same ``data_seed``) so the held-out problems are exactly the SFT stage's held-out ones, disjoint
-    from everything SFT trained on; the run then uses the first ``num_train_prompts`` of them."""
-
-    curriculum: bool = True
-    """Order prompts with the progressive-Gaussian curriculum over pass rates of the initial policy; False samples
-    uniformly at random."""
-    pass_rate_samples: int = 2
-    """Samples per training prompt used to estimate its pass rate (accuracy reward, T=``grpo.temperature``)."""
-    curriculum_width: float = 0.15
-    """Standard deviation of the curriculum's Gaussian, in pass-rate units."""
-
-    eval_interval: int = 0
-    """Evaluate on the held-out prompts every N steps (0: only before and after training)."""
-    eval_greedy: bool = True
-    """Also report greedy accuracy in evaluations."""
-
-    output_dir: str = "runs/grpo"
-    """Run directory (metrics.jsonl, checkpoints/, data/, result.json)."""
-    save_interval: int = 0
-    """Checkpoint every N steps (0: only at the end)."""
-    keep_last: int = 2
-    """Checkpoints kept."""
-    resume: bool = True
-    """Resume from the latest checkpoint in ``<output_dir>/checkpoints`` when there is one."""
-    tensorboard_dir: str | None = None
-    """TensorBoard directory (used when tensorboard is installed)."""
-    wandb_project: str | None = None
-    """W&B project (used when wandb is installed)."""
-    progress: bool = True
-    """Show a progress bar."""
-    torch_threads: int | None = None
-    """``torch.set_num_threads`` for the run (``None`` leaves it)."""
-    seed: int = 1234
-    """Seed of model init, curriculum order and rollout sampling."""
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
-        if not isinstance(self.grpo, GRPOConfig):
-            raise ValueError(f"GRPOTrainConfig.grpo must be a GRPOConfig, got {type(self.grpo).__name__}")
-        if self.grpo.rollout_engine not in TRAINER_ENGINES:
-            raise ValueError(
-                f"GRPOTrainConfig.grpo.rollout_engine = {self.grpo.rollout_engine!r}: the trainer drives one of "
-                f"{TRAINER_ENGINES} ('openai' serves evaluation and pass-rate estimation, it cannot take weights)"
-            )
-        if self.grpo.rollout_engine in EMBEDDED_ENGINES and self.parallel.pipeline_model_parallel_size > 1:
-            raise ValueError(
-                "GRPOTrainConfig.parallel.pipeline_model_parallel_size > 1 with the 'megatron' rollout engine: it "
-                "decodes with the whole model on each rank; use grpo.rollout_engine='vllm' for a pipelined policy"
-            )
-        if self.grpo.max_new_tokens >= self.seq_length:
-            raise ValueError(
-                f"GRPOTrainConfig.seq_length = {self.seq_length} leaves no room for prompts with "
-                f"grpo.max_new_tokens = {self.grpo.max_new_tokens}"
-            )
-        if self.engine_batch_size < 1:
-            raise ValueError(f"GRPOTrainConfig.engine_batch_size = {self.engine_batch_size} must be >= 1")
-        if self.train_steps < 0:
-            raise ValueError(f"GRPOTrainConfig.train_steps = {self.train_steps} must be >= 0")
-        if not self.rewards:
-            raise ValueError(
-                "GRPOTrainConfig.rewards is empty: name at least one reward, e.g. RewardTerm(name='math')"
-            )
-        names = [r.name for r in self.rewards]
-        if self.accuracy_reward not in names:
-            raise ValueError(f"GRPOTrainConfig.accuracy_reward = {self.accuracy_reward!r} is not in rewards {names}")
-        if self.format_reward is not None and self.format_reward not in names:
-            raise ValueError(f"GRPOTrainConfig.format_reward = {self.format_reward!r} is not in rewards {names}")
-        if not self.lr > 0:
-            raise ValueError(f"GRPOTrainConfig.lr = {self.lr} must be > 0")
-        for name in ("num_train_prompts", "pass_rate_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GRPOTrainConfig.{name} = {getattr(self, name)} must be >= 1")
-        if self.num_train_prompts < self.grpo.num_prompts_per_rollout:
-            raise ValueError(
-                f"GRPOTrainConfig.num_train_prompts = {self.num_train_prompts} is smaller than one rollout's "
-                f"num_prompts_per_rollout = {self.grpo.num_prompts_per_rollout}"
-            )
-        for name in ("num_heldout_prompts", "eval_interval", "save_interval", "reward_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"GRPOTrainConfig.{name} = {getattr(self, name)} must be >= 0")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -250,50 +93,39 @@ class GRPOResult:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _read_rows(path: Path, limit: int | None) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "messages" not in row or "ground_truth" not in row:
-                raise ValueError(f"{path}:{line_no}: an RL prompt row needs 'messages' and 'ground_truth'")
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+def load_prompt_rows(config: RecipeConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training and held-out RL prompt rows of ``config.data`` (the synthetic files must be written already).
+
+    Raises:
+        DataSourceError: Naming the field / file / row that is missing or malformed, including a row whose
+            ``reward`` column names a reward the recipe does not have.
+    """
+    from nemotron_plugins.data.sources import check_reward_routing
+    from nemotron_plugins.data.sources import load_prompt_rows as read_rows
+
+    train, heldout = read_rows(config.data, _output_dir(config), num_heldout=config.evaluation.num_samples)
+    alg = config.algorithm
+    if len(train) < alg.num_prompts_per_rollout:
+        raise ValueError(
+            f"data: {len(train)} training prompts, fewer than one rollout's algorithm.num_prompts_per_rollout = "
+            f"{alg.num_prompts_per_rollout}"
+        )
+    names = [r.name for r in config.rewards or []]
+    check_reward_routing(train, names, "data.path")
+    check_reward_routing(heldout, names, "data.eval_path")
+    return train, heldout
 
 
-def load_prompt_rows(config: GRPOTrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
-    """Training and held-out RL prompt rows (synthetic addition data written on first use)."""
-    if config.data_dir is not None:
-        data_dir = Path(config.data_dir)
-    else:
-        data_dir = Path(config.output_dir) / "data"
-        if not (data_dir / "rl_train.jsonl").exists():
-            from nemotron_plugins.data.synthetic import write_synthetic_dataset
-
-            problems = max(config.num_train_prompts, config.synthetic_train_problems or 0)
-            write_synthetic_dataset(data_dir, problems, config.num_heldout_prompts, config.data_seed)
-    for name in ("rl_train.jsonl", "rl_heldout.jsonl"):
-        if not (data_dir / name).exists():
-            raise FileNotFoundError(f"data_dir {data_dir} has no {name} (write it with write_synthetic_dataset)")
-    train = _read_rows(data_dir / "rl_train.jsonl", config.num_train_prompts)
-    heldout = (
-        _read_rows(data_dir / "rl_heldout.jsonl", config.num_heldout_prompts) if config.num_heldout_prompts else []
-    )
-    if len(train) < config.grpo.num_prompts_per_rollout:
-        raise ValueError(f"{data_dir}/rl_train.jsonl has {len(train)} rows, fewer than one rollout's prompts")
-    return train, heldout, data_dir
+def _output_dir(config: RecipeConfig) -> Path:
+    return Path(config.output_dir or os.path.join("runs", config.name))
 
 
-def build_rewards(config: GRPOTrainConfig) -> dict[str, tuple[float, Any]]:
+def build_rewards(config: RecipeConfig) -> dict[str, tuple[float, Any]]:
     """``name -> (weight, Reward)``; pooled in worker processes when ``reward_workers > 0``."""
     from nemotron_plugins.rewards.base import build_reward
 
     out: dict[str, tuple[float, Any]] = {}
-    for term in config.rewards:
+    for term in config.rewards or []:
         reward = build_reward(term.name, **term.options)
         if config.reward_workers > 0:
             from nemotron_plugins.rewards.pool import PooledReward
@@ -320,10 +152,18 @@ def score_completions(
     ]
     per: dict[str, torch.Tensor] = {}
     total = torch.zeros(len(samples), dtype=torch.float64)
+    routed = {str(row["reward"]) for row in rows if row.get("reward") is not None}
     for name, (weight, reward) in rewards.items():
-        scores = torch.tensor([float(r.score) for r in reward.score(samples)], dtype=torch.float64)
+        # A reward named in some rows' ``reward`` column scores only those rows (NaN elsewhere: not applicable);
+        # the others (format rewards) score every row.
+        applies = [name not in routed or row.get("reward") == name for row in rows]
+        scores = torch.full((len(samples),), float("nan"), dtype=torch.float64)
+        chosen = [i for i, ok in enumerate(applies) if ok]
+        if chosen:
+            results = reward.score([samples[i] for i in chosen])
+            scores[chosen] = torch.tensor([float(r.score) for r in results], dtype=torch.float64)
         per[name] = scores
-        total += weight * scores
+        total += weight * torch.nan_to_num(scores, nan=0.0)
     return total, per
 
 
@@ -380,169 +220,63 @@ def _mix_seed(*parts: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _try_load_sft_checkpoint(path: str) -> Any:
-    """The :func:`nemotron_plugins.sft.trainer.load_sft_checkpoint` result, or ``None`` for other checkpoints."""
-    from nemotron_plugins.runtime.checkpoint import CheckpointError
+def build_policy(config: RecipeConfig) -> tuple[Any, Any, Any]:
+    """This rank's policy ``GPTModel`` (with its starting weights), its ``PuzzleModelConfig`` and the tokenizer, all
+    through the shared training stack (:mod:`nemotron_plugins.training.setup`)."""
+    from nemotron_plugins.training.setup import build_model, initialise_weights, load_architecture, load_run_tokenizer
 
-    if Path(path).is_file():
-        return None
-    from nemotron_plugins.sft.trainer import load_sft_checkpoint
-
-    try:
-        return load_sft_checkpoint(path)
-    except CheckpointError:
-        return None
-
-
-def _load_initial_state(path: str) -> tuple[dict[str, torch.Tensor], int]:
-    """``(model state, world size it was saved at)`` from a ``.pt`` state dict or a ``save_training_state``
-    checkpoint."""
-    p = Path(path)
-    if p.is_file():
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        return state, 1
-    from nemotron_plugins.runtime.checkpoint import load_training_state
-
-    loaded = load_training_state(p, restore_rng=False)
-    if loaded.model_state is None:
-        raise ValueError(f"init_checkpoint {loaded.path} holds no model state")
-    return loaded.model_state, loaded.world_size
-
-
-def _load_into(model: Any, state: Mapping[str, torch.Tensor], saved_world: int, cfg: Any, source: str) -> None:
-    """Load ``state`` into this rank's ``model``: directly when the layouts match, resharded from a single-rank
-    state otherwise."""
-    from megatron.core import parallel_state as ps
-
-    model_parallel = ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size()
-    if model_parallel > 1 and saved_world == 1:
-        from nemotron_plugins.puzzle.hf_checkpoint import reshard_single_rank_state
-
-        state = reshard_single_rank_state(state, cfg, model)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"init_checkpoint {source}: its weights do not fit this rank's model (saved by {saved_world} rank(s); a "
-            f"multi-rank checkpoint must be loaded at the TP / PP layout that wrote it): {exc}"
-        ) from exc
-
-
-def build_policy(config: GRPOTrainConfig, tokenizer: Any) -> tuple[Any, Any, Any]:
-    """This rank's policy ``GPTModel``, its ``PuzzleModelConfig`` and the tokenizer to use.
-
-    An SFT ``init_checkpoint`` brings its architecture and tokenizer; other checkpoints load into
-    ``config.model_config`` (default: the tiny Puzzle model).
-    """
-    from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
-
-    model_config = config.model_config
-    state: Mapping[str, torch.Tensor] | None = None
-    saved_world = 1
-    if config.init_checkpoint:
-        sft = _try_load_sft_checkpoint(config.init_checkpoint)
-        if sft is not None:
-            model_config, tokenizer, state, saved_world = (
-                sft.model_config,
-                sft.tokenizer,
-                sft.model_state,
-                sft.world_size,
-            )
-        else:
-            state, saved_world = _load_initial_state(config.init_checkpoint)
-    if model_config is None:
-        from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
-
-        model_config = tiny_puzzle_config(len(tokenizer))
+    tokenizer = load_run_tokenizer(config)
+    model_config = load_architecture(config)
     if model_config.vocab_size < len(tokenizer):
         raise ValueError(f"model vocab_size {model_config.vocab_size} < tokenizer size {len(tokenizer)}")
-    model = build_puzzle_model(
-        model_config,
-        parallel=config.parallel,
-        seq_length=config.seq_length,
-        params_dtype=config.params_dtype,
-        perform_initialization=state is None,
-    )
-    if state is None:
-        init_weights_layout_invariant_(model, seed=config.seed)
-    else:
-        _load_into(model, state, saved_world, model_config, str(config.init_checkpoint))
+    model = build_model(config, model_config)
+    source = initialise_weights(config, model, model_config)
+    logger.info("policy weights: %s", source)
     return model, model_config, tokenizer
 
 
-def build_policy_optimizer(model: Any, config: GRPOTrainConfig) -> tuple[Any, Any]:
-    """Wrap ``model`` in megatron DDP and build megatron's Adam optimizer (with global-norm clipping).
-
-    The wrapper is set up for :func:`policy_update`: ``calculate_per_token_loss`` (the loss is normalised by the
-    global batch already; replicas' gradients are summed, not averaged) and ``finalize_model_grads`` called by the
-    update itself.
-
-    Returns:
-        ``(ddp_model, optimizer)``.
-    """
-    from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-    mconfig = model.config
-    mconfig.calculate_per_token_loss = True
-    mconfig.finalize_model_grads_func = None
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        mconfig.pipeline_dtype = next(model.parameters()).dtype
-    ddp = DistributedDataParallel(
-        config=mconfig,
-        ddp_config=DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
-            use_distributed_optimizer=config.parallel.use_distributed_optimizer,
-        ),
-        module=model,
-    )
-    bf16 = config.params_dtype in ("bfloat16", "bf16")
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(
-            optimizer="adam",
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            adam_beta1=config.adam_betas[0],
-            adam_beta2=config.adam_betas[1],
-            clip_grad=config.clip_grad,
-            bf16=bf16,
-            params_dtype=torch.bfloat16 if bf16 else torch.float32,
-            use_distributed_optimizer=config.parallel.use_distributed_optimizer,
-        ),
-        [ddp],
-    )
-    return ddp, optimizer
+def engine_settings(config: RecipeConfig, tokenizer_size: int | None = None) -> dict[str, Any]:
+    """What the rollout engine is built with, from ``config.generation``."""
+    gen = config.generation
+    if gen.engine == "megatron":
+        return {"engine": "megatron", "max_batch_size": gen.batch_size, "vocab_size": tokenizer_size}
+    llm_kwargs: dict[str, Any] = {}
+    if gen.max_num_seqs is not None:
+        llm_kwargs["max_num_seqs"] = gen.max_num_seqs
+    if gen.kv_cache_dtype != "auto":
+        llm_kwargs["kv_cache_dtype"] = {"fp8": "fp8", "bfloat16": "auto", "float16": "auto", "float32": "auto"}[
+            gen.kv_cache_dtype
+        ]
+    return {
+        "engine": "vllm",
+        "tensor_parallel_size": gen.tensor_model_parallel_size,
+        "gpu_memory_utilization": gen.gpu_memory_utilization,
+        "dtype": config.model.params_dtype,
+        "fp8": gen.fp8,
+        "max_model_len": config.model.seq_length,
+        "seed": config.seed,
+        "llm_kwargs": llm_kwargs,
+    }
 
 
-def build_engine(config: GRPOTrainConfig, model: Any, model_config: Any, tokenizer: Any) -> Any:
-    """The rollout engine of ``config.grpo.rollout_engine`` for this rank's policy ``model`` (unwrapped)."""
-    cfg = config.grpo
-    if cfg.rollout_engine in EMBEDDED_ENGINES:
+def build_engine(config: RecipeConfig, model: Any, model_config: Any, tokenizer: Any) -> Any:
+    """The rollout engine of ``config.generation.engine`` for this rank's policy ``model`` (unwrapped)."""
+    settings = engine_settings(config, len(tokenizer))
+    if settings.pop("engine") == "megatron":
         from nemotron_plugins.rl.engines.megatron_engine import MegatronEngineConfig, MegatronRolloutEngine
 
-        return MegatronRolloutEngine(
-            model,
-            tokenizer,
-            config=MegatronEngineConfig(max_batch_size=config.engine_batch_size, vocab_size=len(tokenizer)),
-        )
+        return MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(**settings))
     # vLLM colocated with training: an HF export of the initial policy to start from, refreshed after every step.
     from nemotron_plugins.puzzle.hf_checkpoint import export_hf_checkpoint
     from nemotron_plugins.rl.engines.vllm_engine import VLLMEngineConfig, VLLMRolloutEngine
 
-    options = dict(config.vllm_options)
-    path = Path(options.pop("model_path", Path(config.output_dir) / "hf_policy"))
+    path = _output_dir(config) / "hf_policy"
     export_hf_checkpoint(model, model_config, path)
     if _layout()[1] == 0:
         tokenizer.save_pretrained(str(path))
     barrier()
     return VLLMRolloutEngine(
-        VLLMEngineConfig(model_path=str(path), seed=config.seed, **options),
-        tokenizer=tokenizer,
-        puzzle_config=model_config,
+        VLLMEngineConfig(model_path=str(path), **settings), tokenizer=tokenizer, puzzle_config=model_config
     )
 
 
@@ -625,7 +359,7 @@ def distributed_score(
             per_all[name][idx] = torch.tensor(scores, dtype=torch.float64)
     total = torch.zeros(len(texts), dtype=torch.float64)
     for name, (weight, _) in rewards.items():
-        total += weight * per_all[name]
+        total += weight * torch.nan_to_num(per_all[name], nan=0.0)
     return total, per_all
 
 
@@ -663,15 +397,15 @@ def evaluate_policy(
         texts = decode_completions(tokenizer, samples.completion_ids)
         _, per = distributed_score(rewards, texts, rows)
         acc = per[accuracy_reward]
-        result[f"accuracy_{label}"] = float(acc.mean())
+        result[f"accuracy_{label}"] = float(acc.nanmean())
         if format_reward is not None:
-            result[f"format_{label}"] = float(per[format_reward].mean())
+            result[f"format_{label}"] = float(per[format_reward].nanmean())
         result[f"response_length_{label}"] = float(sum(map(len, samples.completion_ids)) / len(rows))
         if len(set(reasoning)) > 1:
             for mode in ("on", "off"):
                 sel = torch.tensor([m == mode for m in reasoning])
                 if sel.any():
-                    result[f"accuracy_{label}_{mode}"] = float(acc[sel].mean())
+                    result[f"accuracy_{label}_{mode}"] = float(acc[sel].nanmean())
     return result
 
 
@@ -820,18 +554,10 @@ def _logprobs(output: torch.Tensor, targets: torch.Tensor, temperature: float, v
 def _run_schedule(
     model: Any, micro_batches: list[dict[str, Any]], width: int, micro: int, step_fn: Any, *, forward_only: bool
 ) -> list[Any]:
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from nemotron_plugins.training.step import run_schedule
 
-    if not micro_batches:
-        return []
-    return get_forward_backward_func()(
-        forward_step_func=step_fn,
-        data_iterator=iter(micro_batches),
-        model=[model],
-        num_microbatches=len(micro_batches),
-        seq_length=width,
-        micro_batch_size=micro,
-        forward_only=forward_only,
+    return run_schedule(
+        [model], micro_batches, step_fn, seq_length=width, micro_batch_size=micro, forward_only=forward_only
     )
 
 
@@ -859,24 +585,28 @@ def policy_update(
     model: Any,
     optimizer: Any,
     batch: PolicyBatch,
-    config: GRPOTrainConfig,
+    config: RecipeConfig,
     *,
     vocab_size: int,
     ref_model: Any | None = None,
+    scheduler: Any | None = None,
 ) -> dict[str, float]:
-    """``updates_per_rollout`` (x ``epochs_per_rollout``) optimizer steps on the clipped policy loss.
+    """The rollout's optimizer steps on the clipped policy loss (``epochs_per_rollout`` x rollout /
+    ``global_batch_size``), each through the shared :func:`~nemotron_plugins.training.step.optimizer_step`.
 
-    Every rank passes the same ``batch``. The samples are split into ``updates_per_rollout`` global batches, each
-    split over the data-parallel replicas (replica r takes rows r, r + dp, ...) and cut into micro-batches of
-    ``grpo.micro_batch_size`` that go through megatron's ``forward_backward_func``.
+    Every rank passes the same ``batch``. The samples are split into that many global batches, each split over the
+    data-parallel replicas (replica r takes rows r, r + dp, ...) and cut into micro-batches of
+    ``micro_batch_size`` that go through megatron's ``forward_backward_func``.
 
     Args:
-        model: The policy wrapped by :func:`build_policy_optimizer` (megatron DDP).
+        model: The policy wrapped in megatron DDP (:func:`nemotron_plugins.training.setup.build_optimizer`).
         optimizer: Its megatron optimizer.
         batch: The samples (:func:`pack_policy_batch`).
-        config: Run config (``grpo`` holds the loss settings).
+        config: The run config (``algorithm`` holds the loss settings, ``generation.temperature`` the sampling
+            temperature the log-probs use).
         vocab_size: Real vocabulary size (the logits of megatron's padding ids are excluded, as in the engine).
-        ref_model: Frozen reference policy (same layout), needed when ``grpo.beta > 0``.
+        ref_model: Frozen reference policy (same layout), needed when ``algorithm.beta > 0``.
+        scheduler: megatron's LR scheduler, advanced once per optimizer step.
 
     Returns:
         Metrics identical on every rank: ``loss`` (mean over optimizer steps of the global-batch loss),
@@ -884,32 +614,33 @@ def policy_update(
         ``ratio_max`` and ``generator_trainer_logprob_diff`` (mean of generator minus trainer log-prob).
     """
     from megatron.core import parallel_state as ps
-    from megatron.core.distributed import finalize_model_grads
 
     from nemotron_plugins.rl.loss import compute_policy_loss
+    from nemotron_plugins.training.step import optimizer_step
 
-    cfg = config.grpo
-    temp = cfg.temperature
-    micro = cfg.micro_batch_size
+    cfg = config.algorithm
+    temp = config.generation.temperature
+    micro = config.micro_batch_size
+    updates_per_rollout = cfg.updates_per_rollout(config.global_batch_size)
     _, _, dp, dp_rank = _layout()
     pad_rows = ps.get_pipeline_model_parallel_world_size() > 1
     width = int(batch.input_ids.shape[1])
     reports_rank = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     n = len(batch)
-    chunks = [c for c in torch.arange(n).tensor_split(cfg.updates_per_rollout) if c.numel()]
+    chunks = [c for c in torch.arange(n).tensor_split(updates_per_rollout) if c.numel()]
     plans = [_micro_batches(batch, chunk[dp_rank::dp], micro, pad_rows) for chunk in chunks]
 
     # Log-probs of the policy before any update ("old") and of the reference, attached to the micro-batches (on the
     # last pipeline stage, the only one that computes the loss).
     module = model.module if hasattr(model, "module") else model
     module.eval()
-    if not (cfg.updates_per_rollout == 1 and cfg.epochs_per_rollout == 1):
+    if not (updates_per_rollout == 1 and cfg.epochs_per_rollout == 1):
         for plan in plans:
             for mb, lp in zip(plan, _forward_logprobs(model, plan, width, micro, temp, vocab_size), strict=False):
                 mb["old_logprobs"] = lp
     if cfg.beta > 0:
         if ref_model is None:
-            raise ValueError(f"grpo.beta = {cfg.beta} > 0 needs ref_model")
+            raise ValueError(f"algorithm.beta = {cfg.beta} > 0 needs ref_model")
         for plan in plans:
             for mb, lp in zip(plan, _forward_logprobs(ref_model, plan, width, micro, temp, vocab_size), strict=False):
                 mb["ref_logprobs"] = lp
@@ -958,14 +689,11 @@ def policy_update(
 
                 return output, loss_func
 
-            model.zero_grad_buffer()
-            optimizer.zero_grad()
-            reports = _run_schedule(model, plan, width, micro, step_fn, forward_only=False)
-            finalize_model_grads([model])
-            ok, grad_norm, _ = optimizer.step()
-            if not ok:
-                raise RuntimeError("the optimizer step failed (non-finite gradients)")
-            grad_norms.append(float(grad_norm) if grad_norm is not None else 0.0)
+            stepped = optimizer_step(
+                [model], optimizer, scheduler, plan, step_fn, seq_length=width, micro_batch_size=micro
+            )
+            reports = stepped.reports
+            grad_norms.append(stepped.grad_norm)
             if reports_rank:
                 for report in reports:
                     for i, key in enumerate(_TOKEN_METRICS):
@@ -998,7 +726,7 @@ def train_step(
     model: Any,
     optimizer: Any,
     engine: Any,
-    config: GRPOTrainConfig,
+    config: RecipeConfig,
     tokenizer: Any,
     rows: Sequence[Mapping[str, Any]],
     prompt_ids: Sequence[Sequence[int]],
@@ -1007,20 +735,22 @@ def train_step(
     vocab_size: int,
     ref_model: Any | None = None,
     pass_rates: Sequence[float] | None = None,
+    scheduler: Any | None = None,
 ) -> dict[str, float]:
     """One rollout + update on the prompts ``batch`` (every rank calls it); returns the step's metrics."""
     from nemotron_plugins.rl.advantages import advantages_from_config
 
-    cfg = config.grpo
+    cfg = config.algorithm
+    gen = config.generation
     g = cfg.num_generations
     t0 = time.perf_counter()
     samples = distributed_rollout(
         engine,
         [prompt_ids[i] for i in batch],
         n=g,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        max_new_tokens=gen.max_new_tokens,
         seed=_mix_seed(config.seed, step),
     )
     t_rollout = time.perf_counter() - t0
@@ -1031,12 +761,12 @@ def train_step(
     t_reward = time.perf_counter() - t1
     adv = advantages_from_config(total.float().view(len(batch), g), cfg)
     flat_adv = adv.flat()
-    keep_groups = ~adv.zero_std_groups if config.skip_uniform_groups else torch.ones(len(batch), dtype=torch.bool)
+    keep_groups = ~adv.zero_std_groups if cfg.skip_uniform_groups else torch.ones(len(batch), dtype=torch.bool)
     keep = keep_groups.repeat_interleave(g).nonzero().flatten().tolist()
     lengths = torch.tensor([len(c) for c in samples.completion_ids], dtype=torch.float64)
     metrics: dict[str, float] = {
         "reward/total": float(total.mean()),
-        "accuracy": float(per[config.accuracy_reward].mean()),
+        "accuracy": float(per[accuracy_reward_name(config)].nanmean()),
         "advantage/mean": float(flat_adv.mean()),
         "advantage/std": float(flat_adv.std()),
         "advantage/abs_max": float(flat_adv.abs().max()),
@@ -1046,7 +776,7 @@ def train_step(
         "truncated_fraction": float(1.0 - sum(samples.finished) / len(samples.finished)),
     }
     for name, scores in per.items():
-        metrics[f"reward/{name}"] = float(scores.mean())
+        metrics[f"reward/{name}"] = float(scores.nanmean())
     if pass_rates is not None:
         metrics["curriculum/batch_pass_rate"] = float(sum(pass_rates[i] for i in batch) / len(batch))
     t2 = time.perf_counter()
@@ -1058,10 +788,14 @@ def train_step(
             flat_adv[keep],
             pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         )
-        metrics.update(policy_update(model, optimizer, packed, config, vocab_size=vocab_size, ref_model=ref_model))
+        metrics.update(
+            policy_update(
+                model, optimizer, packed, config, vocab_size=vocab_size, ref_model=ref_model, scheduler=scheduler
+            )
+        )
         metrics["train/sequences"] = float(len(keep))
         metrics["train/tokens"] = float(packed.mask.sum())
-        if config.grpo.rollout_engine not in EMBEDDED_ENGINES:
+        if gen.engine not in EMBEDDED_ENGINES:
             engine.update_weights(model=model.module if hasattr(model, "module") else model)
     else:
         metrics["train/sequences"] = 0.0
@@ -1082,17 +816,71 @@ def train_step(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _build_sampler(config: GRPOTrainConfig, pass_rates: Sequence[float] | None, num_prompts: int) -> Any:
+def accuracy_reward_name(config: RecipeConfig) -> str:
+    """The reward reported as accuracy: ``evaluation.accuracy_reward``, else the first reward."""
+    return config.evaluation.accuracy_reward or config.rewards[0].name
+
+
+def sampler_settings(config: RecipeConfig, num_prompts: int) -> dict[str, Any]:
+    """The batch sampler's arguments: ``sampler.*`` for the progressive curriculum over the run's ``train_steps``
+    batches (capped by the prompts available for one pass), else a uniform random order."""
+    prompts = config.algorithm.num_prompts_per_rollout
+    batches = max(1, min(config.train_steps, num_prompts // prompts))
+    common = {"global_batch_size": prompts, "num_batches": batches, "seed": config.seed}
+    sampler = config.sampler
+    if sampler is None or sampler.name == "random":
+        return {"name": "random", **common}
+    return {
+        "name": sampler.name,
+        **common,
+        "num_bins": sampler.num_bins,
+        "center_start": sampler.center_start,
+        "center_end": sampler.center_end,
+        "width": sampler.width,
+        "schedule": sampler.schedule,
+        "balance": sampler.balance,
+    }
+
+
+def _build_sampler(config: RecipeConfig, pass_rates: Sequence[float] | None, num_prompts: int) -> Any:
     from nemotron_plugins.curriculum.sampler import ProgressiveGaussianBatchSampler, RandomBatchSampler
 
-    if pass_rates is not None:
-        return ProgressiveGaussianBatchSampler(
-            list(pass_rates),
-            global_batch_size=config.grpo.num_prompts_per_rollout,
-            width=config.curriculum_width,
-            seed=config.seed,
-        )
-    return RandomBatchSampler(num_prompts, global_batch_size=config.grpo.num_prompts_per_rollout, seed=config.seed)
+    settings = sampler_settings(config, num_prompts)
+    name = settings.pop("name")
+    if name == "random":
+        return RandomBatchSampler(num_prompts, **settings)
+    if pass_rates is None:
+        raise ValueError("sampler: the progressive curriculum needs pass rates")
+    return ProgressiveGaussianBatchSampler(list(pass_rates), **settings)
+
+
+def _read_pass_rates(path: str, rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Pass rates of ``rows`` from a ``curriculum estimate`` file, matched by the rows' ``id``.
+
+    Raises:
+        ValueError: Naming the file and the first prompt id it lacks.
+    """
+    from nemotron_plugins.curriculum.records import load_pass_rates
+
+    table = load_pass_rates(path)
+    by_id = {str(i): float(r) for i, r in zip(table.ids, table.pass_rates, strict=True)}
+    out = []
+    for row in rows:
+        key = str(row["id"])
+        if key not in by_id:
+            raise ValueError(
+                f"sampler.pass_rates_path={path} has no pass rate for prompt id {key!r}; estimate the same prompt file"
+            )
+        out.append(by_id[key])
+    return out
+
+
+def _drop_easy(config: RecipeConfig, pass_rates: Sequence[float]) -> list[int]:
+    """Indices of the prompts the curriculum keeps (``sampler.drop_pass_rate_at_least``)."""
+    threshold = config.sampler.drop_pass_rate_at_least if config.sampler is not None else None
+    if threshold is None:
+        return list(range(len(pass_rates)))
+    return [i for i, r in enumerate(pass_rates) if r < threshold]
 
 
 def _next_batch(sampler: Any) -> list[int]:
@@ -1105,20 +893,27 @@ def _fmt(ev: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={int(v) if k == 'n' else round(v, 4)}" for k, v in ev.items())
 
 
-def run_grpo(config: Any) -> GRPOResult:
+def run_grpo(config: RecipeConfig) -> GRPOResult:
     """Run GRPO / RLOO training end to end (see the module docstring); every rank of a torchrun /
     :func:`~nemotron_plugins.runtime.distributed.run_local_processes` group calls it.
 
     Args:
-        config: A :class:`GRPOTrainConfig`, or a ``RecipeConfig`` with ``task`` ``grpo`` / ``rloo`` (converted by
-            :func:`train_config_from_recipe`).
+        config: The recipe's :class:`~nemotron_plugins.launch.recipe_config.RecipeConfig` (task ``grpo`` /
+            ``rloo``), read directly.
 
     Returns:
         A :class:`GRPOResult` with held-out evaluations before / after and the per-step metrics.
+
+    Raises:
+        RecipeValidationError: A config the shared validation rejects (before any work).
     """
-    if not isinstance(config, GRPOTrainConfig):
-        config = train_config_from_recipe(config)
-    config.validate()
+    from nemotron_plugins.launch.recipe_config import resolve_paths
+    from nemotron_plugins.launch.validation import validate_for_run
+
+    if getattr(config, "task", None) not in ("grpo", "rloo"):
+        raise ValueError(f"run_grpo needs a run config with task 'grpo' or 'rloo', got {getattr(config, 'task', None)!r}")
+    resolve_paths(config)
+    validate_for_run(config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     from nemotron_plugins.runtime.distributed import ensure_distributed
@@ -1127,47 +922,43 @@ def run_grpo(config: Any) -> GRPOResult:
         return _run(config)
 
 
-def _run(config: GRPOTrainConfig) -> GRPOResult:  # noqa: PLR0915 - one linear training procedure
-    from nemotron_plugins.chat.tokenizer import build_tiny_tokenizer
+def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear training procedure
+    from nemotron_plugins.data.sources import SYNTHETIC, prepare_synthetic_data
     from nemotron_plugins.runtime.checkpoint import latest_step, load_training_state, save_training_state
     from nemotron_plugins.runtime.metrics import MetricsLogger
+    from nemotron_plugins.training.setup import build_model, build_optimizer, build_scheduler
 
     start = time.perf_counter()
     world, rank, dp, _ = _layout()
     is_rank0 = rank == 0
+    alg, gen, evaluation = config.algorithm, config.generation, config.evaluation
 
     def say(text: str) -> None:
         if is_rank0:
             print(f"[grpo] {text}", flush=True)
 
-    out = Path(config.output_dir)
+    out = _output_dir(config)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / "checkpoints"
-    if is_rank0:
-        load_prompt_rows(config)  # writes the synthetic data once
-    barrier()
-    rows, heldout, _ = load_prompt_rows(config)
-    model, model_config, tokenizer = build_policy(config, build_tiny_tokenizer())
+    ckpt_dir = Path(config.checkpoint.save_dir or out / "checkpoints")
+    load_dir = Path(config.checkpoint.load_dir) if config.checkpoint.load_dir else ckpt_dir
+    if config.data.dataset == SYNTHETIC:
+        if is_rank0:
+            prepare_synthetic_data(config.data, out)
+        barrier()
+    all_rows, heldout = load_prompt_rows(config)
+    model, model_config, tokenizer = build_policy(config)
     vocab_size = len(tokenizer)
-    prompt_ids = encode_prompts(tokenizer, rows)
-    longest = max(len(p) for p in prompt_ids)
-    if longest + config.grpo.max_new_tokens > config.seq_length:
+    all_prompt_ids = encode_prompts(tokenizer, all_rows)
+    longest = max(len(p) for p in all_prompt_ids)
+    if longest + gen.max_new_tokens > config.model.seq_length:
         raise ValueError(
-            f"a training prompt has {longest} tokens; with grpo.max_new_tokens = {config.grpo.max_new_tokens} it "
-            f"needs seq_length >= {longest + config.grpo.max_new_tokens} (GRPOTrainConfig.seq_length = "
-            f"{config.seq_length})"
+            f"a training prompt has {longest} tokens; with generation.max_new_tokens = {gen.max_new_tokens} it "
+            f"needs model.seq_length >= {longest + gen.max_new_tokens} (is {config.model.seq_length}); lower "
+            "data.max_seq_length or raise model.seq_length"
         )
     ref_model = None
-    if config.grpo.beta > 0:
-        from nemotron_plugins.puzzle.model import build_puzzle_model
-
-        ref_model = build_puzzle_model(
-            model_config,
-            parallel=config.parallel,
-            seq_length=config.seq_length,
-            params_dtype=config.params_dtype,
-            perform_initialization=False,
-        )
+    if alg.beta > 0:
+        ref_model = build_model(config, model_config)
         ref_model.load_state_dict(model.state_dict())
         ref_model.eval()
         for p in ref_model.parameters():
@@ -1175,75 +966,104 @@ def _run(config: GRPOTrainConfig) -> GRPOResult:  # noqa: PLR0915 - one linear t
         if config.parallel.pipeline_model_parallel_size > 1:
             ref_model.config.pipeline_dtype = next(ref_model.parameters()).dtype
     engine = build_engine(config, model, model_config, tokenizer)
-    ddp, optimizer = build_policy_optimizer(model, config)
+    ddp, optimizer = build_optimizer(config, model)
+    optimizer.reload_model_params()
+    scheduler = build_scheduler(config, optimizer)
     rewards = build_rewards(config)
+    accuracy_reward = accuracy_reward_name(config)
     say(
-        f"{len(rows)} training / {len(heldout)} held-out prompts; policy {type(model).__name__} "
+        f"{len(all_rows)} training / {len(heldout)} held-out prompts; policy {type(model).__name__} "
         f"({sum(p.numel() for p in model.parameters()):,} parameters on rank 0), world {world} "
         f"(TP{config.parallel.tensor_model_parallel_size} PP{config.parallel.pipeline_model_parallel_size} DP{dp}), "
-        f"engine {config.grpo.rollout_engine}"
+        f"engine {gen.engine}"
     )
     eval_kwargs = {
-        "max_new_tokens": config.grpo.max_new_tokens,
-        "temperature": config.grpo.temperature,
-        "top_p": config.grpo.top_p,
-        "accuracy_reward": config.accuracy_reward,
-        "format_reward": config.format_reward,
-        "greedy": config.eval_greedy,
+        "max_new_tokens": evaluation.max_new_tokens or gen.max_new_tokens,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "accuracy_reward": accuracy_reward,
+        "format_reward": evaluation.format_reward,
+        "greedy": evaluation.greedy,
         "seed": config.seed,
     }
-    resumed = latest_step(ckpt_dir) if config.resume and ckpt_dir.exists() else None
+    resumed = latest_step(load_dir) if load_dir.exists() else None
+    if resumed is not None and not config.checkpoint.resume:
+        raise ValueError(
+            f"checkpoint.resume=false but {load_dir} holds checkpoints; delete them or set checkpoint.save_dir elsewhere"
+        )
     result = GRPOResult(steps=0, resumed_from=resumed, output_dir=str(out), checkpoint_dir=str(ckpt_dir))
     pass_rates: list[float] | None = None
+    curriculum = config.sampler is not None and config.sampler.name != "random"
+    rows, prompt_ids = all_rows, all_prompt_ids
+
+    def apply_curriculum_filter(rates: list[float]) -> list[float]:
+        nonlocal rows, prompt_ids
+        kept = _drop_easy(config, rates)
+        if len(kept) < alg.num_prompts_per_rollout:
+            raise ValueError(
+                f"sampler.drop_pass_rate_at_least={config.sampler.drop_pass_rate_at_least} leaves {len(kept)} of "
+                f"{len(rates)} prompts, fewer than one rollout's {alg.num_prompts_per_rollout}"
+            )
+        rows = [all_rows[i] for i in kept]
+        prompt_ids = [all_prompt_ids[i] for i in kept]
+        return [rates[i] for i in kept]
+
     try:
         if resumed is not None:
-            state = load_training_state(ckpt_dir, step=resumed, restore_rng=True)
+            state = load_training_state(load_dir, step=resumed, restore_rng=True)
             model.load_state_dict(state.model_state)
             optimizer.load_state_dict(state.optimizer_state)
+            if state.scheduler_state is not None:
+                scheduler.load_state_dict(state.scheduler_state)
             pass_rates = state.extra.get("pass_rates")
             result.before = dict(state.extra.get("before", {}))
             if ref_model is not None and "ref_model" in state.extra:
                 ref_model.load_state_dict(state.extra["ref_model"])
-            sampler = _build_sampler(config, pass_rates, len(rows))
+            kept_rates = apply_curriculum_filter(pass_rates) if pass_rates is not None else None
+            sampler = _build_sampler(config, kept_rates, len(rows))
             sampler.load_state_dict(state.sampler_state)
             step = resumed
             say(f"resumed from step {resumed} ({state.path})")
         else:
-            if heldout:
+            if heldout and evaluation.at_start:
                 t = time.perf_counter()
                 result.before = evaluate_policy(engine, tokenizer, heldout, rewards, **eval_kwargs)
                 say(f"held-out before ({time.perf_counter() - t:.0f}s): {_fmt(result.before)}")
-            if config.curriculum:
+            kept_rates = None
+            if curriculum:
                 t = time.perf_counter()
-                pass_rates = estimate_pass_rates(
-                    engine,
-                    tokenizer,
-                    rows,
-                    rewards,
-                    samples_per_prompt=config.pass_rate_samples,
-                    accuracy_reward=config.accuracy_reward,
-                    max_new_tokens=config.grpo.max_new_tokens,
-                    temperature=config.grpo.temperature,
-                    seed=config.seed,
-                )
+                if config.sampler.pass_rates_path:
+                    pass_rates = _read_pass_rates(config.sampler.pass_rates_path, all_rows)
+                    origin = config.sampler.pass_rates_path
+                else:
+                    pass_rates = estimate_pass_rates(
+                        engine,
+                        tokenizer,
+                        all_rows,
+                        rewards,
+                        samples_per_prompt=config.sampler.pass_rate_responses,
+                        accuracy_reward=accuracy_reward,
+                        max_new_tokens=gen.max_new_tokens,
+                        temperature=gen.temperature,
+                        seed=config.seed,
+                    )
+                    origin = f"{config.sampler.pass_rate_responses} samples per prompt"
+                kept_rates = apply_curriculum_filter(pass_rates)
                 say(
-                    f"curriculum: pass rates of {len(rows)} prompts x {config.pass_rate_samples} samples, mean "
-                    f"{sum(pass_rates) / len(pass_rates):.3f} ({time.perf_counter() - t:.1f}s)"
+                    f"curriculum: pass rates of {len(all_rows)} prompts ({origin}), mean "
+                    f"{sum(pass_rates) / len(pass_rates):.3f}; {len(rows)} kept below "
+                    f"{config.sampler.drop_pass_rate_at_least} ({time.perf_counter() - t:.1f}s)"
                 )
-            sampler = _build_sampler(config, pass_rates, len(rows))
+            sampler = _build_sampler(config, kept_rates, len(rows))
             step = 0
+        logging_cfg = config.logging
         metrics_log = MetricsLogger(
-            jsonl_path=out / "metrics.jsonl",
-            tensorboard_dir=config.tensorboard_dir,
-            wandb_project=config.wandb_project,
+            jsonl_path=logging_cfg.jsonl_path or out / "metrics.jsonl",
+            tensorboard_dir=logging_cfg.tensorboard_dir,
+            wandb_project=logging_cfg.wandb_project,
             total=config.train_steps,
-            progress=config.progress,
-            progress_keys=[
-                "reward/total",
-                "accuracy",
-                "reward/" + (config.format_reward or config.accuracy_reward),
-                "loss",
-            ],
+            progress=logging_cfg.progress_bar,
+            progress_keys=["reward/total", "accuracy", "reward/" + (evaluation.format_reward or accuracy_reward), "loss"],
             resume_step=step,
         )
 
@@ -1256,13 +1076,15 @@ def _run(config: GRPOTrainConfig) -> GRPOResult:  # noqa: PLR0915 - one linear t
                 step=at,
                 model_state=model.state_dict(),
                 optimizer_state=optimizer.state_dict(),
+                scheduler_state=scheduler.state_dict(),
                 sampler_state=sampler.state_dict(),
                 extra=extra,
-                keep_last=config.keep_last,
+                keep_last=config.checkpoint.keep_last,
             )
 
+        end_step = config.stop_after_steps or config.train_steps
         with metrics_log:
-            while step < config.train_steps:
+            while step < end_step:
                 batch = _next_batch(sampler)
                 metrics = train_step(
                     step=step,
@@ -1277,19 +1099,23 @@ def _run(config: GRPOTrainConfig) -> GRPOResult:  # noqa: PLR0915 - one linear t
                     rewards=rewards,
                     vocab_size=vocab_size,
                     ref_model=ref_model,
-                    pass_rates=pass_rates,
+                    pass_rates=kept_rates,
+                    scheduler=scheduler,
                 )
                 step += 1
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
-                if heldout and config.eval_interval and step % config.eval_interval == 0 and step < config.train_steps:
+                if heldout and evaluation.interval and step % evaluation.interval == 0 and step < config.train_steps:
                     ev = evaluate_policy(engine, tokenizer, heldout, rewards, **eval_kwargs)
                     metrics.update({f"eval/{k}": v for k, v in ev.items()})
                 metrics_log.log(step, metrics)
+                if is_rank0 and step % logging_cfg.log_interval == 0 and not logging_cfg.progress_bar:
+                    say(f"step {step}/{config.train_steps}: {_fmt({k: metrics[k] for k in metrics if '/' not in k})}")
                 result.history.append(metrics)
-                if (config.save_interval and step % config.save_interval == 0) or step == config.train_steps:
+                interval = config.checkpoint.save_interval
+                if (interval and step % interval == 0) or step == end_step:
                     save(step)
         result.steps = step
-        if heldout:
+        if heldout and step == config.train_steps:
             t = time.perf_counter()
             result.after = evaluate_policy(engine, tokenizer, heldout, rewards, **eval_kwargs)
             say(f"held-out after ({time.perf_counter() - t:.0f}s):  {_fmt(result.after)}")
@@ -1325,86 +1151,3 @@ def _report(result: GRPOResult, out: Path) -> None:
     print(f"[grpo] {result.steps} steps, {result.wall_time_s:.0f}s; output {out}", flush=True)
     if command:
         print(f"[grpo] reproduce: {command}", flush=True)
-
-
-def train_config_from_recipe(recipe: Any) -> GRPOTrainConfig:
-    """Convert a ``RecipeConfig`` (task ``grpo`` / ``rloo``) into a :class:`GRPOTrainConfig`.
-
-    Raises:
-        ValueError: If the recipe is not an RL recipe or misses its algorithm / rewards block.
-    """
-    task = getattr(recipe, "task", None)
-    if task not in ("grpo", "rloo"):
-        raise ValueError(f"run_grpo needs a recipe with task 'grpo' or 'rloo', got task={task!r}")
-    algo = recipe.algorithm
-    if algo is None:
-        raise ValueError(f"recipe {recipe.name!r}: the 'algorithm' block is required for task {task!r}")
-    if not recipe.rewards:
-        raise ValueError(f"recipe {recipe.name!r}: 'rewards' must name at least one reward")
-    gen = recipe.generation
-    rollout = algo.prompts_per_rollout * algo.generations_per_prompt
-    if rollout % algo.updates_per_rollout:
-        raise ValueError(
-            f"recipe {recipe.name!r}: algorithm.updates_per_rollout={algo.updates_per_rollout} must divide "
-            f"prompts_per_rollout * generations_per_prompt = {rollout}"
-        )
-    global_batch = rollout // algo.updates_per_rollout
-    micro = recipe.micro_batch_size if global_batch % recipe.micro_batch_size == 0 else global_batch
-    grpo = GRPOConfig(
-        algorithm=task,
-        num_prompts_per_rollout=algo.prompts_per_rollout,
-        num_generations=algo.generations_per_prompt,
-        global_batch_size=global_batch,
-        micro_batch_size=micro,
-        temperature=gen.temperature if gen else 1.0,
-        top_p=gen.top_p if gen else 1.0,
-        max_new_tokens=gen.max_new_tokens if gen else 48,
-        rollout_engine=gen.engine if gen else "megatron",
-        leave_one_out_baseline=algo.leave_one_out_baseline,
-        normalize_advantages_by_std=algo.normalize_std,
-        epsilon=algo.clip_eps,
-        epsilon_high=algo.clip_eps_high,
-        beta=algo.kl_beta,
-        loss_aggregation="token" if algo.token_level_loss else "sequence",
-        importance_sampling_correction=algo.importance_correction,
-        seed=recipe.seed,
-    )
-    output_dir = recipe.output_dir or os.path.join("runs", recipe.name)
-    names = [r.name for r in recipe.rewards]
-    options = dict(recipe.data.options)
-    init = recipe.init_checkpoint
-    return GRPOTrainConfig(
-        grpo=grpo,
-        train_steps=recipe.train_steps,
-        rewards=[RewardTerm(name=r.name, weight=r.weight, options=dict(r.options)) for r in recipe.rewards],
-        accuracy_reward=str(options.get("accuracy_reward", "math" if "math" in names else names[0])),
-        format_reward=str(options.get("format_reward", "think_format")) if "think_format" in names else None,
-        reward_workers=int(options.get("reward_workers", 0)),
-        skip_uniform_groups=algo.skip_uniform_groups,
-        lr=recipe.optimizer.lr,
-        weight_decay=recipe.optimizer.weight_decay,
-        adam_betas=(recipe.optimizer.adam_beta1, recipe.optimizer.adam_beta2),
-        clip_grad=recipe.optimizer.clip_grad,
-        init_checkpoint=init,
-        parallel=recipe.parallel,
-        seq_length=recipe.model.seq_length if recipe.model.seq_length > 0 else 256,
-        params_dtype=recipe.model.params_dtype,
-        data_dir=recipe.data.path,
-        num_train_prompts=recipe.data.num_train_samples or 512,
-        num_heldout_prompts=recipe.data.num_eval_samples,
-        data_seed=int(options.get("data_seed", 0)),
-        synthetic_train_problems=int(options["synthetic_train_problems"])
-        if "synthetic_train_problems" in options
-        else None,
-        curriculum=recipe.sampler is not None and recipe.sampler.name != "uniform",
-        curriculum_width=recipe.sampler.sigma if recipe.sampler is not None else 0.15,
-        pass_rate_samples=recipe.sampler.pass_rate_responses if recipe.sampler is not None else 2,
-        eval_interval=recipe.data.eval_interval,
-        output_dir=output_dir,
-        save_interval=recipe.checkpoint.save_interval,
-        keep_last=recipe.checkpoint.keep_last,
-        tensorboard_dir=recipe.logging.tensorboard_dir,
-        wandb_project=recipe.logging.wandb_project,
-        progress=recipe.logging.progress_bar,
-        seed=recipe.seed,
-    )

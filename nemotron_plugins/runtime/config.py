@@ -62,15 +62,16 @@ class CheckpointConfig:
     """Where and how often training state is saved. Saves are atomic (write to a temp dir, then rename)."""
 
     save_dir: str | None = None
-    """Directory for checkpoints; ``None`` disables saving."""
+    """Directory for checkpoints; ``None`` = ``<output_dir>/checkpoints``."""
     save_interval: int = 0
     """Save every N steps; 0 saves only at the end."""
     load_dir: str | None = None
     """Resume from the latest checkpoint here (defaults to ``save_dir`` when it holds one)."""
     keep_last: int = 2
-    """How many checkpoints to keep."""
-    init_from_hf: str | None = None
-    """Initialise model weights from an HF DeciLM/Llama safetensors checkpoint directory."""
+    """How many checkpoints to keep (>= 1)."""
+    resume: bool = True
+    """Resume from the latest checkpoint in ``load_dir`` / ``save_dir`` when there is one; ``false`` refuses to
+    start over an existing run's checkpoints (delete them or point ``save_dir`` elsewhere)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -91,17 +92,31 @@ class LoggingConfig:
 
 @dataclass(kw_only=True, slots=True)
 class ModelConfig:
-    """Which model to build: an HF ``config.json`` with ``block_configs`` or a named built-in architecture."""
+    """Which model to train and where its weights come from.
 
-    hf_config_path: str | None = None
-    """Path to an HF config.json / checkpoint dir (DeciLM ``block_configs`` or plain Llama)."""
-    architecture: str | None = None
-    """Name of a built-in architecture (e.g. a tiny CPU model) when no path is given."""
+    ``init="checkpoint"`` (every paper recipe): the weights come from ``checkpoint``, a Hugging Face directory
+    (nemotron-nas / DeciLM or Llama ``config.json``, safetensors shards, tokenizer files), or from the run's
+    ``init_checkpoint`` / ``init_from_recipe`` (a training checkpoint of an earlier stage). ``config_path`` may name
+    the architecture in advance, so ``recipes validate`` checks layout and memory before the download; when both are
+    given they must describe the same architecture. ``init="random"`` (tiny CPU recipes, Puzzle children): a
+    freshly initialised model of ``config_path``.
+    """
+
+    init: Literal["checkpoint", "random"] = "checkpoint"
+    """Where the starting weights come from (see the class docstring)."""
+    checkpoint: str | None = None
+    """Hugging Face checkpoint directory (weights + config + tokenizer) the run starts from."""
+    hub_id: str | None = None
+    """The Hugging Face model the recipe is written for; named in the error when ``checkpoint`` is missing (nothing
+    is downloaded at run time)."""
+    config_path: str | None = None
+    """Architecture file (an HF ``config.json`` with ``block_configs`` or plain Llama, or a directory holding one)."""
     overrides: dict[str, object] = field(default_factory=dict)
-    """Top-level HF config keys to override (e.g. ``max_position_embeddings``)."""
+    """Top-level HF config keys to override (e.g. ``max_position_embeddings``); unknown keys are rejected."""
     seq_length: int = 4096
-    """Training sequence length."""
+    """Longest training sequence in tokens (megatron's ``max_sequence_length``)."""
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype."""
-    use_transformer_engine: bool | None = None
-    """Use Transformer Engine layers; ``None`` picks them when TE is installed and CUDA is present."""
+    """Parameter dtype; ``bfloat16`` needs ``optimizer.bf16=true`` (fp32 main weights in the optimizer)."""
+    layer_spec: str | None = None
+    """Registered ``layer_specs`` plugin that builds the blocks (``puzzle_te``, ``puzzle_local``, ...); ``None``
+    picks Transformer Engine when it is installed and CUDA is present, else the local modules."""

@@ -40,22 +40,18 @@ Run the demo: ``python -m nemotron_plugins.sft.trainer --demo`` (300 steps, ~few
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import logging
-import math
 import os
-import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nemotron_plugins.sft.config import SFTConfigError, SFTEvalConfig, SFTRunConfig, from_recipe
+if TYPE_CHECKING:
+    from nemotron_plugins.launch.recipe_config import RecipeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -115,50 +111,24 @@ class SFTCheckpoint:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _prepare_data_dir(cfg: SFTRunConfig, rank: int) -> Path:
-    """The directory of ``sft_train.jsonl`` (synthetic data is generated there by rank 0)."""
-    d = cfg.data
-    if d.dataset == "jsonl":
-        path = Path(d.path)  # type: ignore[arg-type]
-        return path if path.is_dir() else path.parent
-    out = Path(d.path) if d.path else Path(cfg.resolved_output_dir()) / "data"
-    if rank == 0:
-        from nemotron_plugins.data.synthetic import ArithmeticConfig, write_synthetic_dataset
-
-        write_synthetic_dataset(
-            out,
-            d.num_train_problems,
-            d.num_heldout_problems,
-            d.data_seed,
-            config=ArithmeticConfig(min_value=d.min_value, max_value=d.max_value, corrupt_fraction=d.corrupt_fraction),
-        )
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return out
+class SFTConfigError(ValueError):
+    """The run config cannot be trained by SFT; the message names the field."""
 
 
-def _train_rows_path(cfg: SFTRunConfig, data_dir: Path) -> Path:
-    if cfg.data.dataset == "jsonl" and cfg.data.path and Path(cfg.data.path).is_file():
-        return Path(cfg.data.path)
-    path = data_dir / "sft_train.jsonl"
-    if not path.exists():
-        raise SFTConfigError(f"data.path: {data_dir} has no sft_train.jsonl")
-    return path
+def _eval_prompts(config: RecipeConfig, n: int) -> list[dict[str, Any]]:
+    """Held-out prompt rows (``messages`` + ``ground_truth``): the synthetic task's ``rl_heldout.jsonl`` or
+    ``data.eval_path``."""
+    from nemotron_plugins.data.sources import SYNTHETIC, read_prompt_rows, synthetic_data_dir
 
-
-def _load_eval_prompts(data_dir: Path, n: int) -> list[dict[str, Any]]:
-    """Held-out RL prompt rows (``messages`` + ``ground_truth``) from ``rl_heldout.jsonl``."""
-    path = data_dir / "rl_heldout.jsonl"
-    if n == 0 or not path.exists():
+    if n == 0:
         return []
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-            if len(rows) >= n:
-                break
-    return rows
+    if config.data.dataset == SYNTHETIC:
+        source: Path | None = synthetic_data_dir(config.output_dir or "runs") / "rl_heldout.jsonl"
+    else:
+        source = Path(config.data.eval_path) if config.data.eval_path else None
+    if source is None:
+        return []
+    return read_prompt_rows(source, splits=config.data.splits, reasoning="both", limit=n)
 
 
 def _batch_order(num_rows: int, step: int, global_batch: int, seed: int) -> list[int]:
@@ -213,7 +183,7 @@ class _RowTensors:
         longest = int(self.lengths[indices].max()) if len(indices) else 1
         return min(self.max_length, -(-longest // multiple) * multiple)
 
-    def collate(self, indices: torch.Tensor, length: int) -> dict[str, Any]:
+    def collate(self, indices: torch.Tensor, length: int, *, device: torch.device | None = None) -> dict[str, Any]:
         """The megatron batch of rows ``indices``, cut to ``length`` positions.
 
         Cutting only removes trailing padding (``length`` >= the rows' real content): padding has no loss and,
@@ -228,6 +198,8 @@ class _RowTensors:
         }
         if self.segment_ids is not None:
             batch["attention_mask"] = _packed_attention_mask(self.segment_ids[indices, :length])
+        if device is not None:
+            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         return batch
 
 
@@ -246,82 +218,6 @@ def _packed_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Model / optimizer helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _model_config(cfg: SFTRunConfig, vocab_size: int) -> Any:
-    from nemotron_plugins.puzzle.block_config import load_hf_config, parse_hf_config, to_hf_config
-
-    if cfg.model.hf_config_path:
-        puzzle = load_hf_config(cfg.model.hf_config_path)
-    else:
-        from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
-
-        puzzle = tiny_puzzle_config(vocab_size, max_position_embeddings=max(cfg.model.seq_length, 128))
-    if cfg.model.overrides:
-        data = to_hf_config(puzzle)
-        data.update(cfg.model.overrides)
-        puzzle = parse_hf_config(data, source="model.overrides")
-    if puzzle.vocab_size < vocab_size:
-        raise SFTConfigError(
-            f"model: vocab_size {puzzle.vocab_size} is smaller than the tokenizer's {vocab_size} tokens"
-        )
-    return puzzle
-
-
-def _lr_lambda(cfg: SFTRunConfig):  # noqa: ANN202 - a closure for LambdaLR
-    o = cfg.optimizer
-    total = cfg.train_steps
-    floor = o.min_lr / o.lr
-
-    def factor(step: int) -> float:
-        if o.warmup_steps and step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        if o.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-        if o.lr_schedule == "linear":
-            return floor + (1.0 - floor) * (1.0 - progress)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _compute_precision(cfg: SFTRunConfig) -> contextlib.AbstractContextManager[Any]:
-    """The precision of forward and backward: with ``optimizer.bf16``, ``torch.autocast`` runs matmuls in bf16
-    while fp32 parameters stay the master weights AdamW updates (on 2 CPU cores with avx512_bf16 a tiny-recipe step
-    takes ~35% less time); otherwise the parameters' dtype throughout."""
-    if not cfg.optimizer.bf16:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
-
-
-def _grad_norm(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
-    """Global L2 norm of the gradients over the model-parallel group, TP-replicated parameters counted once."""
-    from megatron.core import parallel_state
-
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    grads = [
-        p.grad.detach()
-        for p in params
-        if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0)
-    ]
-    total = torch.zeros((), dtype=torch.float64)
-    if grads:
-        total += torch.stack(torch._foreach_norm(grads)).double().pow(2).sum()
-    if torch.distributed.is_initialized() and parallel_state.get_model_parallel_group() is not None:
-        torch.distributed.all_reduce(total, group=parallel_state.get_model_parallel_group())
-    return total.sqrt()
-
-
-def _all_reduce_dp_grads(params: Sequence[torch.nn.Parameter]) -> None:
-    from megatron.core import parallel_state
-
-    if parallel_state.get_data_parallel_world_size() == 1:
-        return
-    group = parallel_state.get_data_parallel_group()
-    for p in params:
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad, group=group)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -359,23 +255,25 @@ def greedy_generate(
 
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     n = len(prompts)
-    lengths = torch.tensor([len(p) for p in prompts])
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
     width = int(lengths.max()) + max_new_tokens
-    tokens = torch.full((n, width), pad_id, dtype=torch.long)
+    tokens = torch.full((n, width), pad_id, dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         tokens[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in range(n)]
-    stop = torch.tensor(list(stop_ids), dtype=torch.long)
+    stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    rows = torch.arange(n, device=device)
     for _ in range(max_new_tokens):
         cur = int(lengths.max())
         ids = tokens[:, :cur]
-        pos = torch.arange(cur).unsqueeze(0).expand(n, cur)
+        pos = torch.arange(cur, device=device).unsqueeze(0).expand(n, cur)
         logits = model(ids, pos, None)
         if parallel_state.get_tensor_model_parallel_world_size() > 1:
             logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
-        last = logits[torch.arange(n), lengths - 1, :vocab_size]
+        last = logits[rows, lengths - 1, :vocab_size]
         nxt = last.argmax(dim=-1)
         for i in torch.nonzero(~done).flatten().tolist():
             out[i].append(int(nxt[i]))
@@ -394,10 +292,14 @@ def evaluate_reasoning_toggle(
     tokenizer: Any,
     rows: Sequence[dict[str, Any]],
     *,
-    eval_config: SFTEvalConfig,
+    max_new_tokens: int,
+    batch_size: int,
     vocab_size: int,
+    is_correct: Any = None,
 ) -> dict[str, float]:
     """Greedy-decode each held-out prompt with ``detailed thinking on`` and ``off``; rates per mode.
+
+    ``is_correct(text, ground_truth) -> bool`` scores the answers (default: the synthetic task's integer check).
 
     Returns keys ``on/think_format`` (well-formed ``<think>...</think>answer``), ``on/accuracy``,
     ``off/no_think`` (no think tags, answer present), ``off/accuracy``, ``on/any_think_tag``, ``off/any_think_tag``
@@ -407,31 +309,33 @@ def evaluate_reasoning_toggle(
 
     from nemotron_plugins.chat.render import render_chat
     from nemotron_plugins.chat.toggle import set_reasoning
-    from nemotron_plugins.data.synthetic import check_answer
     from nemotron_plugins.rewards.think_format import check_think_format
+
+    if is_correct is None:
+        from nemotron_plugins.data.synthetic import check_answer as is_correct
 
     dp_rank = parallel_state.get_data_parallel_rank()
     dp = parallel_state.get_data_parallel_world_size()
     mine = list(rows)[dp_rank::dp]
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_of_text|>")]
     stop_ids = [s for s in stop_ids if isinstance(s, int) and s >= 0]
-    counts = torch.zeros(8, dtype=torch.float64)
+    counts = torch.zeros(8, dtype=torch.float64, device=next(model.parameters()).device)
     for mode_index, mode in enumerate(("on", "off")):
         prompts = []
         for row in mine:
             text = render_chat(set_reasoning(row["messages"], mode), add_generation_prompt=True)
             prompts.append(tokenizer.encode(text, add_special_tokens=False))
-        for start in range(0, len(prompts), eval_config.batch_size):
-            chunk = prompts[start : start + eval_config.batch_size]
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
             outs = greedy_generate(
-                model, chunk, max_new_tokens=eval_config.max_new_tokens, stop_ids=stop_ids, vocab_size=vocab_size
+                model, chunk, max_new_tokens=max_new_tokens, stop_ids=stop_ids, vocab_size=vocab_size
             )
             for row, ids in zip(mine[start : start + len(chunk)], outs, strict=True):
                 text = tokenizer.decode([t for t in ids if t not in stop_ids], skip_special_tokens=False)
                 ok, _, _ = check_think_format(text, mode)
                 base = mode_index * 4
                 counts[base] += float(ok)
-                counts[base + 1] += float(check_answer(text, row["ground_truth"]))
+                counts[base + 1] += float(is_correct(text, row["ground_truth"]))
                 counts[base + 2] += float("<think>" in text or "</think>" in text)
                 counts[base + 3] += 1.0
     if dp > 1:
@@ -516,45 +420,72 @@ def load_sft_model(path: str | os.PathLike[str], *, parallel: Any = None, seq_le
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_sft(config: SFTRunConfig | Any) -> SFTResult:
-    """Run (or resume) SFT; every rank of a torchrun / :func:`~nemotron_plugins.runtime.distributed.
-    run_local_processes` group calls it.
+def run_sft(config: RecipeConfig) -> SFTResult:
+    """Run (or resume) SFT of the run config; every rank of a torchrun /
+    :func:`~nemotron_plugins.runtime.distributed.run_local_processes` group calls it.
 
     Args:
-        config: An :class:`~nemotron_plugins.sft.config.SFTRunConfig` or a recipe
-            (:class:`~nemotron_plugins.launch.recipe_config.RecipeConfig`, ``task == "sft"``).
+        config: The recipe's :class:`~nemotron_plugins.launch.recipe_config.RecipeConfig` (``task == "sft"``),
+            read directly: there is no second SFT schema.
 
     Returns:
         The :class:`SFTResult`.
 
     Raises:
-        SFTConfigError: a bad config (raised before any training work).
+        RecipeValidationError: A config the shared validation rejects (raised before any training work).
     """
-    cfg = config if isinstance(config, SFTRunConfig) else from_recipe(config)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.distributed.is_initialized():
-        world = torch.distributed.get_world_size()
-    cfg.validate(world)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    from nemotron_plugins.launch.recipe_config import resolve_paths
+    from nemotron_plugins.launch.validation import validate_for_run
+
+    if getattr(config, "task", None) != "sft":
+        raise SFTConfigError(f"task: run_sft needs an 'sft' run config, got {getattr(config, 'task', None)!r}")
+    resolve_paths(config)
+    validate_for_run(config)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
 
     from nemotron_plugins.runtime.distributed import ensure_distributed
 
-    with ensure_distributed(cfg.parallel, seed=cfg.seed):
-        return _run(cfg)
+    with ensure_distributed(config.parallel, seed=config.seed):
+        return _run(config)
 
 
-def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one linear training procedure
+def _is_correct_for(config: RecipeConfig) -> Any:
+    """The answer check of the SFT evaluation: the synthetic task's integer match, else the ``math`` reward."""
+    from nemotron_plugins.data.sources import SYNTHETIC
+
+    if config.data.dataset == SYNTHETIC:
+        return None
+    from nemotron_plugins.rewards.base import RewardSample, build_reward
+
+    reward = build_reward("math")
+
+    def is_correct(text: str, ground_truth: Any) -> bool:
+        result = reward.score([RewardSample(completion=text, ground_truth=str(ground_truth))])[0]
+        return bool(result.score and result.score > 0)
+
+    return is_correct
+
+
+def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one linear training procedure
     from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from nemotron_plugins.chat.tokenizer import load_tokenizer
     from nemotron_plugins.data.packing import pack_examples
-    from nemotron_plugins.data.sft import load_sft_examples
+    from nemotron_plugins.data.sft import build_sft_examples
+    from nemotron_plugins.data.sources import SYNTHETIC, iter_training_rows, prepare_synthetic_data, sft_row_source
     from nemotron_plugins.puzzle.block_config import save_hf_config, to_hf_config
-    from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
     from nemotron_plugins.runtime.checkpoint import CheckpointManager, latest_step, load_training_state
+    from nemotron_plugins.runtime.distributed import barrier
     from nemotron_plugins.runtime.metrics import MetricsLogger
+    from nemotron_plugins.training.setup import (
+        build_model,
+        build_optimizer,
+        build_scheduler,
+        initialise_weights,
+        load_architecture,
+        load_run_tokenizer,
+    )
+    from nemotron_plugins.training.step import model_device, optimizer_step
 
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     is_rank0 = rank == 0
@@ -563,18 +494,30 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     is_last_stage = parallel_state.is_pipeline_last_stage()
+    output_dir = Path(cfg.output_dir or os.path.join("runs", cfg.name))
 
     # ---- data
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = load_run_tokenizer(cfg)
     vocab_size = len(tokenizer)
-    data_dir = _prepare_data_dir(cfg, rank)
-    examples, report = load_sft_examples(
-        _train_rows_path(cfg, data_dir), tokenizer, max_seq_len=cfg.data.max_seq_length
+    if cfg.data.dataset == SYNTHETIC:
+        if is_rank0:
+            prepare_synthetic_data(cfg.data, output_dir)
+        barrier()
+    source = sft_row_source(cfg.data, output_dir)
+    examples, report = build_sft_examples(
+        iter_training_rows(source, cfg.data.splits),
+        tokenizer,
+        max_seq_len=cfg.data.max_seq_length,
+        template=cfg.data.chat_template,
     )
     if cfg.data.reasoning != "both":
         examples = [e for e in examples if e.reasoning == cfg.data.reasoning]
+    if cfg.data.num_train_samples is not None:
+        examples = examples[: cfg.data.num_train_samples]
     if not examples:
-        raise SFTConfigError(f"data: no usable training examples with reasoning {cfg.data.reasoning!r} ({report})")
+        raise SFTConfigError(
+            f"data: no usable training examples in {source} with reasoning {cfg.data.reasoning!r} ({report})"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = pack_examples(
         examples,
@@ -583,42 +526,37 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         strategy="first_fit_decreasing" if cfg.data.pack_sequences else "none",
     )
     row_tensors = _RowTensors.from_rows(rows, cfg.data.pack_sequences)
-    eval_rows = _load_eval_prompts(data_dir, cfg.eval.num_prompts)
+    evaluation = cfg.evaluation
+    eval_rows = _eval_prompts(cfg, evaluation.num_samples)
     if is_rank0:
         print(
-            f"[sft] {len(examples)} examples -> {len(rows)} rows of {cfg.data.max_seq_length} tokens "
+            f"[sft] {len(examples)} examples from {source} -> {len(rows)} rows of {cfg.data.max_seq_length} tokens "
             f"(longest {int(row_tensors.lengths.max())}{', padded per batch' if cfg.data.dynamic_padding else ''}) "
             f"({report.num_skipped} rows skipped); {len(eval_rows)} held-out prompts; world {world_size_str()}",
             flush=True,
         )
 
-    # ---- model
-    puzzle = _model_config(cfg, vocab_size)
-    model = build_puzzle_model(
-        puzzle, parallel=cfg.parallel, seq_length=cfg.data.max_seq_length, params_dtype=cfg.model.params_dtype
-    )
-    init_weights_layout_invariant_(model, seed=cfg.seed)
-    model.config.calculate_per_token_loss = True
-    if pp > 1:
-        # Under bf16 autocast a stage's output dtype depends on its last layer; send every stage's output in bf16.
-        model.config.pipeline_dtype = torch.bfloat16 if cfg.optimizer.bf16 else next(model.parameters()).dtype
-    params = [p for p in model.parameters() if p.requires_grad]
-    o = cfg.optimizer
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=o.lr,
-        betas=(o.adam_beta1, o.adam_beta2),
-        eps=o.adam_eps,
-        weight_decay=o.weight_decay,
-        fused=True,  # one kernel over all parameters (CPU and CUDA), not a Python loop of small ops per tensor
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    # ---- model, optimizer, scheduler: the shared training stack
+    puzzle = load_architecture(cfg)
+    if puzzle.vocab_size < vocab_size:
+        raise SFTConfigError(
+            f"model: vocab_size {puzzle.vocab_size} is smaller than the tokenizer's {vocab_size} tokens"
+        )
+    model = build_model(cfg, puzzle)
+    ddp, optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    device = model_device(model)
 
     # ---- resume / init
     save_dir = cfg.checkpoint.save_dir
     load_dir = cfg.checkpoint.load_dir or save_dir
     start_step = 0
     if load_dir and latest_step(load_dir) is not None:
+        if not cfg.checkpoint.resume:
+            raise SFTConfigError(
+                f"checkpoint.resume=false but {load_dir} holds checkpoints; delete them or set checkpoint.save_dir "
+                "elsewhere"
+            )
         state = load_training_state(load_dir, restore_rng=True)
         model.load_state_dict(state.model_state)
         optimizer.load_state_dict(state.optimizer_state)
@@ -626,11 +564,11 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         start_step = state.step
         if is_rank0:
             print(f"[sft] resumed from {state.path} at step {start_step}", flush=True)
-    elif cfg.init_checkpoint:
-        ckpt = load_sft_checkpoint(cfg.init_checkpoint)
-        model.load_state_dict(ckpt.model_state)
+    else:
+        source_of_weights = initialise_weights(cfg, model, puzzle)
+        optimizer.reload_model_params()
         if is_rank0:
-            print(f"[sft] initialised weights from {ckpt.path}", flush=True)
+            print(f"[sft] weights: {source_of_weights}", flush=True)
     manager = CheckpointManager(save_dir, keep_last=cfg.checkpoint.keep_last) if save_dir else None
     if manager is not None and is_rank0:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -654,10 +592,14 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     can_eval = bool(eval_rows) and pp == 1
     if eval_rows and pp > 1 and is_rank0:
         print("[sft] held-out evaluation skipped: greedy generation here needs PP=1", flush=True)
-    if can_eval and cfg.eval.at_start and start_step == 0:
-        result.eval_before = evaluate_reasoning_toggle(
-            model, tokenizer, eval_rows, eval_config=cfg.eval, vocab_size=vocab_size
-        )
+    eval_kwargs = {
+        "max_new_tokens": evaluation.max_new_tokens or 64,
+        "batch_size": evaluation.batch_size,
+        "vocab_size": vocab_size,
+        "is_correct": _is_correct_for(cfg) if can_eval else None,
+    }
+    if can_eval and evaluation.at_start and start_step == 0:
+        result.eval_before = evaluate_reasoning_toggle(model, tokenizer, eval_rows, **eval_kwargs)
         if is_rank0:
             print(_format_eval(result.eval_before, "[sft] before training:"), flush=True)
 
@@ -665,17 +607,17 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     gbs, mbs = cfg.global_batch_size, cfg.micro_batch_size
     per_rank = gbs // dp
     num_micro = per_rank // mbs
-    forward_backward = get_forward_backward_func()
     end_step = cfg.stop_after_steps or cfg.train_steps
     log = MetricsLogger(
         jsonl_path=cfg.logging.jsonl_path,
         tensorboard_dir=cfg.logging.tensorboard_dir,
+        wandb_project=cfg.logging.wandb_project,
         total=cfg.train_steps,
         progress=cfg.logging.progress_bar,
         progress_keys=["loss", "lr"],
         resume_step=start_step,
     )
-    model.train()
+    ddp.train()
     t_loop = t_step = time.perf_counter()
     try:
         for step in range(start_step, end_step):
@@ -684,18 +626,21 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
             # One length for the whole global batch: identical on every rank, so pipeline P2P shapes agree.
             seq_length = row_tensors.batch_length(order) if cfg.data.dynamic_padding else row_tensors.max_length
             mine = order[dp_rank * per_rank : (dp_rank + 1) * per_rank]
-            micro = [row_tensors.collate(mine[i * mbs : (i + 1) * mbs], seq_length) for i in range(num_micro)]
-            batches: Iterator[dict[str, Any]] = iter(micro)
+            micro = [
+                row_tensors.collate(mine[i * mbs : (i + 1) * mbs], seq_length, device=device) for i in range(num_micro)
+            ]
 
             def forward_step(
                 data_iterator: Iterator[dict[str, Any]], model_: Any, global_tokens: float = global_tokens
             ) -> tuple[Any, Any]:
                 batch = next(data_iterator)
                 output = model_(
-                    batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]
+                    batch["tokens"],
+                    batch["position_ids"],
+                    batch["attention_mask"],
+                    labels=batch["labels"],
+                    **({"packed_seq_params": batch["packed_seq_params"]} if "packed_seq_params" in batch else {}),
                 )
-                if not is_last_stage:  # the activation sent to the next stage must match its receive buffer
-                    output = output.to(model_.config.pipeline_dtype)
                 mask = batch["loss_mask"]
 
                 def loss_func(output_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -704,29 +649,12 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
 
                 return output, loss_func
 
-            optimizer.zero_grad(set_to_none=True)
-            with _compute_precision(cfg):
-                reduced = forward_backward(
-                    forward_step_func=forward_step,
-                    data_iterator=batches,
-                    model=[model],
-                    num_microbatches=num_micro,
-                    seq_length=seq_length,
-                    micro_batch_size=mbs,
-                    forward_only=False,
-                )
-            _all_reduce_dp_grads(params)
-            grad_norm = _grad_norm(params)
-            if o.clip_grad > 0:
-                coef = o.clip_grad / (grad_norm.item() + 1e-6)
-                if coef < 1.0:
-                    torch._foreach_mul_([p.grad for p in params if p.grad is not None], coef)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            loss_sum = torch.zeros((), dtype=torch.float64)
+            stepped = optimizer_step(
+                [ddp], optimizer, scheduler, micro, forward_step, seq_length=seq_length, micro_batch_size=mbs
+            )
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             if is_last_stage and tp_rank == 0:
-                loss_sum += sum(float(r["loss_sum"]) for r in reduced)
+                loss_sum += sum(float(r["loss_sum"]) for r in stepped.reports)
             if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
                 torch.distributed.all_reduce(loss_sum)
             loss = loss_sum.item() / global_tokens
@@ -738,8 +666,8 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
                 done,
                 {
                     "loss": loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm.item(),
+                    "lr": stepped.lr,
+                    "grad_norm": stepped.grad_norm,
                     "tokens": global_tokens,
                     "seq_length": seq_length,
                     "step_time": now - t_step,
@@ -748,13 +676,16 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
             t_step = now
             if is_rank0 and (done % cfg.logging.log_interval == 0 or done == start_step + 1 or done == end_step):
                 print(
-                    f"[sft] step {done:5d}/{cfg.train_steps}  loss {loss:.4f}  lr {lr:.2e}  "
-                    f"grad_norm {grad_norm.item():.3f}",
+                    f"[sft] step {done:5d}/{cfg.train_steps}  loss {loss:.4f}  lr {stepped.lr:.2e}  "
+                    f"grad_norm {stepped.grad_norm:.3f}",
                     flush=True,
                 )
             interval = cfg.checkpoint.save_interval
             if interval and done % interval == 0 and done != end_step:
                 save(done)
+            if evaluation.interval and can_eval and done % evaluation.interval == 0 and done < end_step:
+                ev = evaluate_reasoning_toggle(model, tokenizer, eval_rows, **eval_kwargs)
+                log.log(done, {f"eval/{k}": v for k, v in ev.items()})
     finally:
         log.close()
     steps_run = result.steps_done - start_step
@@ -765,9 +696,7 @@ def _run(cfg: SFTRunConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     if is_rank0 and save_dir:
         print(f"[sft] checkpoint: {save_dir} (step {result.steps_done})", flush=True)
     if can_eval and not result.stopped_early:
-        result.eval = evaluate_reasoning_toggle(
-            model, tokenizer, eval_rows, eval_config=cfg.eval, vocab_size=vocab_size
-        )
+        result.eval = evaluate_reasoning_toggle(model, tokenizer, eval_rows, **eval_kwargs)
         if is_rank0:
             print(_format_eval(result.eval, "[sft] after training:"), flush=True)
     return result
@@ -782,62 +711,3 @@ def world_size_str() -> str:
         f"PP{parallel_state.get_pipeline_model_parallel_world_size()} "
         f"DP{parallel_state.get_data_parallel_world_size()}"
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Demo entry point
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def demo_config(output_dir: str, *, steps: int = 300, eval_prompts: int = 100, threads: int = 2) -> SFTRunConfig:
-    """The CPU demo: the tiny Puzzle model on synthetic addition with on/off pairs."""
-    from nemotron_plugins.runtime.config import CheckpointConfig, LoggingConfig, OptimizerConfig
-    from nemotron_plugins.sft.config import SFTDataConfig
-
-    return SFTRunConfig(
-        optimizer=OptimizerConfig(lr=2e-3, min_lr=2e-4, warmup_steps=20, lr_schedule="cosine", clip_grad=1.0),
-        checkpoint=CheckpointConfig(save_dir=os.path.join(output_dir, "checkpoints"), save_interval=100),
-        logging=LoggingConfig(
-            log_interval=20, jsonl_path=os.path.join(output_dir, "metrics.jsonl"), progress_bar=False
-        ),
-        data=SFTDataConfig(
-            num_train_problems=1500,
-            num_heldout_problems=max(eval_prompts, 1),
-            min_value=10,
-            max_value=99,
-            max_seq_length=96,
-        ),
-        eval=SFTEvalConfig(num_prompts=eval_prompts, max_new_tokens=40, batch_size=100, at_start=False),
-        train_steps=steps,
-        micro_batch_size=16,
-        global_batch_size=16,
-        output_dir=output_dir,
-        num_threads=threads,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nemotron_plugins.sft.trainer --demo``: run the CPU demo and print losses and toggle rates."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", action="store_true", help="run the tiny CPU demo")
-    parser.add_argument("--output-dir", default="runs/sft_demo")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--eval-prompts", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1234)
-    args = parser.parse_args(argv)
-    if not args.demo:
-        parser.error("nothing to do: pass --demo (recipes run through `nemotron-plugins train`)")
-    logging.basicConfig(level=logging.WARNING)
-    random.seed(args.seed)
-    cfg = demo_config(args.output_dir, steps=args.steps, eval_prompts=args.eval_prompts, threads=args.threads)
-    cfg.seed = args.seed
-    result = run_sft(cfg)
-    first = result.losses[min(result.losses)] if result.losses else float("nan")
-    last = result.losses[max(result.losses)] if result.losses else float("nan")
-    print(f"[sft] loss {first:.4f} -> {last:.4f}; {result.seconds_per_step:.3f} s/step", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

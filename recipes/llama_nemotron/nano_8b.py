@@ -11,7 +11,7 @@ from recipes.common import (
     gpu_logging,
     grpo_algorithm,
     if_rl_data,
-    model_config_path,
+    paper_model,
     post_training_sft_data,
     reasoning_rewards,
     reasoning_rl_data,
@@ -23,9 +23,7 @@ CHAT_TEMPLATE = "llama-nemotron-nano"
 
 
 def _model(seq_length: int) -> ModelConfig:
-    return ModelConfig(
-        hf_config_path=model_config_path(NANO_8B_CONFIG), seq_length=seq_length, params_dtype="bfloat16"
-    )
+    return paper_model(NANO_8B_CONFIG, seq_length)
 
 
 def _cluster(nodes: int) -> ClusterConfig:

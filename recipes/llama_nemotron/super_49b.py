@@ -11,7 +11,7 @@ from recipes.common import (
     gpu_logging,
     grpo_algorithm,
     if_rl_data,
-    model_config_path,
+    paper_model,
     param_balanced_layout,
     post_training_sft_data,
     reasoning_rewards,
@@ -24,9 +24,7 @@ CHAT_TEMPLATE = "llama-nemotron-super"
 
 
 def _model(seq_length: int) -> ModelConfig:
-    return ModelConfig(
-        hf_config_path=model_config_path(SUPER_49B_CONFIG), seq_length=seq_length, params_dtype="bfloat16"
-    )
+    return paper_model(SUPER_49B_CONFIG, seq_length)
 
 
 def _parallel(pp: int) -> ParallelConfig:

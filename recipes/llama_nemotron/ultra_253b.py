@@ -15,7 +15,7 @@ from recipes.common import (
     gpu_logging,
     grpo_algorithm,
     if_rl_data,
-    model_config_path,
+    paper_model,
     param_balanced_layout,
     post_training_sft_data,
     reasoning_rewards,
@@ -29,9 +29,7 @@ PIPELINE_STAGES = 18
 
 
 def _model(seq_length: int) -> ModelConfig:
-    return ModelConfig(
-        hf_config_path=model_config_path(ULTRA_253B_CONFIG), seq_length=seq_length, params_dtype="bfloat16"
-    )
+    return paper_model(ULTRA_253B_CONFIG, seq_length)
 
 
 def _parallel(cp: int) -> ParallelConfig:

@@ -13,13 +13,15 @@ Measured (2 CPU cores, other jobs running): held-out accuracy over 500 prompts a
 from __future__ import annotations
 
 from nemotron_plugins.launch.recipe_config import (
-    AlgorithmConfig,
     ClusterConfig,
     DataConfig,
+    EvalConfig,
     GenerationConfig,
     RecipeConfig,
     RewardSpec,
+    SyntheticDataConfig,
 )
+from nemotron_plugins.rl.config import GRPOConfig
 from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig, OptimizerConfig, ParallelConfig
 from recipes.common import TINY_PUZZLE_CONFIG, model_config_path
 
@@ -30,10 +32,10 @@ MAX_NEW_TOKENS = 64
 
 def _model() -> ModelConfig:
     return ModelConfig(
-        hf_config_path=model_config_path(TINY_PUZZLE_CONFIG),
+        init="random",
+        config_path=model_config_path(TINY_PUZZLE_CONFIG),
         seq_length=SEQ_LENGTH,
         params_dtype="float32",
-        use_transformer_engine=False,
     )
 
 
@@ -47,18 +49,27 @@ SFT_PROBLEMS = 4000
 held-out prompts are exactly the SFT stage's held-out problems, disjoint from everything SFT trained on."""
 
 
-def _data(*, num_train_samples: int = SFT_PROBLEMS, eval_interval: int = 0, **options: object) -> DataConfig:
+HELDOUT_PROBLEMS = 500
+"""Held-out problems of both stages (never trained on); every one is evaluated."""
+
+
+def _data(*, max_seq_length: int, num_train_samples: int | None = None, corrupt_fraction: float = 0.0) -> DataConfig:
+    """The synthetic addition task, chosen explicitly; both stages write the same problems (same seed)."""
     return DataConfig(
         dataset="synthetic_addition",
-        splits=["train"],
         reasoning="on",
         chat_template="llama-nemotron-super",
         tokenizer="tiny",
-        max_seq_length=MAX_PROMPT_TOKENS if options.pop("prompts", False) else SEQ_LENGTH,
+        max_seq_length=max_seq_length,
         num_train_samples=num_train_samples,
-        num_eval_samples=500,
-        eval_interval=eval_interval,
-        options=dict(options),
+        synthetic=SyntheticDataConfig(
+            problems=SFT_PROBLEMS,
+            heldout_problems=HELDOUT_PROBLEMS,
+            corrupt_fraction=corrupt_fraction,
+            min_value=10,
+            max_value=999,
+            seed=0,
+        ),
     )
 
 
@@ -74,7 +85,8 @@ def tiny_puzzle_sft_cpu_config() -> RecipeConfig:
         optimizer=OptimizerConfig(lr=1e-3, warmup_steps=20, clip_grad=1.0, weight_decay=0.0),
         logging=LoggingConfig(log_interval=50, progress_bar=False),
         cluster=_cluster(),
-        data=_data(corrupt_fraction=0.5, min_value=10, max_value=999),
+        data=_data(max_seq_length=SEQ_LENGTH, corrupt_fraction=0.5),
+        evaluation=EvalConfig(num_samples=HELDOUT_PROBLEMS, at_start=False, max_new_tokens=64, batch_size=64),
         train_steps=800,
         micro_batch_size=64,
         global_batch_size=64,
@@ -93,19 +105,24 @@ def tiny_puzzle_grpo_cpu_config() -> RecipeConfig:
         optimizer=OptimizerConfig(lr=5e-5, clip_grad=1.0),
         logging=LoggingConfig(log_interval=10, progress_bar=False),
         cluster=_cluster(),
-        data=_data(prompts=True, num_train_samples=1024, eval_interval=20, synthetic_train_problems=SFT_PROBLEMS),
-        rewards=[RewardSpec(name="math", weight=1.0), RewardSpec(name="think_format", weight=0.5)],
-        algorithm=AlgorithmConfig(
-            name="grpo",
-            prompts_per_rollout=16,
-            generations_per_prompt=8,
-            updates_per_rollout=1,
-            normalize_std=True,
-            skip_uniform_groups=True,
-            clip_eps=0.2,
-            kl_beta=0.0,
+        data=_data(max_seq_length=MAX_PROMPT_TOKENS, num_train_samples=1024),
+        evaluation=EvalConfig(
+            num_samples=HELDOUT_PROBLEMS, interval=20, greedy=True, accuracy_reward="math", format_reward="think_format"
         ),
-        generation=GenerationConfig(engine="megatron", temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS),
+        sampler=None,  # prompts uniformly at random (the measured run); the curriculum is one override away
+        rewards=[RewardSpec(name="math", weight=1.0), RewardSpec(name="think_format", weight=0.5)],
+        algorithm=GRPOConfig(
+            algorithm="grpo",
+            num_prompts_per_rollout=16,
+            num_generations=8,
+            normalize_advantages_by_std=True,
+            skip_uniform_groups=True,
+            epsilon=0.2,
+            beta=0.0,
+        ),
+        generation=GenerationConfig(
+            engine="megatron", temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS, batch_size=128
+        ),
         train_steps=80,
         micro_batch_size=64,
         global_batch_size=128,
