@@ -4,6 +4,7 @@ Public API::
 
     build_tiny_tokenizer(chat_template="llama-nemotron-super") -> transformers.PreTrainedTokenizerFast
     load_tokenizer(path_or_name) -> transformers.PreTrainedTokenizerBase   # local files only; "tiny" builds one
+    load_checkpoint_tokenizer(checkpoint_dir, chat_template="llama-nemotron-super") -> PreTrainedTokenizerBase
     TINY_SPECIAL_TOKENS, TINY_VOCAB_SIZE
 
 The tiny tokenizer is what tests and the CPU demos use. It is character level over printable ASCII (space to ``~``
@@ -131,3 +132,42 @@ def load_tokenizer(path_or_name: str | os.PathLike[str], **kwargs: Any) -> PreTr
             f"by save_pretrained (with tokenizer.json / tokenizer_config.json), a model already in the local "
             f"Hugging Face cache, or {TINY_NAME!r} ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+CHAT_CONTROL_TOKENS: tuple[str, ...] = (BOS_TOKEN, START_HEADER_TOKEN, END_HEADER_TOKEN, EOT_TOKEN)
+"""Tokens the Llama-Nemotron chat templates emit; a checkpoint's tokenizer must encode each as one id."""
+
+
+def load_checkpoint_tokenizer(
+    checkpoint_dir: str | os.PathLike[str], *, chat_template: str | None = "llama-nemotron-super"
+) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a Hugging Face checkpoint directory, with a chat template from our registry.
+
+    The tokenizer files come from the checkpoint (local files only); the chat template is always the registered
+    one (``chat_template``), so rendering is the same whatever template the checkpoint shipped.
+
+    Args:
+        checkpoint_dir: The checkpoint directory (``tokenizer.json`` / ``tokenizer_config.json`` in it).
+        chat_template: Registered template name to set (``None``: keep the checkpoint's).
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        FileNotFoundError: the directory has no loadable tokenizer (from :func:`load_tokenizer`).
+        ValueError: a Llama-3 chat control token (:data:`CHAT_CONTROL_TOKENS`) is not a single token of it, naming
+            the token and the directory.
+    """
+    tokenizer = load_tokenizer(checkpoint_dir)
+    for token in CHAT_CONTROL_TOKENS:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(
+                f"tokenizer in {str(checkpoint_dir)!r} encodes {token!r} as {len(ids)} tokens; the Llama-Nemotron chat "
+                "templates need it as one special token (use the model's own Llama-3 tokenizer)"
+            )
+    if chat_template is not None:
+        from nemotron_plugins.chat.catalog import get_chat_template
+
+        tokenizer.chat_template = get_chat_template(chat_template)
+    return tokenizer

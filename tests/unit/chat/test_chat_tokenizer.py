@@ -86,3 +86,30 @@ def test_load_tokenizer_missing_path_is_clear(tmp_path):
     (tmp_path / "file.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="is a file"):
         load_tokenizer(tmp_path / "file.json")
+
+
+def test_load_checkpoint_tokenizer_sets_the_registered_template(tmp_path):
+    from nemotron_plugins.chat.catalog import get_chat_template
+    from nemotron_plugins.chat.tokenizer import load_checkpoint_tokenizer
+    from nemotron_plugins.fixtures import build_fixture_tokenizer
+
+    tok = build_fixture_tokenizer()
+    tok.chat_template = "{{ 'not ours' }}"
+    tok.save_pretrained(tmp_path / "ckpt")
+    loaded = load_checkpoint_tokenizer(tmp_path / "ckpt")
+    assert loaded.chat_template == get_chat_template("llama-nemotron-super")
+    assert len(loaded) == len(tok)
+    assert load_checkpoint_tokenizer(tmp_path / "ckpt", chat_template=None).chat_template == "{{ 'not ours' }}"
+
+
+def test_load_checkpoint_tokenizer_rejects_split_control_tokens(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from nemotron_plugins.chat.tokenizer import load_checkpoint_tokenizer
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match=r"encodes '<\|begin_of_text\|>' as \d+ tokens"):
+        load_checkpoint_tokenizer(tmp_path / "plain")
