@@ -4,8 +4,9 @@
 
 - a Hugging Face checkpoint directory (``config.json`` + safetensors): re-exported (e.g. a puzzletron-style config
   becomes nemotron-nas with FFNs padded to multiples of 256, an all-standard one plain Llama);
-- a training checkpoint of :mod:`nemotron_plugins.training.checkpointing` (megatron distributed checkpoint): the
-  model is rebuilt in this process at TP1 / PP1, the checkpoint resharded into it, and exported;
+- a training checkpoint of :mod:`nemotron_plugins.training.checkpointing` (a run's checkpoint root: ``config.json``
+  and ``tokenizer/`` beside the megatron distributed-checkpoint steps): the model is rebuilt in this process at TP1
+  / PP1, the checkpoint resharded into it, and exported;
 - a checkpoint of the single-rank SFT trainer (``run_sft``; a root holding ``latest`` or one ``step_XXXXXX``).
 
 What is written: ``config.json`` (plain ``LlamaForCausalLM`` when every block is standard, else ``nemotron-nas``
@@ -38,38 +39,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def detect_checkpoint_kind(path: Path) -> str:
-    """``"hf"``, ``"training"`` or ``"sft"`` for a checkpoint directory.
+    """``"hf"``, ``"sft"`` or ``"training"`` for a checkpoint directory.
+
+    - ``hf``: ``config.json`` with safetensors weights;
+    - ``sft``: the per-rank ``.pt`` format of :mod:`nemotron_plugins.runtime.checkpoint` (a root with ``latest``,
+      or a ``step_XXXXXX`` directory with ``rank_00000.pt``) as the single-rank SFT trainer wrote it;
+    - ``training``: a run's checkpoint root (``config.json`` + ``tokenizer/`` beside the step directories of
+      :mod:`nemotron_plugins.training.checkpointing`), or one of its step directories.
 
     Raises:
         FileNotFoundError: ``path`` is none of them (the message says what each kind holds).
     """
+    from nemotron_plugins.runtime.checkpoint import LATEST_FILE, rank_file_name
+
     if (path / "config.json").is_file() and (
         (path / "model.safetensors.index.json").is_file() or any(path.glob("*.safetensors"))
     ):
         return "hf"
-    training = _training_checkpointing()
-    if training is not None and _is_training_checkpoint(training, path):
-        return "training"
-    if (path / "latest").exists() or (path / "meta.json").is_file() or any(path.glob("step_*")):
+    latest = path / LATEST_FILE
+    if (path / rank_file_name(0)).is_file() or (
+        latest.is_file() and (path / latest.read_text(encoding="utf-8").strip() / rank_file_name(0)).is_file()
+    ):
         return "sft"
+    if (path / "config.json").is_file() or (path.parent / "config.json").is_file():
+        return "training"
     raise FileNotFoundError(
         f"{path} is not a checkpoint this command reads: expected a Hugging Face directory (config.json + "
-        "*.safetensors), a training checkpoint (nemotron_plugins.training.checkpointing) or an SFT checkpoint "
-        "(a root with 'latest' or a step_XXXXXX directory)"
+        "*.safetensors), a training checkpoint root (config.json and tokenizer/ beside its step directories) or an "
+        "SFT checkpoint (a root with 'latest' or a step_XXXXXX directory with rank_00000.pt)"
     )
-
-
-def _training_checkpointing() -> Any:
-    try:
-        from nemotron_plugins.training import checkpointing
-    except ImportError:
-        return None
-    return checkpointing
-
-
-def _is_training_checkpoint(module: Any, path: Path) -> bool:
-    probe = getattr(module, "is_checkpoint", None)
-    return bool(probe(path)) if callable(probe) else False
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -136,13 +134,36 @@ def _export_sft(src: Path, out: Path, args: argparse.Namespace, dtype: Any) -> N
 
 
 def _export_training(src: Path, out: Path, args: argparse.Namespace, dtype: Any) -> None:
-    """A distributed training checkpoint: rebuild at TP1 / PP1 here, load (resharding), export."""
-    from nemotron_plugins.training import checkpointing
+    """A distributed training checkpoint: rebuild the model here at TP1 / PP1, load it (resharding), export."""
+    from nemotron_plugins.puzzle.block_config import load_hf_config
+    from nemotron_plugins.puzzle.hf_checkpoint import export_hf_checkpoint
+    from nemotron_plugins.puzzle.model import build_puzzle_model
+    from nemotron_plugins.runtime.config import ParallelConfig
+    from nemotron_plugins.runtime.distributed import ensure_distributed
 
-    export = getattr(checkpointing, "export_to_hf", None)
-    if export is None:
+    try:
+        from nemotron_plugins.training.checkpointing import load_checkpoint
+    except ImportError as exc:
         raise RuntimeError(
-            "nemotron_plugins.training.checkpointing has no export_to_hf(src, out, ...) yet; export the model "
-            "in memory with nemotron_plugins.puzzle.hf_checkpoint.export_hf_checkpoint"
+            f"{src}: reading training checkpoints needs nemotron_plugins.training.checkpointing ({exc})"
+        ) from None
+    root = src if (src / "config.json").is_file() else src.parent
+    step = args.step
+    if root != src and step is None and src.name.startswith("step_"):
+        step = int(src.name.removeprefix("step_"))
+    cfg = load_hf_config(root / "config.json")
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else root / "tokenizer"
+    if not tokenizer_dir.is_dir():
+        raise FileNotFoundError(f"{root}: no tokenizer/ directory beside the checkpoint; pass --tokenizer DIR")
+    with ensure_distributed(ParallelConfig()):
+        model = build_puzzle_model(cfg, device="cpu", perform_initialization=False)
+        load_checkpoint(root, model=[model], step=step, load_rng=False)
+        export_hf_checkpoint(
+            model,
+            cfg,
+            out,
+            dtype=dtype,
+            max_shard_size=args.max_shard_size,
+            tokenizer_dir=tokenizer_dir,
+            progress=False,
         )
-    export(src, out, step=args.step, dtype=dtype, max_shard_size=args.max_shard_size, tokenizer_dir=args.tokenizer)
