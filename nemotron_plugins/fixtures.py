@@ -19,6 +19,7 @@ What is written (``DIR/``)::
       generation_config.json
     data/sft/{math,code,chat}.jsonl          SFT rows, one file per category (as the dataset's SFT/<category>/)
     data/sft_parquet/{math,code,chat}.parquet   the same rows as parquet (without the rows JSON cannot hold)
+    data/sft_dataset/            the parquet rows as a ``datasets.DatasetDict`` saved to disk, one split per category
     data/rl/{train,validation}.jsonl (+ data/rl_parquet/*.parquet)  RL prompts with ground truth and reward
     fixture.json                 paths, sizes, seed, and the bad rows each file holds, by reason
 
@@ -98,6 +99,8 @@ class FixturePaths:
     """SFT JSONL file per category (``math``, ``code``, ``chat``)."""
     sft_parquet: dict[str, Path]
     """SFT parquet file per category (empty when pyarrow is not installed)."""
+    sft_dataset: Path | None
+    """``save_to_disk`` directory with one split per category (``None`` without the ``datasets`` package)."""
     rl: dict[str, Path]
     """RL prompt JSONL per split (``train``, ``validation``)."""
     rl_parquet: dict[str, Path]
@@ -506,6 +509,23 @@ def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> bool:
     return True
 
 
+def _write_dataset_dict(path: Path, splits: dict[str, list[dict[str, Any]]]) -> bool:
+    """``datasets.DatasetDict.save_to_disk`` with one split per category (skipped without ``datasets``)."""
+    try:
+        import datasets
+        from datasets.utils import logging as datasets_logging
+    except ImportError:
+        return False
+    bars = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(path))
+    finally:
+        if bars:
+            datasets_logging.enable_progress_bar()
+    return True
+
+
 def write_fixture_data(out_dir: str | os.PathLike[str], *, seed: int = 0) -> dict[str, Any]:
     """Write the SFT and RL rows (JSONL, and parquet when pyarrow is installed).
 
@@ -514,14 +534,16 @@ def write_fixture_data(out_dir: str | os.PathLike[str], *, seed: int = 0) -> dic
         seed: Seed of the problems and where the bad rows go.
 
     Returns:
-        ``{"sft": {category: path}, "sft_parquet": {...}, "rl": {split: path}, "rl_parquet": {...},
+        ``{"sft": {category: path}, "sft_parquet": {...}, "sft_dataset": path | None, "rl": {split: path},
+        "rl_parquet": {...},
         "sft_bad_rows": {file: {reason: count}}, "rl_bad_rows": {file: {problem: count}}, "rows": {file: n}}``;
         the ``file`` keys are relative to ``out_dir``.
     """
     out = Path(out_dir)
     rng = random.Random(seed)
     sft = _sft_rows(rng, n_math=160, n_code=60, n_chat=60)
-    files: dict[str, Any] = {"sft": {}, "sft_parquet": {}, "rl": {}, "rl_parquet": {}}
+    files: dict[str, Any] = {"sft": {}, "sft_parquet": {}, "sft_dataset": None, "rl": {}, "rl_parquet": {}}
+    parquet_splits: dict[str, list[dict[str, Any]]] = {}
     bad_counts: dict[str, dict[str, int]] = {}
     rows_per_file: dict[str, int] = {}
     for sub in ("sft", "sft_parquet", "rl", "rl_parquet"):
@@ -549,11 +571,18 @@ def write_fixture_data(out_dir: str | os.PathLike[str], *, seed: int = 0) -> dic
         files["sft"][category] = jsonl
         bad_counts[f"sft/{category}.jsonl"] = counts
         rows_per_file[f"sft/{category}.jsonl"] = len(rows)
+        parquet_splits[category] = parquet_rows
         parquet = out / "sft_parquet" / f"{category}.parquet"
         if _write_parquet(parquet, parquet_rows):
             files["sft_parquet"][category] = parquet
             bad_counts[f"sft_parquet/{category}.parquet"] = parquet_counts
             rows_per_file[f"sft_parquet/{category}.parquet"] = len(parquet_rows)
+
+    if _write_dataset_dict(out / "sft_dataset", parquet_splits):
+        files["sft_dataset"] = out / "sft_dataset"
+        for category, rows in parquet_splits.items():
+            bad_counts[f"sft_dataset/{category}"] = bad_counts[f"sft_parquet/{category}.parquet"]
+            rows_per_file[f"sft_dataset/{category}"] = len(rows)
 
     rl_bad: dict[str, dict[str, int]] = {}
     for split, n in (("train", 96), ("validation", 32)):
@@ -613,6 +642,7 @@ def write_fixtures(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Fixture
         checkpoint=checkpoint,
         sft=data["sft"],
         sft_parquet=data["sft_parquet"],
+        sft_dataset=data["sft_dataset"],
         rl=data["rl"],
         rl_parquet=data["rl_parquet"],
         manifest=root / "fixture.json",
@@ -630,6 +660,7 @@ def write_fixtures(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Fixture
         "vocab_size": cfg.vocab_size,
         "sft": {k: rel(v) for k, v in paths.sft.items()},
         "sft_parquet": {k: rel(v) for k, v in paths.sft_parquet.items()},
+        "sft_dataset": None if paths.sft_dataset is None else rel(paths.sft_dataset),
         "rl": {k: rel(v) for k, v in paths.rl.items()},
         "rl_parquet": {k: rel(v) for k, v in paths.rl_parquet.items()},
         # Keyed by path relative to ``root``, like the paths above.
