@@ -317,3 +317,69 @@ def test_sharded_checkpoint_reads_back_every_tensor(tmp_path) -> None:
     weights = random_hf_weights(cfg, dtype=torch.bfloat16)
     src = write_hf_checkpoint(tmp_path / "ckpt", cfg, weights, shards=3)
     assert tensor_hashes(read_hf_state_dict(src)) == tensor_hashes(weights)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The config an export writes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_export_layout_all_standard_blocks_is_plain_llama_with_global_sizes() -> None:
+    from nemotron_plugins.puzzle.block_config import BlockConfig, FFNConfig, make_config
+    from nemotron_plugins.puzzle.hf_checkpoint import hf_export_layout
+
+    block = BlockConfig(attention=AttentionConfig.gqa(2), ffn=FFNConfig.swiglu(80))
+    cfg = make_config(hidden_size=32, num_attention_heads=4, vocab_size=50, blocks=[block] * 3)
+    layout = hf_export_layout(cfg, dtype=torch.bfloat16)
+    assert layout.architecture == "llama" and not layout.ffn_padding
+    config = layout.config
+    assert config["architectures"] == ["LlamaForCausalLM"] and "block_configs" not in config
+    assert (config["intermediate_size"], config["num_key_value_heads"], config["torch_dtype"]) == (80, 2, "bfloat16")
+    transformers = pytest.importorskip("transformers")
+    llama = transformers.LlamaConfig(**config)
+    assert (llama.intermediate_size, llama.num_key_value_heads, llama.head_dim) == (80, 2, 8)
+
+
+def test_export_layout_pads_widths_without_an_ffn_mult_and_keeps_the_rest() -> None:
+    from nemotron_plugins.puzzle.block_config import (
+        BlockConfig,
+        FFNConfig,
+        ffn_mult_to_intermediate_size,
+        make_config,
+        parse_hf_config,
+    )
+    from nemotron_plugins.puzzle.hf_checkpoint import _pad_for_export, hf_export_layout
+
+    blocks = [
+        BlockConfig(attention=AttentionConfig.gqa(2), ffn=FFNConfig.swiglu(96)),
+        BlockConfig(attention=AttentionConfig.gqa(4), ffn=FFNConfig.swiglu(512)),  # standard, other KV heads
+        BlockConfig(attention=AttentionConfig.no_op(), ffn=FFNConfig.linear()),
+    ]
+    cfg = make_config(hidden_size=64, num_attention_heads=4, vocab_size=50, blocks=blocks)
+    layout = hf_export_layout(cfg)
+    assert layout.architecture == "nemotron-nas" and layout.ffn_padding == {0: (96, 256)}
+    config = layout.config
+    assert (config["architectures"], config["model_type"]) == (["DeciLMForCausalLM"], "nemotron-nas")
+    attn = [b["attention"] for b in config["block_configs"]]
+    assert [a.get("n_heads_in_group") for a in attn] == [2, 1, None]
+    mults = [b["ffn"]["ffn_mult"] for b in config["block_configs"]]
+    assert [ffn_mult_to_intermediate_size(m, 64) for m in mults[:2]] == [256, 512]  # DeciLM's own width rule
+    assert parse_hf_config(config).architecture() == layout.export_cfg.architecture()
+
+    gate = torch.randn(96, 64)
+    padded = _pad_for_export("model.layers.0.mlp.gate_proj.weight", gate, layout.ffn_padding)
+    assert padded.shape == (256, 64) and torch.equal(padded[:96], gate) and not padded[96:].any()
+    down = _pad_for_export("model.layers.0.mlp.down_proj.weight", gate.T, layout.ffn_padding)
+    assert down.shape == (64, 256) and torch.equal(down[:, :96], gate.T) and not down[:, 96:].any()
+    assert _pad_for_export("model.layers.1.mlp.up_proj.weight", gate, layout.ffn_padding) is gate
+
+
+def test_export_layout_rejects_a_fused_ffn_that_would_need_padding() -> None:
+    from nemotron_plugins.puzzle.block_config import BlockConfig, FFNConfig, make_config
+    from nemotron_plugins.puzzle.hf_checkpoint import hf_export_layout
+
+    fused = FFNConfig(kind="swiglu", intermediate_size=96, fused_from=(32, 64))
+    blocks = [BlockConfig(attention=AttentionConfig.no_op(), ffn=fused)]
+    cfg = make_config(hidden_size=32, num_attention_heads=4, vocab_size=50, blocks=blocks)
+    with pytest.raises(HFCheckpointError, match=r"layer 0: the fused FFN of width 96 \(fused from \[32, 64\]\)"):
+        hf_export_layout(cfg)
