@@ -251,9 +251,12 @@ def test_llama_parity_with_transformers(single_process: dict) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _fixture_worker(rank: int, src: str, tp: int) -> dict:
-    """Load the fixture checkpoint sliced (and at TP > 1 also whole, into zeroed parameters); forward both."""
-    from nemotron_plugins.puzzle.hf_checkpoint import load_hf_checkpoint
+def _fixture_worker(rank: int, src: str, tp: int, out_dir: str | None = None) -> dict:
+    """Load the fixture checkpoint sliced (and at TP > 1 also whole, into zeroed parameters); forward both.
+
+    With ``out_dir``, export the model again (bf16, with the source's tokenizer) into ``out_dir``.
+    """
+    from nemotron_plugins.puzzle.hf_checkpoint import export_hf_checkpoint, load_hf_checkpoint
     from nemotron_plugins.runtime.config import ParallelConfig
     from nemotron_plugins.runtime.distributed import init_distributed
 
@@ -279,6 +282,10 @@ def _fixture_worker(rank: int, src: str, tp: int) -> dict:
         out["whole_bytes_read"] = whole.bytes_read
         state = model.state_dict()
         out["same_state"] = all(torch.equal(state[k], v) for k, v in sliced_state.items())
+    if out_dir is not None:
+        export_hf_checkpoint(
+            model, cfg, out_dir, dtype=torch.bfloat16, tokenizer_dir=src, max_shard_size="10MB", progress=False
+        )
     return out
 
 
@@ -319,7 +326,8 @@ def _safetensors_header_bytes(src: Path) -> int:
 def test_fixture_checkpoint_at_tp2_each_rank_reads_half_of_the_sharded_bytes(fixture_checkpoint: Path) -> None:
     from nemotron_plugins.puzzle.hf_checkpoint import plan_megatron_tensors
 
-    ranks = run_local_processes(_fixture_worker, 2, args=(str(fixture_checkpoint), 2), timeout_s=300)
+    out = fixture_checkpoint.parent / "tp2_export"
+    ranks = run_local_processes(_fixture_worker, 2, args=(str(fixture_checkpoint), 2, str(out)), timeout_s=300)
     expected, cfg = _fixture_reference_logits(fixture_checkpoint)
     logits = ranks[0]["logits"]
     # Sliced and whole-tensor loading give the same parameters and the same logits, equal to the reference's.
@@ -344,3 +352,11 @@ def test_fixture_checkpoint_at_tp2_each_rank_reads_half_of_the_sharded_bytes(fix
     # Vocabulary rows are split too (embedding and lm_head); the padding rows are not read. Norms are read by both.
     assert sum(r["by_kind"]["vocab"] for r in ranks) == 2 * cfg.vocab_size * cfg.hidden_size * 2
     print(f"\nfixture checkpoint {file_bytes} B; bytes read per rank at TP2: {[r['bytes_read'] for r in ranks]}")
+
+    # Exported again from the TP2 model: the same tensors, config, tokenizer and generation config.
+    assert tensor_hashes(read_hf_state_dict(out)) == tensor_hashes(weights)
+    assert json.loads((out / "config.json").read_text()) == json.loads(
+        (fixture_checkpoint / "config.json").read_text()
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        assert (out / name).read_bytes() == (fixture_checkpoint / name).read_bytes(), name
