@@ -35,11 +35,22 @@ spelling and uses the one the model has (:data:`LAYER_SLOT_NAMES`).
 
 The mapping is a list of :class:`TensorPlan` entries (one per Megatron tensor) and two pure functions,
 :func:`hf_to_megatron_tensor` and :func:`megatron_to_hf_tensors`, that convert one entry for one TP rank without
-any distributed setup. :func:`load_hf_checkpoint` streams an HF checkpoint into a model (one tensor group in memory
-at a time, via ``safetensors.safe_open``); :func:`export_hf_checkpoint` gathers TP shards and PP stages to rank 0
-tensor by tensor and writes sharded safetensors (``model-0000k-of-0000n.safetensors`` plus
-``model.safetensors.index.json``, or a single ``model.safetensors``) and ``config.json``. HF -> Megatron -> HF is
-bitwise exact.
+any distributed setup.
+
+Loading: :func:`load_hf_checkpoint` streams an HF checkpoint into a model, one tensor group in memory at a time.
+Each rank reads only what it holds: a pipeline stage only its layers' tensors, a TP rank only its rows / columns
+of each sharded tensor (``safe_open(...).get_slice``; for fused q/k/v the row range of its query groups in each of
+q, k and v, for fc1 its rows of gate and of up, for the vocabulary its rows), so a TP rank reads about ``1/TP`` of
+the file (:attr:`LoadReport.bytes_read`). Configs using what the model does not implement (``window_length``) are
+rejected before anything is read.
+
+Export: :func:`export_hf_checkpoint` (a model at any TP / PP), :func:`export_hf_state_dict` (a whole model in one
+process) and :func:`reexport_hf_checkpoint` (an HF directory) write sharded safetensors
+(``model-0000k-of-0000n.safetensors`` plus ``model.safetensors.index.json``, or a single ``model.safetensors``),
+``config.json`` as :func:`hf_export_layout` decides (plain ``LlamaForCausalLM`` when every block is standard, else
+``nemotron-nas`` with ``block_configs``, SwiGLU widths that are not multiples of 256 zero-padded so DeciLM readers
+can express them), the tokenizer files and ``generation_config.json``. HF -> Megatron -> HF is bitwise exact
+whenever no padding is needed (padded tensors are the source plus zero rows / columns).
 """
 
 from __future__ import annotations
