@@ -94,6 +94,7 @@ __all__ = [
     "hf_to_megatron_tensor",
     "load_hf_checkpoint",
     "megatron_to_hf_tensors",
+    "pad_ffn_for_export",
     "parse_shard_size",
     "plan_megatron_tensors",
     "qkv_from_megatron",
@@ -1144,8 +1145,12 @@ def hf_export_layout(cfg: PuzzleModelConfig, *, dtype: torch.dtype | None = None
 _FFN_HF = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
-def _pad_for_export(name: str, tensor: torch.Tensor, padding: Mapping[int, tuple[int, int]]) -> torch.Tensor:
-    """Zero-pad an FFN tensor of a padded layer (gate / up: rows, down: columns); other tensors unchanged."""
+def pad_ffn_for_export(name: str, tensor: torch.Tensor, padding: Mapping[int, tuple[int, int]]) -> torch.Tensor:
+    """Zero-pad an HF FFN tensor of a padded layer (gate / up: rows, down: columns); other tensors come back as is.
+
+    Anything that streams trained weights into a model built from an exported config (e.g. a vLLM weight refit)
+    must apply the same padding: ``padding`` is :attr:`HFExportLayout.ffn_padding`.
+    """
     m = _FFN_HF.match(name)
     if m is None or int(m.group(1)) not in padding:
         return tensor
@@ -1392,7 +1397,7 @@ def export_hf_checkpoint(
             else:
                 tensor = torch.empty(shape, dtype=tdtype, device=backend_device)
                 torch.distributed.recv(tensor, src=src)
-            writer.add(name, _pad_for_export(name, tensor.to("cpu"), layout.ffn_padding))
+            writer.add(name, pad_ffn_for_export(name, tensor.to("cpu"), layout.ffn_padding))
             bar.update(1)
         for _ in stream:  # drain (nothing left when everything matched)
             pass
@@ -1464,7 +1469,7 @@ def export_hf_state_dict(
             raise HFCheckpointError(
                 f"{_describe_hf(name)}: shape {tuple(tensor.shape)}, the config says {expected[name]}"
             )
-        writer.add(name, _pad_for_export(name, tensor.to(out_dtype), export.ffn_padding))
+        writer.add(name, pad_ffn_for_export(name, tensor.to(out_dtype), export.ffn_padding))
     writer.finish()
     _finish_export(out, export, tokenizer_dir=tokenizer_dir, source_dir=source_dir)
     return out

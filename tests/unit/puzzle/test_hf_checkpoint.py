@@ -348,7 +348,7 @@ def test_export_layout_pads_widths_without_an_ffn_mult_and_keeps_the_rest() -> N
         make_config,
         parse_hf_config,
     )
-    from nemotron_plugins.puzzle.hf_checkpoint import _pad_for_export, hf_export_layout
+    from nemotron_plugins.puzzle.hf_checkpoint import hf_export_layout, pad_ffn_for_export
 
     blocks = [
         BlockConfig(attention=AttentionConfig.gqa(2), ffn=FFNConfig.swiglu(96)),
@@ -367,11 +367,11 @@ def test_export_layout_pads_widths_without_an_ffn_mult_and_keeps_the_rest() -> N
     assert parse_hf_config(config).architecture() == layout.export_cfg.architecture()
 
     gate = torch.randn(96, 64)
-    padded = _pad_for_export("model.layers.0.mlp.gate_proj.weight", gate, layout.ffn_padding)
+    padded = pad_ffn_for_export("model.layers.0.mlp.gate_proj.weight", gate, layout.ffn_padding)
     assert padded.shape == (256, 64) and torch.equal(padded[:96], gate) and not padded[96:].any()
-    down = _pad_for_export("model.layers.0.mlp.down_proj.weight", gate.T, layout.ffn_padding)
+    down = pad_ffn_for_export("model.layers.0.mlp.down_proj.weight", gate.T, layout.ffn_padding)
     assert down.shape == (64, 256) and torch.equal(down[:, :96], gate.T) and not down[:, 96:].any()
-    assert _pad_for_export("model.layers.1.mlp.up_proj.weight", gate, layout.ffn_padding) is gate
+    assert pad_ffn_for_export("model.layers.1.mlp.up_proj.weight", gate, layout.ffn_padding) is gate
 
 
 def test_export_layout_rejects_a_fused_ffn_that_would_need_padding() -> None:
