@@ -21,6 +21,7 @@ What is written (``DIR/``)::
     data/sft_parquet/{math,code,chat}.parquet   the same rows as parquet (without the rows JSON cannot hold)
     data/sft_dataset/            the parquet rows as a ``datasets.DatasetDict`` saved to disk, one split per category
     data/rl/{train,validation}.jsonl (+ data/rl_parquet/*.parquet)  RL prompts with ground truth and reward
+    data/rl/bad_rows.jsonl       RL prompt rows the loader must reject (no ground truth, unknown reward, bad JSON)
     fixture.json                 paths, sizes, seed, and the bad rows each file holds, by reason
 
 The architecture has every block kind the Puzzle models use: GQA with ``n_heads_in_group`` 1, 2 and 4 (8, 4 and 2
@@ -40,8 +41,10 @@ templated Python functions (code) and word games, some multi-turn (chat), each p
 ``<think>`` trace and a reasoning-off row. A few deliberately bad rows sit in ``math`` and ``chat``; ``fixture.json``
 lists them per file as ``{reason: count}`` using the reason codes of :data:`nemotron_plugins.data.report.SKIP_REASONS`.
 RL prompt rows have the same ``input`` / ``system_prompt`` / ``reasoning`` / ``category`` columns plus ``id``,
-``ground_truth`` and ``reward`` (the registered reward that scores them: ``math`` or ``mcq``); ``train.jsonl`` holds
-a few bad ones too (listed in ``fixture.json`` under ``rl_bad_rows``).
+``ground_truth`` and ``reward`` (the registered reward that scores them): additions scored by ``math`` (category
+``math``, three in four) and multiple-choice additions scored by ``mcq`` (category ``science``, as the dataset
+files its MCQs), so ``data.splits=[math]`` selects the ``math``-only rows. ``train`` / ``validation`` are clean;
+``bad_rows.jsonl`` holds one row per problem (listed in ``fixture.json`` under ``rl_bad_rows``).
 """
 
 from __future__ import annotations
@@ -468,8 +471,9 @@ def _rl_rows(rng: random.Random, n: int, split: str) -> list[dict[str, Any]]:
 
     rows = []
     for i, p in enumerate(sample_problems(n, rng, ArithmeticConfig())):
-        common = {"system_prompt": SYSTEM_PROMPTS["on"], "reasoning": "on", "category": "math"}
-        if i % 4 == 3:  # multiple choice over four sums, one right
+        common = {"system_prompt": SYSTEM_PROMPTS["on"], "reasoning": "on"}
+        if i % 4 == 3:  # multiple choice over four sums, one right (category "science", as the dataset's MCQs)
+            common["category"] = "science"
             answer = p.a + p.b
             options = [answer, answer + 10, answer - 1, answer + 100]
             rng.shuffle(options)
@@ -480,6 +484,7 @@ def _rl_rows(rng: random.Random, n: int, split: str) -> list[dict[str, Any]]:
                 {"id": f"{split}-{i:05d}", "input": _user(text), **common, "ground_truth": letter, "reward": "mcq"}
             )
         else:
+            common["category"] = "math"
             text = f"What is {p.a} + {p.b}?"
             rows.append(
                 {
@@ -584,29 +589,27 @@ def write_fixture_data(out_dir: str | os.PathLike[str], *, seed: int = 0) -> dic
             bad_counts[f"sft_dataset/{category}"] = bad_counts[f"sft_parquet/{category}.parquet"]
             rows_per_file[f"sft_dataset/{category}"] = len(rows)
 
-    rl_bad: dict[str, dict[str, int]] = {}
     for split, n in (("train", 96), ("validation", 32)):
-        rl = _rl_rows(rng, n, split)
-        rows = list(rl)
-        parquet_rows = list(rl)
-        if split == "train":
-            missing = {k: v for k, v in rl[0].items() if k != "ground_truth"} | {"id": "train-bad-0"}
-            unknown = dict(rl[1], id="train-bad-1", reward="no_such_reward")
-            for row in (missing, unknown):
-                at = rng.randrange(len(rows) + 1)
-                rows.insert(at, row)
-                parquet_rows.insert(at, dict(row, ground_truth=row.get("ground_truth")))
-            rows.insert(rng.randrange(len(rows) + 1), '{"id": "train-bad-2", "input": [')
-            rl_bad["rl/train.jsonl"] = {"missing_ground_truth": 1, "unknown_reward": 1, "bad_json": 1}
-            rl_bad["rl_parquet/train.parquet"] = {"missing_ground_truth": 1, "unknown_reward": 1}
+        rows = _rl_rows(rng, n, split)
         path = out / "rl" / f"{split}.jsonl"
         _write_jsonl(path, rows)
         files["rl"][split] = path
         rows_per_file[f"rl/{split}.jsonl"] = len(rows)
         parquet = out / "rl_parquet" / f"{split}.parquet"
-        if _write_parquet(parquet, parquet_rows):
+        if _write_parquet(parquet, rows):
             files["rl_parquet"][split] = parquet
-            rows_per_file[f"rl_parquet/{split}.parquet"] = len(parquet_rows)
+            rows_per_file[f"rl_parquet/{split}.parquet"] = len(rows)
+    # Bad RL rows live in their own file: the RL prompt loader stops at the first one (naming file and line).
+    good = _rl_rows(random.Random(seed + 1), 2, "bad")
+    bad_rows: list[dict[str, Any] | str] = [
+        {k: v for k, v in good[0].items() if k != "ground_truth"},
+        dict(good[1], reward="no_such_reward"),
+        '{"id": "bad-00002", "input": [',
+    ]
+    _write_jsonl(out / "rl" / "bad_rows.jsonl", bad_rows)
+    files["rl"]["bad_rows"] = out / "rl" / "bad_rows.jsonl"
+    rows_per_file["rl/bad_rows.jsonl"] = len(bad_rows)
+    rl_bad = {"rl/bad_rows.jsonl": {"missing_ground_truth": 1, "unknown_reward": 1, "bad_json": 1}}
     files["sft_bad_rows"] = bad_counts
     files["rl_bad_rows"] = rl_bad
     files["rows"] = rows_per_file
