@@ -27,7 +27,8 @@ What is written (``DIR/``)::
 The architecture has every block kind the Puzzle models use: GQA with ``n_heads_in_group`` 1, 2 and 4 (8, 4 and 2
 KV heads of 8 query heads, all divisible by TP=2), an attention replaced by a linear layer, no-op attentions, SwiGLU
 FFNs with ``ffn_mult`` 1.3125 / 2.625 / 5.25 (widths 512 / 1024 / 1792 at hidden 512), a linear FFN, no-op FFNs and
-one fully no-op layer. Weights are drawn from ``N(0, 0.02)`` (norms 1) with a generator seeded by ``seed``.
+one fully no-op layer. Weights are drawn from ``N(0, 0.02)`` (norm weights ``1 + N(0, 0.02)``) with a generator
+seeded by ``seed``.
 
 The tokenizer is a byte-level BPE trained here with the ``tokenizers`` library on a fixed, generated corpus (the
 same for every seed; deterministic), with the Llama-3 control tokens as special tokens and ``<think>`` /
@@ -195,8 +196,8 @@ def _random_weights(cfg: PuzzleModelConfig, seed: int, dtype: torch.dtype) -> di
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in expected_hf_tensors(cfg).items():
-        if len(shape) == 1:
-            tensor = torch.ones(shape)
+        if len(shape) == 1:  # norms near 1, not exactly 1, so a misplaced norm changes the logits
+            tensor = 1.0 + torch.empty(shape).normal_(0.0, 0.02, generator=gen)
         else:
             tensor = torch.empty(shape).normal_(0.0, 0.02, generator=gen)
         out[name] = tensor.to(dtype)
