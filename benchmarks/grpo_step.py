@@ -190,44 +190,52 @@ class EngineResult:
 
 
 def _train_config(settings: BenchSettings, workdir: Path, seq_length: int = 256) -> Any:
-    from nemotron_plugins.rl.config import GRPOConfig
-    from nemotron_plugins.rl.trainer import GRPOTrainConfig, RewardTerm
+    """The tiny GRPO recipe's run config sized to ``settings`` (random initial policy, synthetic data in
+    ``workdir``, uniform prompt order)."""
+    from nemotron_plugins.launch.build import build_recipe
+    from nemotron_plugins.launch.recipe_config import RewardSpec
 
-    return GRPOTrainConfig(
-        grpo=GRPOConfig(
-            num_prompts_per_rollout=settings.prompts,
-            num_generations=settings.generations,
-            global_batch_size=settings.sequences,
-            micro_batch_size=settings.micro,
-            max_new_tokens=settings.max_new_tokens,
-            temperature=1.0,
-            top_p=1.0,
-            beta=0.0,
-            loss_aggregation="token",
-            seed=settings.seed,
-        ),
-        rewards=[RewardTerm(name=name) for name in REWARD_NAMES],
-        skip_uniform_groups=False,
-        lr=settings.lr,
-        clip_grad=1.0,
-        seq_length=seq_length,
-        data_dir=None,
-        output_dir=str(workdir),
-        num_train_prompts=settings.prompts * (settings.warmup + settings.steps),
-        num_heldout_prompts=0,
-        data_seed=0,
-        curriculum=False,
-        progress=False,
-        torch_threads=settings.threads,
-        seed=settings.seed,
+    prompts = settings.prompts * (settings.warmup + settings.steps)
+    config = build_recipe(
+        "tiny_puzzle_grpo_cpu",
+        [
+            f"output_dir={workdir}",
+            "init_from_recipe=null",
+            "model.init=random",
+            f"model.seq_length={seq_length}",
+            f"data.synthetic.problems={prompts}",
+            "data.synthetic.heldout_problems=0",
+            f"data.num_train_samples={prompts}",
+            "evaluation.num_samples=0",
+            "evaluation.interval=0",
+            f"algorithm.num_prompts_per_rollout={settings.prompts}",
+            f"algorithm.num_generations={settings.generations}",
+            "algorithm.skip_uniform_groups=false",
+            "algorithm.beta=0.0",
+            "algorithm.loss_aggregation=token",
+            f"global_batch_size={settings.sequences}",
+            f"micro_batch_size={settings.micro}",
+            f"generation.max_new_tokens={settings.max_new_tokens}",
+            "generation.temperature=1.0",
+            "generation.top_p=1.0",
+            f"optimizer.lr={settings.lr}",
+            "optimizer.clip_grad=1.0",
+            f"torch_threads={settings.threads}",
+            f"seed={settings.seed}",
+        ],
     )
+    config.rewards = [RewardSpec(name=name) for name in REWARD_NAMES]
+    return config
 
 
 def load_rows(settings: BenchSettings, workdir: Path) -> list[dict[str, Any]]:
     """The synthetic addition prompt rows both engines train on (written into ``workdir`` on first use)."""
+    from nemotron_plugins.data.sources import prepare_synthetic_data
     from nemotron_plugins.rl.trainer import load_prompt_rows
 
-    rows, _, _ = load_prompt_rows(_train_config(settings, workdir))
+    config = _train_config(settings, workdir)
+    prepare_synthetic_data(config.data, workdir)
+    rows, _ = load_prompt_rows(config)
     return rows
 
 
@@ -246,15 +254,10 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
         The timed steps (``time/*`` metrics of ``train_step``).
     """
     from nemotron_plugins.chat.tokenizer import build_tiny_tokenizer
-    from nemotron_plugins.rl.trainer import (
-        build_engine,
-        build_policy,
-        build_policy_optimizer,
-        build_rewards,
-        encode_prompts,
-        train_step,
-    )
+    from nemotron_plugins.launch.validation import validate_for_run
+    from nemotron_plugins.rl.trainer import build_engine, build_policy, build_rewards, encode_prompts, train_step
     from nemotron_plugins.runtime.distributed import distributed_context
+    from nemotron_plugins.training.setup import build_optimizer, build_scheduler
 
     torch.set_num_threads(settings.threads)
     rows = load_rows(settings, workdir)
@@ -262,13 +265,14 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
     prompt_ids = encode_prompts(tokenizer, rows)
     needed = max(len(p) for p in prompt_ids) + settings.max_new_tokens
     config = _train_config(settings, workdir, seq_length=max(256, -(-needed // 64) * 64))
-    config.validate()
+    validate_for_run(config)
     start = time.perf_counter()
     with distributed_context(config.parallel, seed=config.seed):
-        model, model_config, tokenizer = build_policy(config, tokenizer)
+        model, model_config, tokenizer = build_policy(config)
         params = sum(p.numel() for p in model.parameters())
         engine = build_engine(config, model, model_config, tokenizer)
-        ddp, optimizer = build_policy_optimizer(model, config)
+        ddp, optimizer = build_optimizer(config, model)
+        scheduler = build_scheduler(config, optimizer)
         rewards = build_rewards(config)
         result = EngineResult(
             engine="ours (megatron-core)",
@@ -290,6 +294,7 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
                     batch=_step_batch(step, settings.prompts, len(rows)),
                     rewards=rewards,
                     vocab_size=len(tokenizer),
+                    scheduler=scheduler,
                 )
                 if step >= settings.warmup:
                     result.steps.append(

@@ -15,8 +15,9 @@ Supported sources (never downloads):
 - a ``.jsonl`` / ``.json`` file with one JSON object per line: read here, so a line that is not JSON becomes a
   :class:`RawRow` with an ``error`` (counted as ``bad_json`` by the SFT builder) and line numbers are file lines;
 - a directory written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
-- a ``.parquet`` file or a directory of ``.parquet`` / ``.jsonl`` files, through ``datasets.load_dataset``
-  (``line`` is then the 1-based row index).
+- a directory of ``.jsonl`` files: read here file by file in name order (``line`` is the line in its file);
+- a ``.parquet`` file or a directory of ``.parquet`` files, through ``datasets.load_dataset`` (``line`` is then the
+  1-based row index).
 
 The ``datasets`` package is needed only for the last two (it comes with ``trl`` / the ``test`` extra).
 """
@@ -130,6 +131,11 @@ def read_rows(path: str | os.PathLike[str], *, split: str = "train", cache_dir: 
     elif source.is_dir():
         parquet = sorted(str(p) for p in source.glob("*.parquet"))
         jsonl = sorted(str(p) for p in source.glob("*.jsonl"))
+        if jsonl and not parquet:
+            # Read here, file by file, so a bad line is a counted bad row (not an error for the whole directory).
+            for file in jsonl:
+                yield from _read_jsonl(Path(file))
+            return
         files, builder = (parquet, "parquet") if parquet else (jsonl, "json")
         if not files:
             raise FileNotFoundError(

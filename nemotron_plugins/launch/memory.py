@@ -230,9 +230,7 @@ def estimate_memory(
     weight_b, grad_b, opt_b = (2, 4, 12) if bf16 else (4, 4, 8)
     if p.use_distributed_optimizer:
         opt_b = opt_b / (d * cp)
-    ref_b = (
-        (2 if bf16 else 4) if (recipe.is_rl and recipe.algorithm is not None and recipe.algorithm.beta > 0) else 0
-    )
+    ref_b = (2 if bf16 else 4) if (recipe.is_rl and recipe.algorithm is not None and recipe.algorithm.beta > 0) else 0
 
     stages: list[StageMemory] = []
     for i, layers in enumerate(stage_ranges(layout)):

@@ -201,7 +201,9 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
     if recipe.train_steps < 1:
         errors.append(f"train_steps={recipe.train_steps} must be >= 1")
     if recipe.stop_after_steps is not None and not 1 <= recipe.stop_after_steps <= recipe.train_steps:
-        errors.append(f"stop_after_steps={recipe.stop_after_steps} must be between 1 and train_steps={recipe.train_steps}")
+        errors.append(
+            f"stop_after_steps={recipe.stop_after_steps} must be between 1 and train_steps={recipe.train_steps}"
+        )
     if recipe.is_rl:
         for part in ("algorithm", "generation", "rewards"):
             if not getattr(recipe, part):
@@ -294,7 +296,9 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
         if not d.dynamic_padding:
             errors.append("data.dynamic_padding=false is an SFT setting; RL pads each rollout to its longest sample")
         if ev.batch_size != defaults_eval.batch_size:
-            errors.append("evaluation.batch_size is an SFT setting; RL evaluation decodes generation.batch_size at once")
+            errors.append(
+                "evaluation.batch_size is an SFT setting; RL evaluation decodes generation.batch_size at once"
+            )
         names = [r.name for r in recipe.rewards or []]
         for key in ("accuracy_reward", "format_reward"):
             value = getattr(ev, key)
@@ -352,7 +356,9 @@ def check_inputs(recipe: RecipeConfig) -> list[str]:
     if m.checkpoint:
         path = Path(m.checkpoint)
         if not (path / "config.json").is_file():
-            errors.append(f"model.checkpoint={m.checkpoint}: no config.json there (an HF checkpoint directory is needed)")
+            errors.append(
+                f"model.checkpoint={m.checkpoint}: no config.json there (an HF checkpoint directory is needed)"
+            )
         elif not any(path.glob("*.safetensors")):
             errors.append(f"model.checkpoint={m.checkpoint}: no *.safetensors weights there")
     if recipe.init_checkpoint and not recipe.init_from_recipe and not Path(recipe.init_checkpoint).exists():
@@ -366,7 +372,11 @@ def check_inputs(recipe: RecipeConfig) -> list[str]:
             errors.append(f"data.eval_path={d.eval_path} does not exist")
     if d.tokenizer and d.tokenizer != "tiny" and not Path(d.tokenizer).is_dir():
         errors.append(f"data.tokenizer={d.tokenizer}: not a directory with tokenizer files (or 'tiny')")
-    if recipe.sampler is not None and recipe.sampler.pass_rates_path and not Path(recipe.sampler.pass_rates_path).is_file():
+    if (
+        recipe.sampler is not None
+        and recipe.sampler.pass_rates_path
+        and not Path(recipe.sampler.pass_rates_path).is_file()
+    ):
         errors.append(
             f"sampler.pass_rates_path={recipe.sampler.pass_rates_path} does not exist (write it with "
             "`nemotron-plugins curriculum estimate`)"

@@ -4,7 +4,7 @@
 algorithm for its default config, computes advantages from a rollout's rewards and the loss per micro-batch:
 
     >>> from nemotron_plugins.rl.algorithms import RLOO
-    >>> cfg = RLOO.default_config(num_prompts_per_rollout=2, num_generations=2, global_batch_size=4)
+    >>> cfg = RLOO.default_config(num_prompts_per_rollout=2, num_generations=2)
     >>> RLOO.advantages([[1.0, 0.0], [0.5, 0.5]], cfg).advantages.tolist()
     [[1.0, -1.0], [0.0, 0.0]]
 """

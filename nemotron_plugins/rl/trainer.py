@@ -590,6 +590,7 @@ def policy_update(
     vocab_size: int,
     ref_model: Any | None = None,
     scheduler: Any | None = None,
+    loss_fn: Any | None = None,
 ) -> dict[str, float]:
     """The rollout's optimizer steps on the clipped policy loss (``epochs_per_rollout`` x rollout /
     ``global_batch_size``), each through the shared :func:`~nemotron_plugins.training.step.optimizer_step`.
@@ -607,6 +608,8 @@ def policy_update(
         vocab_size: Real vocabulary size (the logits of megatron's padding ids are excluded, as in the engine).
         ref_model: Frozen reference policy (same layout), needed when ``algorithm.beta > 0``.
         scheduler: megatron's LR scheduler, advanced once per optimizer step.
+        loss_fn: The algorithm's loss (``RLAlgorithm.loss``); default :func:`~nemotron_plugins.rl.loss.
+            compute_policy_loss`.
 
     Returns:
         Metrics identical on every rank: ``loss`` (mean over optimizer steps of the global-batch loss),
@@ -618,6 +621,7 @@ def policy_update(
     from nemotron_plugins.rl.loss import compute_policy_loss
     from nemotron_plugins.training.step import optimizer_step
 
+    loss_fn = loss_fn or compute_policy_loss
     cfg = config.algorithm
     temp = config.generation.temperature
     micro = config.micro_batch_size
@@ -666,7 +670,7 @@ def policy_update(
                     lp = _logprobs(out, mb["targets"].to(dev), temp, vocab_size)
                     old = mb["old_logprobs"].to(dev) if "old_logprobs" in mb else lp.detach()
                     gen = mb["generator_logprobs"].to(dev)
-                    loss, metrics = compute_policy_loss(
+                    loss, metrics = loss_fn(
                         lp,
                         old,
                         mb["advantages"].to(dev),
@@ -737,10 +741,14 @@ def train_step(
     pass_rates: Sequence[float] | None = None,
     scheduler: Any | None = None,
 ) -> dict[str, float]:
-    """One rollout + update on the prompts ``batch`` (every rank calls it); returns the step's metrics."""
-    from nemotron_plugins.rl.advantages import advantages_from_config
+    """One rollout + update on the prompts ``batch`` (every rank calls it); returns the step's metrics.
+
+    The advantages and the loss come from the registered algorithm ``algorithm.algorithm`` (``ALGORITHMS``), so a
+    plugin registered under a new name takes effect."""
+    from nemotron_plugins.registry import ALGORITHMS
 
     cfg = config.algorithm
+    algorithm = ALGORITHMS.get(cfg.algorithm)
     gen = config.generation
     g = cfg.num_generations
     t0 = time.perf_counter()
@@ -759,7 +767,7 @@ def train_step(
     t1 = time.perf_counter()
     total, per = distributed_score(rewards, texts, sample_rows)
     t_reward = time.perf_counter() - t1
-    adv = advantages_from_config(total.float().view(len(batch), g), cfg)
+    adv = algorithm.advantages(total.float().view(len(batch), g), cfg)
     flat_adv = adv.flat()
     keep_groups = ~adv.zero_std_groups if cfg.skip_uniform_groups else torch.ones(len(batch), dtype=torch.bool)
     keep = keep_groups.repeat_interleave(g).nonzero().flatten().tolist()
@@ -790,7 +798,14 @@ def train_step(
         )
         metrics.update(
             policy_update(
-                model, optimizer, packed, config, vocab_size=vocab_size, ref_model=ref_model, scheduler=scheduler
+                model,
+                optimizer,
+                packed,
+                config,
+                vocab_size=vocab_size,
+                ref_model=ref_model,
+                scheduler=scheduler,
+                loss_fn=algorithm.loss,
             )
         )
         metrics["train/sequences"] = float(len(keep))
@@ -911,7 +926,9 @@ def run_grpo(config: RecipeConfig) -> GRPOResult:
     from nemotron_plugins.launch.validation import validate_for_run
 
     if getattr(config, "task", None) not in ("grpo", "rloo"):
-        raise ValueError(f"run_grpo needs a run config with task 'grpo' or 'rloo', got {getattr(config, 'task', None)!r}")
+        raise ValueError(
+            f"run_grpo needs a run config with task 'grpo' or 'rloo', got {getattr(config, 'task', None)!r}"
+        )
     resolve_paths(config)
     validate_for_run(config)
     if config.torch_threads:
@@ -1063,7 +1080,12 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
             wandb_project=logging_cfg.wandb_project,
             total=config.train_steps,
             progress=logging_cfg.progress_bar,
-            progress_keys=["reward/total", "accuracy", "reward/" + (evaluation.format_reward or accuracy_reward), "loss"],
+            progress_keys=[
+                "reward/total",
+                "accuracy",
+                "reward/" + (evaluation.format_reward or accuracy_reward),
+                "loss",
+            ],
             resume_step=step,
         )
 

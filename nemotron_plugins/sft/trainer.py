@@ -199,7 +199,9 @@ class _RowTensors:
         if self.segment_ids is not None:
             batch["attention_mask"] = _packed_attention_mask(self.segment_ids[indices, :length])
         if device is not None:
-            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = {
+                k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+            }
         return batch
 
 
@@ -543,15 +545,20 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
             f"model: vocab_size {puzzle.vocab_size} is smaller than the tokenizer's {vocab_size} tokens"
         )
     model = build_model(cfg, puzzle)
+    save_dir = cfg.checkpoint.save_dir
+    load_dir = cfg.checkpoint.load_dir or save_dir
+    resuming = bool(load_dir and latest_step(load_dir) is not None)
+    if not resuming:
+        source_of_weights = initialise_weights(cfg, model, puzzle)
+        if is_rank0:
+            print(f"[sft] weights: {source_of_weights}", flush=True)
     ddp, optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     device = model_device(model)
 
-    # ---- resume / init
-    save_dir = cfg.checkpoint.save_dir
-    load_dir = cfg.checkpoint.load_dir or save_dir
+    # ---- resume
     start_step = 0
-    if load_dir and latest_step(load_dir) is not None:
+    if resuming:
         if not cfg.checkpoint.resume:
             raise SFTConfigError(
                 f"checkpoint.resume=false but {load_dir} holds checkpoints; delete them or set checkpoint.save_dir "
@@ -564,11 +571,6 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         start_step = state.step
         if is_rank0:
             print(f"[sft] resumed from {state.path} at step {start_step}", flush=True)
-    else:
-        source_of_weights = initialise_weights(cfg, model, puzzle)
-        optimizer.reload_model_params()
-        if is_rank0:
-            print(f"[sft] weights: {source_of_weights}", flush=True)
     manager = CheckpointManager(save_dir, keep_last=cfg.checkpoint.keep_last) if save_dir else None
     if manager is not None and is_rank0:
         Path(save_dir).mkdir(parents=True, exist_ok=True)

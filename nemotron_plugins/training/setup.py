@@ -97,9 +97,7 @@ def load_architecture(config: RecipeConfig) -> PuzzleModelConfig:
         raise RunSetupError(f"{field_name}: {path} is not valid JSON (line {err.lineno})") from None
     unknown = sorted(k for k in config.model.overrides if k not in data and k not in _OVERRIDABLE_KEYS)
     if unknown:
-        raise RunSetupError(
-            f"model.overrides: unknown config keys {unknown}; {path} has {sorted(data)[:40]}"
-        )
+        raise RunSetupError(f"model.overrides: unknown config keys {unknown}; {path} has {sorted(data)[:40]}")
     data.update(config.model.overrides)
     try:
         return parse_hf_config(data, source=str(path))

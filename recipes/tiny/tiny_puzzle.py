@@ -107,7 +107,11 @@ def tiny_puzzle_grpo_cpu_config() -> RecipeConfig:
         cluster=_cluster(),
         data=_data(max_seq_length=MAX_PROMPT_TOKENS, num_train_samples=1024),
         evaluation=EvalConfig(
-            num_samples=HELDOUT_PROBLEMS, interval=20, greedy=True, accuracy_reward="math", format_reward="think_format"
+            num_samples=HELDOUT_PROBLEMS,
+            interval=20,
+            greedy=True,
+            accuracy_reward="math",
+            format_reward="think_format",
         ),
         sampler=None,  # prompts uniformly at random (the measured run); the curriculum is one override away
         rewards=[RewardSpec(name="math", weight=1.0), RewardSpec(name="think_format", weight=0.5)],

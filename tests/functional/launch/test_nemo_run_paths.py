@@ -27,7 +27,7 @@ def test_local_executor_runs_tiny_sft(tmp_path: Path) -> None:
             "local",
             "train_steps=2",
             "data.num_train_samples=64",
-            "data.num_eval_samples=0",
+            "evaluation.num_samples=0",
             "micro_batch_size=16",
             "global_batch_size=16",
             f"output_dir={out_dir}",

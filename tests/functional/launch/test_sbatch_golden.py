@@ -48,25 +48,25 @@ def test_rendered_sbatch_matches_golden(golden: str, tmp_path: Path) -> None:
 
 
 def test_ultra_dry_run_through_the_cli() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nemotron_plugins.cli.main",
-            "launch",
-            ULTRA,
-            "--executor",
-            "slurm",
-            "--dry-run",
-            "--account",
-            "acct",
-            "--job-dir",
-            "/lustre/jobs",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "nemotron_plugins.cli.main",
+        "launch",
+        ULTRA,
+        "--executor",
+        "slurm",
+        "--dry-run",
+        "--account",
+        "acct",
+        "--job-dir",
+        "/lustre/jobs",
+    ]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "model.checkpoint is not set" in refused.stderr and "data.path is not set" in refused.stderr
+    # Rendering the script for a cluster whose paths this machine cannot see: validation skipped explicitly.
+    result = subprocess.run([*command, "--skip-validation"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     script = result.stdout
     assert script.startswith("#!/bin/bash")

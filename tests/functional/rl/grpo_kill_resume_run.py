@@ -7,37 +7,29 @@ starts it again on the same directory.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root, for tests.run_configs
 
 
 def main(output_dir: str, steps: int) -> None:
     """Run (or resume) the tiny GRPO run in ``output_dir`` for ``steps`` steps."""
-    from nemotron_plugins.rl.config import GRPOConfig
-    from nemotron_plugins.rl.trainer import GRPOTrainConfig, run_grpo
+    from nemotron_plugins.rl.trainer import run_grpo
+    from tests.run_configs import tiny_grpo
 
     torch.set_num_threads(1)
     run_grpo(
-        GRPOTrainConfig(
-            grpo=GRPOConfig(
-                num_prompts_per_rollout=2,
-                num_generations=4,
-                global_batch_size=4,
-                micro_batch_size=2,
-                max_new_tokens=10,
-            ),
-            train_steps=steps,
-            num_train_prompts=8,
-            num_heldout_prompts=0,
-            pass_rate_samples=1,
-            skip_uniform_groups=False,
-            lr=1e-3,
-            seq_length=128,
-            output_dir=output_dir,
-            progress=False,
-            torch_threads=1,
-            save_interval=1,
-            keep_last=2,
+        tiny_grpo(
+            output_dir,
+            f"train_steps={steps}",
+            "global_batch_size=4",
+            "micro_batch_size=2",
+            "generation.max_new_tokens=10",
+            "model.seq_length=128",
+            "data.max_seq_length=96",
+            "checkpoint.keep_last=2",
         )
     )
 

@@ -35,24 +35,25 @@ def fixed_batch() -> Any:
 
 
 def train_config(parallel: Any) -> Any:
-    from nemotron_plugins.rl.config import GRPOConfig
-    from nemotron_plugins.rl.trainer import GRPOTrainConfig
+    """The tiny GRPO recipe with this layout: 4 prompts x 4 samples, 2 updates per rollout (global batch 8),
+    micro-batches of 2, a KL term and the importance-sampling correction."""
+    from tests.run_configs import tiny_grpo
 
-    return GRPOTrainConfig(
-        grpo=GRPOConfig(
-            num_prompts_per_rollout=4,
-            num_generations=4,
-            global_batch_size=8,
-            micro_batch_size=2,
-            max_new_tokens=20,
-            beta=0.05,
-            epsilon=0.2,
-            importance_sampling_correction=True,
-        ),
-        lr=3e-3,
-        parallel=parallel,
-        seq_length=SEQ,
+    config = tiny_grpo(
+        "/tmp/unused",
+        "algorithm.num_prompts_per_rollout=4",
+        "algorithm.num_generations=4",
+        "algorithm.beta=0.05",
+        "algorithm.epsilon=0.2",
+        "algorithm.importance_sampling_correction=true",
+        "global_batch_size=8",
+        "micro_batch_size=2",
+        "generation.max_new_tokens=20",
+        "optimizer.lr=3e-3",
+        f"model.seq_length={SEQ}",
     )
+    config.parallel = parallel
+    return config
 
 
 def run_updates(parallel_kwargs: dict[str, Any], rollouts: int = 2, full_state_path: str | None = None) -> dict:
@@ -69,6 +70,7 @@ def run_updates(parallel_kwargs: dict[str, Any], rollouts: int = 2, full_state_p
     from nemotron_plugins.rl import trainer
     from nemotron_plugins.runtime.config import ParallelConfig
     from nemotron_plugins.runtime.distributed import destroy_distributed, init_distributed
+    from nemotron_plugins.training.setup import InitialState, build_optimizer, load_state_into
 
     parallel = ParallelConfig(**parallel_kwargs)
     ctx = init_distributed(parallel, seed=SEED)
@@ -79,7 +81,10 @@ def run_updates(parallel_kwargs: dict[str, Any], rollouts: int = 2, full_state_p
         def build(init: bool) -> Any:
             model = build_puzzle_model(cfg, parallel=parallel, seq_length=SEQ, perform_initialization=False)
             if full_state_path is not None:
-                trainer._load_into(model, torch.load(full_state_path, weights_only=True), 1, cfg, full_state_path)
+                initial = InitialState(
+                    state=torch.load(full_state_path, weights_only=True), world_size=1, path=full_state_path
+                )
+                load_state_into(model, initial, cfg)
             else:
                 init_weights_layout_invariant_(model, seed=SEED)
             if parallel.pipeline_model_parallel_size > 1:
@@ -89,7 +94,7 @@ def run_updates(parallel_kwargs: dict[str, Any], rollouts: int = 2, full_state_p
         model, ref = build(True), build(True)
         ref.eval()
         batch = fixed_batch()
-        ddp, optimizer = trainer.build_policy_optimizer(model, config)
+        ddp, optimizer = build_optimizer(config, model)
         plan = trainer._micro_batches(batch, torch.arange(len(batch)), 2, parallel.pipeline_model_parallel_size > 1)
         before = trainer._forward_logprobs(ddp, plan, batch.input_ids.shape[1], 2, 1.0, VOCAB)
         metrics = [

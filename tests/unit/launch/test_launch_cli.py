@@ -80,6 +80,10 @@ def test_train_refuses_invalid_and_multinode(capsys) -> None:
     code, _, err = run_cli(capsys, "train", "tiny_puzzle_sft_cpu", "parallel.sequence_parallel=true")
     assert code == 2 and "sequence_parallel=true needs tensor_model_parallel_size > 1" in err
     code, _, err = run_cli(capsys, "train", "llama_nemotron_ultra_253b_grpo_576gpu_h100_bf16", "--dry-run")
+    assert code == 2 and "model.checkpoint is not set" in err and "data.path is not set" in err
+    code, _, err = run_cli(
+        capsys, "train", "llama_nemotron_ultra_253b_grpo_576gpu_h100_bf16", "--dry-run", "--skip-validation"
+    )
     assert code == 2 and "needs 72 nodes" in err
 
 

@@ -27,7 +27,7 @@ def test_typed_values() -> None:
         "model.overrides.vocab_size=256",
         "rewards.0.weight=2",
         "generation.max_num_seqs=null",
-        'data.options={"min_value": 5}',
+        'data.synthetic={"min_value": 5}',
     )
     assert cfg.optimizer.lr == 3e-7 and isinstance(cfg.optimizer.lr, float)
     assert cfg.train_steps == 7
@@ -39,7 +39,7 @@ def test_typed_values() -> None:
     assert cfg.model.overrides == {"vocab_size": 256}
     assert cfg.rewards[0].weight == 2.0
     assert cfg.generation.max_num_seqs is None
-    assert cfg.data.options == {"min_value": 5}
+    assert cfg.data.synthetic.min_value == 5 and cfg.data.synthetic.max_value == 999  # a block from a dict
 
 
 @pytest.mark.parametrize(

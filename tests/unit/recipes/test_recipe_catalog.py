@@ -29,24 +29,78 @@ def test_required_recipes_are_registered() -> None:
     assert {"tiny_puzzle_sft_cpu", "tiny_puzzle_grpo_cpu", ULTRA_GRPO} <= names
 
 
+PAPER = [n for n in BUILTIN if not n.endswith("_cpu")]
+
+
+@pytest.fixture(scope="module")
+def fixture_paths(tmp_path_factory):
+    from nemotron_plugins.fixtures import write_fixtures
+
+    return write_fixtures(tmp_path_factory.mktemp("fixture"))
+
+
 @pytest.mark.parametrize("name", BUILTIN)
 def test_recipe_builds_and_validates(name: str) -> None:
+    """Tiny recipes validate as they are; paper recipes validate their layout and memory but refuse to run without
+    the checkpoint and data they train on, naming the fields and how to get them."""
     target = recipe_plugins.BUILTIN_RECIPES[name]
     assert target.endswith(f":{name}_config"), "the function is named <recipe>_config"
     config = build_recipe(name)
     assert isinstance(config, RecipeConfig)
     assert config.name == name
     report = validate_recipe(config)
-    assert report.ok, report.errors
     assert report.memory is not None and report.memory.peak <= config.cluster.gpu_memory_gb * 1e9
     if config.cluster.device == "cuda":
+        assert not report.ok
+        assert any(e.startswith("model.checkpoint is not set") and config.model.hub_id in e for e in report.errors)
+        assert any(e.startswith("data.path is not set") and "huggingface-cli download" in e for e in report.errors)
         match = GPU_NAME.match(name)
         assert match, f"{name} does not follow <model>_<task>_<N>gpu_h100_<precision>"
         assert int(match["n"]) == config.world_size
         assert match["task"] == config.task
         assert config.optimizer.bf16 == (match["precision"] == "bf16")
     else:
+        assert report.ok, report.errors
         assert name.endswith("_cpu") and not config.optimizer.bf16
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_recipe_validates_on_the_fixture_scaled_down(name: str, fixture_paths) -> None:
+    """The paper recipe's code path with the fixture checkpoint and Post-Training-format data, on one CPU process."""
+    config = build_recipe(name)
+    data = fixture_paths.sft_dir if config.task == "sft" else fixture_paths.rl["train"]
+    overrides = [
+        f"model.checkpoint={fixture_paths.checkpoint}",
+        "model.config_path=null",
+        "model.params_dtype=float32",
+        "model.seq_length=512",
+        f"data.path={data}",
+        "data.max_seq_length=256",
+        "data.splits=[]",
+        "optimizer.bf16=false",
+        "parallel.tensor_model_parallel_size=1",
+        "parallel.pipeline_model_parallel_size=1",
+        "parallel.context_parallel_size=1",
+        "parallel.sequence_parallel=false",
+        "parallel.pipeline_layout=null",
+        "cluster.nodes=1",
+        "cluster.devices_per_node=1",
+        "cluster.device=cpu",
+        "micro_batch_size=1",
+    ]
+    if config.is_rl:
+        overrides += [
+            "generation.engine=megatron",
+            "generation.tensor_model_parallel_size=1",
+            "generation.fp8=false",
+            "generation.max_num_seqs=null",
+            "generation.max_new_tokens=64",
+            "rewards=[{'name': 'math'}]",
+        ]
+        if config.sampler is not None:
+            overrides.append("sampler.drop_pass_rate_at_least=null")
+    report = validate_recipe(build_recipe(name, overrides))
+    assert report.ok, report.errors
 
 
 def test_recipe_functions_return_fresh_configs() -> None:
@@ -71,7 +125,7 @@ def test_ultra_grpo_matches_the_paper() -> None:
     assert config.generation.tensor_model_parallel_size == 8 and config.generation.fp8
     assert config.world_size // config.generation.tensor_model_parallel_size == 72
     alg = config.algorithm
-    assert (alg.prompts_per_rollout, alg.generations_per_prompt, alg.updates_per_rollout) == (72, 16, 2)
+    assert (alg.num_prompts_per_rollout, alg.num_generations, alg.updates_per_rollout(576)) == (72, 16, 2)
     assert config.global_batch_size == 576
     assert len(p.pipeline_layout) == 18 and sum(p.pipeline_layout) == 162 and min(p.pipeline_layout) >= 1
 

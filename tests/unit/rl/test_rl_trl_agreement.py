@@ -165,7 +165,6 @@ def test_clipped_loss_matches_trl(
     cfg = GRPOConfig(
         num_prompts_per_rollout=3,
         num_generations=2,
-        global_batch_size=6,
         epsilon=0.2,
         epsilon_high=eps_high,
         beta=beta,

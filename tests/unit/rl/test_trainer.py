@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from nemotron_plugins.rl.config import GRPOConfig
-from nemotron_plugins.rl.trainer import GRPOTrainConfig, run_grpo
+from nemotron_plugins.rl.trainer import run_grpo
 from nemotron_plugins.runtime.metrics import read_jsonl
+from tests.run_configs import tiny_grpo
 
 EXPECTED = {
     "reward/total",
@@ -22,24 +22,9 @@ EXPECTED = {
 }
 
 
-def _config(out, steps: int, **kw) -> GRPOTrainConfig:
+def _config(out, steps: int, *overrides: str):
     torch.set_num_threads(1)
-    return GRPOTrainConfig(
-        grpo=GRPOConfig(
-            num_prompts_per_rollout=2, num_generations=4, global_batch_size=8, micro_batch_size=8, max_new_tokens=12
-        ),
-        train_steps=steps,
-        num_train_prompts=8,
-        num_heldout_prompts=0,
-        pass_rate_samples=1,
-        skip_uniform_groups=False,
-        lr=1e-3,
-        output_dir=str(out),
-        progress=False,
-        torch_threads=1,
-        save_interval=1,
-        **kw,
-    )
+    return tiny_grpo(out, f"train_steps={steps}", *overrides)
 
 
 def _strip(rows):
@@ -59,7 +44,8 @@ def test_two_steps_write_metrics(tmp_path):
 
 def test_resume_matches_uninterrupted(tmp_path):
     straight = run_grpo(_config(tmp_path / "a", 3))
-    run_grpo(_config(tmp_path / "b", 2))
+    interrupted = run_grpo(_config(tmp_path / "b", 3, "stop_after_steps=2"))
+    assert interrupted.steps == 2
     resumed = run_grpo(_config(tmp_path / "b", 3))
     assert resumed.resumed_from == 2
     assert _strip(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == _strip(read_jsonl(tmp_path / "b" / "metrics.jsonl"))

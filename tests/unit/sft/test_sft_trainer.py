@@ -9,27 +9,17 @@ import torch
 
 from nemotron_plugins.data.packing import pack_examples
 from nemotron_plugins.data.sft import SFTExample
-from nemotron_plugins.runtime.config import CheckpointConfig, LoggingConfig, OptimizerConfig
-from nemotron_plugins.sft.config import SFTDataConfig, SFTEvalConfig, SFTRunConfig
+from nemotron_plugins.launch.validation import RecipeValidationError
 from nemotron_plugins.sft.trainer import _batch_order, _RowTensors, load_sft_checkpoint, run_sft
+from tests.run_configs import tiny_sft
 
 
-def _config(tmp_path, *, steps: int, save_interval: int = 0, eval_prompts: int = 0, name: str = "run") -> SFTRunConfig:
-    out = tmp_path / name
-    return SFTRunConfig(
-        optimizer=OptimizerConfig(lr=3e-3, warmup_steps=0, clip_grad=1.0),
-        checkpoint=CheckpointConfig(save_dir=str(out / "ckpt"), save_interval=save_interval),
-        logging=LoggingConfig(log_interval=100, jsonl_path=str(out / "metrics.jsonl"), progress_bar=False),
-        data=SFTDataConfig(
-            num_train_problems=40, num_heldout_problems=4, min_value=1, max_value=99, max_seq_length=96
-        ),
-        eval=SFTEvalConfig(num_prompts=eval_prompts, max_new_tokens=3, batch_size=4),
-        train_steps=steps,
-        micro_batch_size=2,
-        global_batch_size=4,
-        output_dir=str(out),
-        num_threads=2,
-        seed=7,
+def _config(tmp_path, *, steps: int, save_interval: int = 0, eval_prompts: int = 0, name: str = "run"):
+    return tiny_sft(
+        tmp_path / name,
+        f"train_steps={steps}",
+        f"checkpoint.save_interval={save_interval}",
+        f"evaluation.num_samples={eval_prompts}",
     )
 
 
@@ -67,7 +57,7 @@ def test_kill_and_resume_reproduces_losses_exactly(tmp_path) -> None:
 
 def _stop(k: int):
     class _Stop:
-        def __ror__(self, cfg: SFTRunConfig) -> SFTRunConfig:
+        def __ror__(self, cfg):
             cfg.stop_after_steps = k
             return cfg
 
@@ -117,8 +107,8 @@ def test_dynamic_padding_leaves_losses_unchanged(tmp_path, packed: bool) -> None
     losses, lengths = {}, {}
     for dynamic in (False, True):
         cfg = _config(tmp_path, steps=3, name=f"dyn{int(dynamic)}")
-        cfg.checkpoint.save_dir = None
         cfg.data.max_seq_length = 128  # rows of ~60-90 tokens: one per row even when packed
+        cfg.model.seq_length = 128
         cfg.data.dynamic_padding = dynamic
         cfg.data.pack_sequences = packed
         losses[dynamic] = run_sft(cfg).losses
@@ -131,14 +121,33 @@ def test_dynamic_padding_leaves_losses_unchanged(tmp_path, packed: bool) -> None
         assert abs(losses[True][step] - loss) < 1e-5, (step, loss, losses[True][step])
 
 
-def test_bf16_autocast_tracks_fp32_losses(tmp_path) -> None:
-    losses = {}
-    for bf16 in (False, True):
-        cfg = _config(tmp_path, steps=3, name=f"bf16{int(bf16)}")
-        cfg.checkpoint.save_dir = None
-        cfg.optimizer.bf16 = bf16
-        losses[bf16] = run_sft(cfg).losses
-    assert abs(losses[True][1] - losses[False][1]) < 5e-3  # same weights: only the bf16 rounding differs
-    for step, loss in losses[False].items():
-        assert abs(losses[True][step] - loss) < 0.1, (step, loss, losses[True][step])
-    assert losses[True] != losses[False]  # the matmuls really ran in bf16
+def test_bf16_is_refused_on_cpu_naming_the_fields(tmp_path) -> None:
+    cfg = _config(tmp_path, steps=1, name="bf16")
+    cfg.optimizer.bf16 = True
+    with pytest.raises(RecipeValidationError, match=r"optimizer\.bf16=true is GPU-only"):
+        run_sft(cfg)
+
+
+def test_post_training_files_train_through_the_same_path(tmp_path) -> None:
+    """Post-Training-Dataset JSONL rows (here the synthetic task's own file) through data.dataset=post_training:
+    categories filtered by data.splits, the same loss as the synthetic path on the same rows."""
+    synthetic = run_sft(_config(tmp_path, steps=2, name="synthetic"))
+    rows = tmp_path / "synthetic" / "data" / "sft_train.jsonl"
+    cfg = tiny_sft(
+        tmp_path / "files",
+        "train_steps=2",
+        "data.dataset=post_training",
+        "data.synthetic=null",
+        f"data.path={rows}",
+    )
+    assert run_sft(cfg).losses == synthetic.losses
+    cfg = tiny_sft(
+        tmp_path / "none",
+        "train_steps=2",
+        "data.dataset=post_training",
+        "data.synthetic=null",
+        f"data.path={rows}",
+        "data.splits=['code']",
+    )
+    with pytest.raises(ValueError, match="no usable training examples"):
+        run_sft(cfg)

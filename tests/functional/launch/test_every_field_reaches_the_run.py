@@ -1,0 +1,214 @@
+"""Every field of every recipe reaches the code that acts on it (a setting is used or refused).
+
+The config classes are instrumented so that each attribute read is recorded with the module that made it. Then the
+runs a user starts are executed for real on CPU: the tiny SFT and GRPO recipes (through ``run_recipe``, which also
+runs the SFT prerequisite), and one paper recipe per task (SFT, GRPO, RLOO) scaled down onto the fixture checkpoint
+and Post-Training-format data; the paper recipes' vLLM engine settings are built as the trainer builds them, and
+their sbatch scripts are rendered. A field counts as used when code outside generic serialisation and validation
+read it. The remaining fields are listed with why validation alone is their use; anything else unread fails.
+
+The other half, "or it is refused", is covered by the validation tests: settings a task does not act on are rejected
+naming the field (``tests/unit/launch/test_launch_validation.py::test_unused_settings_are_refused``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemotron_plugins.launch import recipe_config as rc
+from nemotron_plugins.launch.build import build_recipe
+from nemotron_plugins.rl.config import GRPOConfig
+from nemotron_plugins.runtime import config as runtime_config
+from recipes import plugins as recipe_plugins
+
+CONFIG_CLASSES = (
+    rc.RecipeConfig,
+    rc.ClusterConfig,
+    rc.DataConfig,
+    rc.SyntheticDataConfig,
+    rc.EvalConfig,
+    rc.SamplerConfig,
+    rc.RewardSpec,
+    rc.GenerationConfig,
+    GRPOConfig,
+    runtime_config.ModelConfig,
+    runtime_config.ParallelConfig,
+    runtime_config.OptimizerConfig,
+    runtime_config.CheckpointConfig,
+    runtime_config.LoggingConfig,
+)
+
+NOT_USE = ("dataclasses.py", "copy.py", "launch/overrides.py", "launch/validation.py", "launch/memory.py")
+"""Reads that are not a use: generic serialisation, copies, and the checks themselves (by file)..."""
+NOT_USE_FUNCTIONS = frozenset({"validate", "__post_init__", "replace", "__repr__", "__eq__"})
+"""... and by function (a config's own field checks)."""
+
+VALIDATION_IS_THE_USE = {
+    ("ModelConfig", "hub_id"): "named in the error when model.checkpoint is missing (nothing downloads)",
+    ("DataConfig", "hub_id"): "named in the error when data.path is missing (nothing downloads)",
+    ("ClusterConfig", "gpu_memory_gb"): "the budget of the pre-launch memory check",
+    ("ParallelConfig", "data_parallel_size"): "an explicit DP checked against the world size (DP is derived)",
+    ("RecipeConfig", "description"): "the one-line summary `recipes list` prints",
+}
+
+
+def _leaves(obj: object, out: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    for f in dataclasses.fields(obj):
+        out.add((type(obj).__name__, f.name))
+        value = object.__getattribute__(obj, f.name)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if dataclasses.is_dataclass(v):
+                _leaves(v, out)
+    return out
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Instrument the config classes; yields the set of ``(class, field)`` read by code that acts on them."""
+    seen: set[tuple[str, str]] = set()
+    names = {c: {f.name for f in dataclasses.fields(c)} for c in CONFIG_CLASSES}
+
+    def make(cls):
+        fields = names[cls]
+
+        def getattribute(self, name):
+            if name in fields:
+                code = sys._getframe(1).f_code
+                caller = code.co_filename.replace("\\", "/")
+                if not caller.endswith(NOT_USE) and code.co_name not in NOT_USE_FUNCTIONS:
+                    seen.add((cls.__name__, name))
+            return object.__getattribute__(self, name)
+
+        return getattribute
+
+    for cls in CONFIG_CLASSES:
+        monkeypatch.setattr(cls, "__getattribute__", make(cls), raising=False)
+    yield seen
+
+
+def _scaled(name: str, fixture, out: Path) -> list[str]:
+    """Overrides that put a paper recipe on the fixture, one CPU process, one short step."""
+    config = build_recipe(name)
+    data = fixture.sft_dir if config.task == "sft" else fixture.rl["train"]
+    overrides = [
+        f"output_dir={out / name}",
+        f"model.checkpoint={fixture.checkpoint}",
+        "model.config_path=null",
+        "model.params_dtype=float32",
+        "model.seq_length=256",
+        f"data.path={data}",
+        "data.max_seq_length=128",
+        "data.splits=[]",
+        "data.num_train_samples=8",
+        "optimizer.bf16=false",
+        "parallel.tensor_model_parallel_size=1",
+        "parallel.pipeline_model_parallel_size=1",
+        "parallel.context_parallel_size=1",
+        "parallel.sequence_parallel=false",
+        "parallel.pipeline_layout=null",
+        "parallel.use_distributed_optimizer=false",
+        "cluster.nodes=1",
+        "cluster.devices_per_node=1",
+        "cluster.device=cpu",
+        "micro_batch_size=2",
+        "global_batch_size=4",
+        "train_steps=1",
+        "recompute=none",
+        "torch_threads=2",
+    ]
+    if config.is_rl:
+        overrides += [
+            "generation.engine=megatron",
+            "generation.tensor_model_parallel_size=1",
+            "generation.fp8=false",
+            "generation.max_num_seqs=null",
+            "generation.kv_cache_dtype=auto",
+            "generation.gpu_memory_utilization=0.6",
+            "generation.max_new_tokens=8",
+            "algorithm.num_prompts_per_rollout=2",
+            "algorithm.num_generations=2",
+            "algorithm.skip_uniform_groups=false",
+            "rewards=[{'name': 'math'}, {'name': 'mcq'}]",
+            "evaluation.num_samples=0",
+        ]
+        if config.sampler is not None:
+            overrides += ["sampler.drop_pass_rate_at_least=null", "sampler.pass_rate_responses=1"]
+    return overrides
+
+
+def test_every_recipe_field_is_read_by_the_run(reads, tmp_path) -> None:
+    pytest.importorskip("nemo_run")
+    from nemotron_plugins.fixtures import write_fixtures
+    from nemotron_plugins.launch.dispatch import run_recipe
+    from nemotron_plugins.launch.nemo_run_launch import SlurmOptions, render_sbatch
+    from nemotron_plugins.launch.validation import validate_recipe
+    from nemotron_plugins.rl.trainer import engine_settings
+
+    torch.set_num_threads(2)
+    leaves: set[tuple[str, str]] = set()
+    for name in recipe_plugins.BUILTIN_RECIPES:
+        _leaves(build_recipe(name), leaves)
+
+    # The tiny recipes as a user runs them: GRPO finds no SFT checkpoint and runs the SFT stage first.
+    tiny = tmp_path / "tiny"
+    grpo = build_recipe(
+        "tiny_puzzle_grpo_cpu",
+        [
+            f"output_dir={tiny / 'tiny_puzzle_grpo_cpu'}",
+            "train_steps=1",
+            "evaluation.num_samples=4",
+            "algorithm.skip_uniform_groups=false",  # the update runs even when every group's rewards are equal
+        ],
+    )
+    sft_overrides = ["train_steps=2", "evaluation.num_samples=2", "checkpoint.save_interval=1", "torch_threads=2"]
+    import nemotron_plugins.launch.dispatch as dispatch
+
+    original = dispatch.prerequisite
+
+    def small_prerequisite(config):
+        stage = original(config)
+        if stage is not None:
+            for item in sft_overrides:
+                from nemotron_plugins.launch.overrides import set_by_path
+
+                key, _, value = item.partition("=")
+                set_by_path(stage, key, value)
+        return stage
+
+    dispatch.prerequisite = small_prerequisite
+    try:
+        run_recipe(grpo)
+    finally:
+        dispatch.prerequisite = original
+    run_recipe(build_recipe("tiny_puzzle_grpo_cpu", [f"output_dir={tiny / 'tiny_puzzle_grpo_cpu'}", "train_steps=1"]))
+    # ^ a second start finds the checkpoint and resumes (nothing left to train)
+
+    # One paper recipe per task on the fixture (the same trainers and setup the full-scale runs use).
+    fixture = write_fixtures(tmp_path / "fixture")
+    paper = {
+        "sft": "llama_nemotron_ultra_253b_sft_576gpu_h100_bf16",
+        "grpo": "llama_nemotron_ultra_253b_grpo_576gpu_h100_bf16",
+        "rloo": "llama_nemotron_super_49b_rloo_32gpu_h100_bf16",
+    }
+    for name in paper.values():
+        config = build_recipe(name, _scaled(name, fixture, tmp_path / "paper"))
+        report = validate_recipe(config)
+        assert report.ok, (name, report.errors)
+        run_recipe(config)
+
+    # What the full-scale runs build but this machine cannot run: the vLLM engine settings, the sbatch scripts.
+    options = SlurmOptions(account="acct", partition="batch", job_dir=str(tmp_path / "jobs"))
+    for name in recipe_plugins.BUILTIN_RECIPES:
+        config = build_recipe(name)
+        if config.generation is not None and config.generation.engine == "vllm":
+            engine_settings(config)
+        render_sbatch(name, config, [], options)
+
+    unread = sorted(leaves - reads - set(VALIDATION_IS_THE_USE))
+    assert not unread, f"recipe fields no code acts on: {unread}"
