@@ -941,9 +941,15 @@ def run_grpo(config: RecipeConfig) -> GRPOResult:
 
 def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear training procedure
     from nemotron_plugins.data.sources import SYNTHETIC, prepare_synthetic_data
+    from nemotron_plugins.puzzle.block_config import to_hf_config
     from nemotron_plugins.runtime.checkpoint import latest_step, load_training_state, save_training_state
     from nemotron_plugins.runtime.metrics import MetricsLogger
-    from nemotron_plugins.training.setup import build_model, build_optimizer, build_scheduler
+    from nemotron_plugins.training.setup import (
+        build_model,
+        build_optimizer,
+        build_scheduler,
+        write_checkpoint_metadata,
+    )
 
     start = time.perf_counter()
     world, rank, dp, _ = _layout()
@@ -988,6 +994,8 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
     scheduler = build_scheduler(config, optimizer)
     rewards = build_rewards(config)
     accuracy_reward = accuracy_reward_name(config)
+    if is_rank0:
+        write_checkpoint_metadata(ckpt_dir, model_config, tokenizer)
     say(
         f"{len(all_rows)} training / {len(heldout)} held-out prompts; policy {type(model).__name__} "
         f"({sum(p.numel() for p in model.parameters()):,} parameters on rank 0), world {world} "
@@ -1090,7 +1098,11 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
         )
 
         def save(at: int) -> None:
-            extra: dict[str, Any] = {"pass_rates": pass_rates, "before": result.before}
+            extra: dict[str, Any] = {
+                "pass_rates": pass_rates,
+                "before": result.before,
+                "puzzle_config": to_hf_config(model_config),
+            }
             if ref_model is not None:
                 extra["ref_model"] = ref_model.state_dict()
             save_training_state(

@@ -475,7 +475,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     from nemotron_plugins.data.packing import pack_examples
     from nemotron_plugins.data.sft import build_sft_examples
     from nemotron_plugins.data.sources import SYNTHETIC, iter_training_rows, prepare_synthetic_data, sft_row_source
-    from nemotron_plugins.puzzle.block_config import save_hf_config, to_hf_config
+    from nemotron_plugins.puzzle.block_config import to_hf_config
     from nemotron_plugins.runtime.checkpoint import CheckpointManager, latest_step, load_training_state
     from nemotron_plugins.runtime.distributed import barrier
     from nemotron_plugins.runtime.metrics import MetricsLogger
@@ -486,6 +486,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         initialise_weights,
         load_architecture,
         load_run_tokenizer,
+        write_checkpoint_metadata,
     )
     from nemotron_plugins.training.step import model_device, optimizer_step
 
@@ -573,9 +574,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
             print(f"[sft] resumed from {state.path} at step {start_step}", flush=True)
     manager = CheckpointManager(save_dir, keep_last=cfg.checkpoint.keep_last) if save_dir else None
     if manager is not None and is_rank0:
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
-        save_hf_config(puzzle, Path(save_dir) / "config.json")
-        tokenizer.save_pretrained(str(Path(save_dir) / "tokenizer"))
+        write_checkpoint_metadata(save_dir, puzzle, tokenizer)
     extra = {"puzzle_config": to_hf_config(puzzle), "tokenizer": cfg.data.tokenizer}
 
     def save(step: int) -> None:

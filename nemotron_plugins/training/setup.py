@@ -278,6 +278,17 @@ def load_state_into(model: Any, initial: InitialState, arch: PuzzleModelConfig) 
         ) from None
 
 
+def write_checkpoint_metadata(save_dir: str | os.PathLike[str], arch: PuzzleModelConfig, tokenizer: Any) -> None:
+    """Write the model's HF ``config.json`` and the tokenizer beside a run's checkpoints (rank 0), so a later stage
+    (``init_checkpoint``) and ``nemotron-plugins export`` find the architecture and tokenizer there."""
+    from nemotron_plugins.puzzle.block_config import save_hf_config
+
+    root = Path(save_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    save_hf_config(arch, root / "config.json")
+    tokenizer.save_pretrained(str(root / "tokenizer"))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizer and scheduler
 # ----------------------------------------------------------------------------------------------------------------
