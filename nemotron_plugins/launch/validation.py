@@ -372,6 +372,12 @@ def check_inputs(recipe: RecipeConfig) -> list[str]:
             errors.append(f"data.eval_path={d.eval_path} does not exist")
     if d.tokenizer and d.tokenizer != "tiny" and not Path(d.tokenizer).is_dir():
         errors.append(f"data.tokenizer={d.tokenizer}: not a directory with tokenizer files (or 'tiny')")
+    if m.checkpoint and m.config_path and (Path(m.checkpoint) / "config.json").is_file():
+        errors.extend(_compare_architectures(m.checkpoint, m.config_path))
+    if d.dataset == "post_training" and d.path and Path(d.path).exists():
+        errors.extend(check_data_schema(recipe, "data.path", d.path))
+        if d.eval_path and Path(d.eval_path).exists():
+            errors.extend(check_data_schema(recipe, "data.eval_path", d.eval_path, prompts=True))
     if (
         recipe.sampler is not None
         and recipe.sampler.pass_rates_path
@@ -382,6 +388,65 @@ def check_inputs(recipe: RecipeConfig) -> list[str]:
             "`nemotron-plugins curriculum estimate`)"
         )
     return errors
+
+
+def _compare_architectures(checkpoint: str, config_path: str) -> list[str]:
+    """``model.config_path`` (checked before the download) must describe ``model.checkpoint``'s architecture."""
+    from nemotron_plugins.puzzle.block_config import BlockConfigError, load_hf_config
+
+    try:
+        weights = load_hf_config(checkpoint)
+        planned = load_hf_config(config_path)
+    except (BlockConfigError, OSError, ValueError) as exc:
+        return [f"model.config_path / model.checkpoint: {exc}"]
+    if weights.architecture() != planned.architecture() or weights.hidden_size != planned.hidden_size:
+        return [
+            f"model.config_path={config_path} describes another architecture than model.checkpoint={checkpoint}; "
+            "set model.config_path=null to use the checkpoint's own config.json"
+        ]
+    return []
+
+
+SCHEMA_SAMPLE_ROWS = 200
+"""Rows of each data file the validation reads (the trainer counts every bad row of the whole file)."""
+
+
+def check_data_schema(recipe: RecipeConfig, field_name: str, path: str, *, prompts: bool | None = None) -> list[str]:
+    """The first rows of a Post-Training data source have the columns the task reads; returns the errors.
+
+    SFT rows need ``input``, ``output``, ``reasoning`` and ``system_prompt``; RL prompt rows need ``messages`` (or
+    ``input``) and ``ground_truth``, and a ``reward`` column must name one of the recipe's rewards.
+    """
+    from itertools import islice
+
+    from nemotron_plugins.data.rows import REQUIRED_FIELDS, read_rows
+
+    prompts = recipe.is_rl if prompts is None else prompts
+    rewards = {r.name for r in recipe.rewards or []}
+    decoded = 0
+    try:
+        for raw in islice(read_rows(path), SCHEMA_SAMPLE_ROWS):
+            if raw.row is None:
+                continue  # counted as a bad row by the reader; one bad line does not make the file wrong
+            decoded += 1
+            where = f"{field_name}={path} row {raw.line}"
+            if prompts:
+                if "ground_truth" not in raw.row or not ("messages" in raw.row or "input" in raw.row):
+                    return [f"{where}: an RL prompt row needs 'messages' (or 'input') and 'ground_truth'"]
+                reward = raw.row.get("reward")
+                if reward is not None and reward not in rewards:
+                    return [
+                        f"{where}: column 'reward' names {reward!r}, not one of the recipe's rewards {sorted(rewards)}"
+                    ]
+            else:
+                missing = [k for k in REQUIRED_FIELDS if k not in raw.row]
+                if missing:
+                    return [f"{where}: Post-Training SFT rows need {list(REQUIRED_FIELDS)}; missing {missing}"]
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        return [f"{field_name}={path}: cannot be read: {exc}"]
+    if decoded == 0:
+        return [f"{field_name}={path}: no readable rows in the first {SCHEMA_SAMPLE_ROWS}"]
+    return []
 
 
 def check_rewards(recipe: RecipeConfig) -> list[str]:

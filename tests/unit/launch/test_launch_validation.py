@@ -221,3 +221,80 @@ def test_balanced_layout_is_optimal(seed) -> None:
 def test_balanced_layout_rejects_too_many_stages() -> None:
     with pytest.raises(ValueError, match="between 1 and 3"):
         balanced_layout([1, 2, 3], 4)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "fragment"),
+    [
+        ("tiny_puzzle_sft_cpu", ["reward_workers=2"], "reward_workers is an RL setting"),
+        (
+            "tiny_puzzle_sft_cpu",
+            ["evaluation.greedy=false"],
+            "evaluation.greedy=false: SFT evaluation is always greedy",
+        ),
+        ("tiny_puzzle_sft_cpu", ["evaluation.accuracy_reward=math"], "evaluation.accuracy_reward is an RL setting"),
+        ("tiny_puzzle_sft_cpu", ["data.path=/x"], "data.path is set but data.dataset='synthetic_addition'"),
+        ("tiny_puzzle_sft_cpu", ["data.splits=[math]"], "data.splits filters Post-Training categories"),
+        ("tiny_puzzle_sft_cpu", ["model.checkpoint=/x"], "model.checkpoint is set but model.init='random'"),
+        ("tiny_puzzle_sft_cpu", ["model.params_dtype=bfloat16"], "model.params_dtype='bfloat16' with optimizer.bf16"),
+        (
+            "tiny_puzzle_sft_cpu",
+            ["parallel.context_parallel_size=2", "cluster.devices_per_node=2"],
+            "context_parallel_size=2",
+        ),
+        ("tiny_puzzle_grpo_cpu", ["data.pack_sequences=true"], "data.pack_sequences is an SFT setting"),
+        ("tiny_puzzle_grpo_cpu", ["data.dynamic_padding=false"], "data.dynamic_padding=false is an SFT setting"),
+        ("tiny_puzzle_grpo_cpu", ["evaluation.batch_size=8"], "evaluation.batch_size is an SFT setting"),
+        ("tiny_puzzle_grpo_cpu", ["generation.fp8=true"], "generation.fp8 is a vLLM setting"),
+        (
+            "tiny_puzzle_grpo_cpu",
+            ["generation.gpu_memory_utilization=0.9"],
+            "generation.gpu_memory_utilization is a vLLM",
+        ),
+        (
+            "tiny_puzzle_grpo_cpu",
+            ["generation.tensor_model_parallel_size=2", "cluster.devices_per_node=2"],
+            "the megatron engine generates with the policy at its training TP",
+        ),
+        ("tiny_puzzle_grpo_cpu", ["evaluation.format_reward=nope"], "evaluation.format_reward='nope' is not one of"),
+        ("tiny_puzzle_grpo_cpu", ["rewards.0.options={'no_such_option': 1}"], "rewards[0].options for 'math'"),
+        ("tiny_puzzle_grpo_cpu", ["data.synthetic=null"], "data.synthetic is required"),
+    ],
+)
+def test_unused_settings_are_refused(recipe, overrides, fragment) -> None:
+    """A setting the run would not act on is refused, naming the field (a setting is used or refused)."""
+    errors = validate_recipe(build_recipe(recipe, overrides)).errors
+    assert any(fragment in e for e in errors), errors
+
+
+def test_missing_inputs_name_the_field_and_how_to_get_them() -> None:
+    errors = validate_recipe(build_recipe("llama_nemotron_super_49b_sft_64gpu_h100_bf16")).errors
+    (model,) = [e for e in errors if e.startswith("model.checkpoint")]
+    assert "huggingface-cli download nvidia/Llama-3_3-Nemotron-Super-49B-v1 --local-dir DIR" in model
+    (data,) = [e for e in errors if e.startswith("data.path")]
+    assert "nvidia/Llama-Nemotron-Post-Training-Dataset" in data
+
+
+def test_data_schema_and_architecture_are_checked(tmp_path) -> None:
+    from nemotron_plugins.fixtures import write_fixtures
+
+    fixture = write_fixtures(tmp_path / "fx")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": [{"role": "user", "content": "hi"}], "output": "x"}\n')
+    base = [
+        f"model.checkpoint={fixture.checkpoint}",
+        "model.params_dtype=float32",
+        "optimizer.bf16=false",
+        "parallel.tensor_model_parallel_size=1",
+        "parallel.pipeline_model_parallel_size=1",
+        "parallel.pipeline_layout=null",
+        "cluster.nodes=1",
+        "cluster.devices_per_node=1",
+        "model.seq_length=512",
+        "data.max_seq_length=256",
+    ]
+    errors = validate_recipe(
+        build_recipe("llama_nemotron_nano_8b_sft_8gpu_h100_bf16", [*base, f"data.path={bad}"])
+    ).errors
+    assert any("Post-Training SFT rows need" in e and "missing ['reasoning', 'system_prompt']" in e for e in errors)
+    assert any("model.config_path=" in e and "describes another architecture" in e for e in errors)

@@ -95,7 +95,7 @@ def test_paper_recipe_validates_on_the_fixture_scaled_down(name: str, fixture_pa
             "generation.fp8=false",
             "generation.max_num_seqs=null",
             "generation.max_new_tokens=64",
-            "rewards=[{'name': 'math'}]",
+            "rewards=[{'name': 'math'}, {'name': 'mcq'}]",
         ]
         if config.sampler is not None:
             overrides.append("sampler.drop_pass_rate_at_least=null")
