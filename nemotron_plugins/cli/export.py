@@ -7,7 +7,8 @@
 - a training checkpoint of :mod:`nemotron_plugins.training.checkpointing` (a run's checkpoint root: ``config.json``
   and ``tokenizer/`` beside the megatron distributed-checkpoint steps): the model is rebuilt in this process at TP1
   / PP1, the checkpoint resharded into it, and exported;
-- a checkpoint of the single-rank SFT trainer (``run_sft``; a root holding ``latest`` or one ``step_XXXXXX``).
+- a single-rank checkpoint of the SFT or GRPO trainer (the per-rank ``.pt`` format of
+  :mod:`nemotron_plugins.runtime.checkpoint`; a root holding ``latest`` or one ``step_XXXXXX``).
 
 What is written: ``config.json`` (plain ``LlamaForCausalLM`` when every block is standard, else ``nemotron-nas``
 with ``block_configs``), sharded safetensors with ``model.safetensors.index.json``, the tokenizer files (from
@@ -106,7 +107,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _export_sft(src: Path, out: Path, args: argparse.Namespace, dtype: Any) -> None:
-    """An SFT-trainer checkpoint: its single-rank Megatron state goes through the pure HF mapping."""
+    """A trainer checkpoint in the per-rank format (SFT and GRPO trainers: ``extra.puzzle_config`` + model state):
+    its single-rank Megatron state goes through the pure HF mapping. Tokenizer: ``--tokenizer``, else the
+    ``tokenizer/`` saved beside the steps (copied verbatim), else the one the checkpoint names."""
     import tempfile
 
     from nemotron_plugins.puzzle.hf_checkpoint import export_hf_state_dict
@@ -117,8 +120,9 @@ def _export_sft(src: Path, out: Path, args: argparse.Namespace, dtype: Any) -> N
         raise ValueError(
             f"{ckpt.path} was written by {ckpt.world_size} ranks; only single-rank SFT checkpoints export here"
         )
+    saved = ckpt.path.parent / "tokenizer"  # the trainers save the run's tokenizer files beside the steps
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer_dir = args.tokenizer
+        tokenizer_dir = args.tokenizer or (str(saved) if saved.is_dir() else None)
         if tokenizer_dir is None:
             ckpt.tokenizer.save_pretrained(tmp)
             tokenizer_dir = tmp
