@@ -311,6 +311,25 @@ def _patch(state: _AdapterState, obj: Any, name: str, value: Any) -> None:
     setattr(obj, name, _distinct(value, name))
 
 
+def _patch_recompute(state: _AdapterState) -> None:
+    """Run activation recompute under the rewrite: megatron's ``CheckpointFunction.backward`` re-runs forward code
+    inside ``torch.autograd.backward``, which the function mode handles with itself switched off, so the recomputed
+    forward would otherwise see ``device="cuda"`` again (e.g. megatron's default causal mask)."""
+    try:
+        from megatron.core.tensor_parallel.random import CheckpointFunction
+    except ImportError:  # pragma: no cover - megatron-core is a dependency
+        return
+    original = CheckpointFunction.backward
+    mode = state.mode
+
+    def backward(ctx: Any, *grads: Any) -> Any:
+        with mode:
+            return original(ctx, *grads)
+
+    state.saved.append((CheckpointFunction, "backward", CheckpointFunction.__dict__["backward"]))
+    CheckpointFunction.backward = staticmethod(backward)
+
+
 def activate(*, force: bool = False) -> bool:
     """Install the CPU adapter (see the module docstring). Idempotent.
 
@@ -339,6 +358,7 @@ def activate(*, force: bool = False) -> bool:
                     continue
                 if hasattr(module, attr):
                     _patch(state, module, attr, value)
+            _patch_recompute(state)
             state.mode.__enter__()
         except BaseException:
             _restore(state)
