@@ -8,8 +8,8 @@ checkpoint, or a random layout-invariant initialisation), megatron DDP + optimiz
 ``parallel.use_distributed_optimizer``) and megatron's LR scheduler (warmup, then constant / linear / cosine decay to
 ``optimizer.min_lr``).
 
-The ``*_settings`` functions return plain dicts of what each component is built with; the builders use them, and
-:func:`run_settings` collects them for ``recipes show --resolved`` and the test that walks every recipe field.
+The ``*_settings`` functions return plain dicts of what each component is built with; the builders use them (and
+tests read them).
 """
 
 from __future__ import annotations
@@ -381,22 +381,3 @@ def build_scheduler(config: RecipeConfig, optimizer: Any) -> Any:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     return OptimizerParamScheduler(optimizer, **scheduler_settings(config))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Everything at once
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def run_settings(config: RecipeConfig) -> dict[str, Any]:
-    """What the run is built with, as plain data: one entry per component, from the same functions the trainers
-    call. Two configs that train differently give different settings (the field-walk test relies on it)."""
-    from dataclasses import asdict
-
-    settings: dict[str, Any] = {
-        "model": {k: (asdict(v) if k == "parallel" else v) for k, v in model_settings(config).items()},
-        "optimizer": optimizer_settings(config),
-        "ddp": ddp_settings(config),
-        "scheduler": scheduler_settings(config),
-    }
-    return settings
