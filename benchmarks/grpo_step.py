@@ -262,7 +262,7 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
     torch.set_num_threads(settings.threads)
     rows = load_rows(settings, workdir)
     tokenizer = build_tiny_tokenizer()
-    prompt_ids = encode_prompts(tokenizer, rows)
+    prompt_ids = encode_prompts(tokenizer, rows)  # the tiny recipe renders with the default template
     needed = max(len(p) for p in prompt_ids) + settings.max_new_tokens
     config = _train_config(settings, workdir, seq_length=max(256, -(-needed // 64) * 64))
     validate_for_run(config)

@@ -167,12 +167,19 @@ def score_completions(
     return total, per
 
 
-def encode_prompts(tokenizer: Any, rows: Sequence[Mapping[str, Any]]) -> list[list[int]]:
-    """Chat-rendered prompt token ids (with the assistant generation header)."""
+def encode_prompts(
+    tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, template: str = "llama-nemotron-super"
+) -> list[list[int]]:
+    """Prompt token ids rendered with the registered chat ``template`` (``data.chat_template``), with the assistant
+    generation header and the tokenizer's own bos token."""
     from nemotron_plugins.chat.render import render_chat
 
+    bos = getattr(tokenizer, "bos_token", None) or "<|begin_of_text|>"
     return [
-        tokenizer(render_chat(row["messages"], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+        tokenizer(
+            render_chat(row["messages"], template=template, add_generation_prompt=True, bos_token=bos),
+            add_special_tokens=False,
+        )["input_ids"]
         for row in rows
     ]
 
@@ -377,6 +384,7 @@ def evaluate_policy(
     format_reward: str | None = "think_format",
     greedy: bool = True,
     seed: int = 0,
+    template: str = "llama-nemotron-super",
 ) -> dict[str, float]:
     """Held-out accuracy with one sample per prompt at ``temperature`` and, with ``greedy``, the arg-max decode.
 
@@ -386,7 +394,7 @@ def evaluate_policy(
     """
     if not rows:
         return {}
-    prompt_ids = encode_prompts(tokenizer, rows)
+    prompt_ids = encode_prompts(tokenizer, rows, template=template)
     modes = [("sampled", temperature, top_p)] + ([("greedy", 0.0, 1.0)] if greedy else [])
     result: dict[str, float] = {"n": float(len(rows))}
     reasoning = [str(row.get("reasoning", "on")) for row in rows]
@@ -421,11 +429,12 @@ def estimate_pass_rates(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    template: str = "llama-nemotron-super",
 ) -> list[float]:
     """Fraction of ``samples_per_prompt`` sampled completions per prompt that the accuracy reward scores > 0.5."""
     samples = distributed_rollout(
         engine,
-        encode_prompts(tokenizer, rows),
+        encode_prompts(tokenizer, rows, template=template),
         n=samples_per_prompt,
         temperature=temperature,
         top_p=1.0,
@@ -971,7 +980,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
     all_rows, heldout = load_prompt_rows(config)
     model, model_config, tokenizer = build_policy(config)
     vocab_size = len(tokenizer)
-    all_prompt_ids = encode_prompts(tokenizer, all_rows)
+    all_prompt_ids = encode_prompts(tokenizer, all_rows, template=config.data.chat_template)
     longest = max(len(p) for p in all_prompt_ids)
     if longest + gen.max_new_tokens > config.model.seq_length:
         raise ValueError(
@@ -1010,6 +1019,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
         "format_reward": evaluation.format_reward,
         "greedy": evaluation.greedy,
         "seed": config.seed,
+        "template": config.data.chat_template,
     }
     resumed = latest_step(load_dir) if load_dir.exists() else None
     if resumed is not None and not config.checkpoint.resume:
@@ -1071,6 +1081,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
                         max_new_tokens=gen.max_new_tokens,
                         temperature=gen.temperature,
                         seed=config.seed,
+                        template=config.data.chat_template,
                     )
                     origin = f"{config.sampler.pass_rate_responses} samples per prompt"
                 kept_rates = apply_curriculum_filter(pass_rates)
