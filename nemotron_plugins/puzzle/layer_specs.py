@@ -13,8 +13,9 @@ documentation below. Per-layer KV heads need nothing more: megatron builds each 
 ``config.get_config_for_layer(n)``, whose ``num_query_groups`` is that layer's KV-head count, and ``SelfAttention``
 splits those groups over TP ranks (checked: TP=2 reproduces TP=1 exactly).
 
-Registered in :data:`nemotron_plugins.registry.LAYER_SPECS` as ``"puzzle_local"`` (:func:`puzzle_local_layer_spec`)
-and ``"puzzle_te"`` (:func:`puzzle_te_layer_spec`); both take ``(config, *, vp_stage=None, pp_rank=None)`` and
+Registered in :data:`nemotron_plugins.registry.LAYER_SPECS` as ``"puzzle_local"`` (:func:`puzzle_local_layer_spec`),
+``"puzzle_sdpa"`` (:func:`puzzle_sdpa_layer_spec`: local modules with torch SDPA core attention, the default without
+TE) and ``"puzzle_te"`` (:func:`puzzle_te_layer_spec`); all take ``(config, *, vp_stage=None, pp_rank=None)`` and
 return the ``TransformerBlockSubmodules`` of the layers on that pipeline stage.
 
 State-dict names and layouts
@@ -94,6 +95,7 @@ __all__ = [
     "have_transformer_engine",
     "puzzle_layer_spec",
     "puzzle_local_layer_spec",
+    "puzzle_sdpa_layer_spec",
     "puzzle_te_layer_spec",
     "validate_layers_for_parallel",
 ]
@@ -177,8 +179,10 @@ def _linear_replacement_classes() -> dict[type, type]:
     return mapping
 
 
-def _patched_block_spec(block: Any, *, use_te: bool) -> Any:
-    """Swap in :class:`PuzzleRMSNorm` (local specs) and the corrected linear replacements (both)."""
+def _patched_block_spec(block: Any, *, use_te: bool, core_attention: type | None = None) -> Any:
+    """Swap in :class:`PuzzleRMSNorm` (local specs), the corrected linear replacements (both) and, when given, the
+    core attention class of every GQA layer (replacing megatron's local ``DotProductAttention``)."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
     replacements = _linear_replacement_classes()
@@ -190,13 +194,20 @@ def _patched_block_spec(block: Any, *, use_te: bool) -> Any:
         new = replacements.get(getattr(spec, "module", None))
         return dataclasses.replace(spec, module=new) if new is not None else spec
 
+    def attention(spec: Any) -> Any:
+        spec = sub_block(spec)
+        inner = getattr(spec, "submodules", None)
+        if core_attention is None or getattr(inner, "core_attention", None) is not DotProductAttention:
+            return spec
+        return dataclasses.replace(spec, submodules=dataclasses.replace(inner, core_attention=core_attention))
+
     layer_specs = []
     for spec in block.layer_specs:
         sub = dataclasses.replace(
             spec.submodules,
             input_layernorm=norm(spec.submodules.input_layernorm),
             pre_mlp_layernorm=norm(spec.submodules.pre_mlp_layernorm),
-            self_attention=sub_block(spec.submodules.self_attention),
+            self_attention=attention(spec.submodules.self_attention),
             mlp=sub_block(spec.submodules.mlp),
         )
         layer_specs.append(dataclasses.replace(spec, submodules=sub))
@@ -248,6 +259,7 @@ def puzzle_layer_spec(
     config: Any,
     *,
     use_transformer_engine: bool = False,
+    core_attention: str = "local",
     vp_stage: int | None = None,
     pp_rank: int | None = None,
 ) -> Any:
@@ -256,6 +268,8 @@ def puzzle_layer_spec(
     Args:
         config: megatron ``HeterogeneousTransformerConfig``.
         use_transformer_engine: Use TE modules (fused norm + linear, TE attention). Needs TE and CUDA.
+        core_attention: With local modules: ``"local"`` (megatron's ``DotProductAttention``) or ``"sdpa"``
+            (:class:`nemotron_plugins.puzzle.attention.SDPACoreAttention`). Ignored with TE.
         vp_stage: Virtual pipeline stage (``None`` without virtual pipelining).
         pp_rank: Pipeline rank (``None``: this process's rank).
 
@@ -274,14 +288,29 @@ def puzzle_layer_spec(
         )
     if config.normalization != "RMSNorm":
         raise LayerSpecError(f"Puzzle models use RMSNorm, got normalization={config.normalization!r}")
+    if core_attention not in ("local", "sdpa"):
+        raise LayerSpecError(f"core_attention must be 'local' or 'sdpa', got {core_attention!r}")
     validate_layers_for_parallel(config)
     block = get_gpt_heterogeneous_layer_spec(config, use_te=use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank)
-    return _patched_block_spec(block, use_te=use_transformer_engine)
+    attention_class = None
+    if core_attention == "sdpa" and not use_transformer_engine:
+        from nemotron_plugins.puzzle.attention import SDPACoreAttention
+
+        attention_class = SDPACoreAttention
+    return _patched_block_spec(block, use_te=use_transformer_engine, core_attention=attention_class)
 
 
 def puzzle_local_layer_spec(config: Any, *, vp_stage: int | None = None, pp_rank: int | None = None) -> Any:
     """:func:`puzzle_layer_spec` with megatron-core's local (non-TE) modules: torch RMSNorm, local attention."""
     return puzzle_layer_spec(config, use_transformer_engine=False, vp_stage=vp_stage, pp_rank=pp_rank)
+
+
+def puzzle_sdpa_layer_spec(config: Any, *, vp_stage: int | None = None, pp_rank: int | None = None) -> Any:
+    """:func:`puzzle_layer_spec` with local modules and torch SDPA core attention
+    (:class:`~nemotron_plugins.puzzle.attention.SDPACoreAttention`): the default without Transformer Engine."""
+    return puzzle_layer_spec(
+        config, use_transformer_engine=False, core_attention="sdpa", vp_stage=vp_stage, pp_rank=pp_rank
+    )
 
 
 def puzzle_te_layer_spec(config: Any, *, vp_stage: int | None = None, pp_rank: int | None = None) -> Any:

@@ -273,6 +273,7 @@ def build_puzzle_model(
     params_dtype: torch.dtype | str = torch.float32,
     seq_length: int | None = None,
     use_transformer_engine: bool | None = None,
+    layer_spec: str | None = None,
     vp_stage: int | None = None,
     parallel_output: bool = True,
     make_vocab_size_divisible_by: int = 128,
@@ -293,8 +294,12 @@ def build_puzzle_model(
         params_dtype: Parameter dtype.
         seq_length: Longest training sequence (megatron's ``max_sequence_length``); default
             ``cfg.max_position_embeddings``.
-        use_transformer_engine: TE modules; default: when TE is importable and CUDA present. ``True`` without TE
-            raises.
+        use_transformer_engine: Shorthand kept for older callers: ``True`` selects ``"puzzle_te"`` (raises without
+            TE), ``False`` the default non-TE spec ``"puzzle_sdpa"``. Give at most one of this and ``layer_spec``.
+        layer_spec: Name of a :data:`nemotron_plugins.registry.LAYER_SPECS` entry, called as
+            ``spec(config, vp_stage=...)`` and returning megatron ``TransformerBlockSubmodules`` (builtin:
+            ``"puzzle_te"``, ``"puzzle_sdpa"``, ``"puzzle_local"``; a registered third-party spec works the same);
+            default ``"puzzle_te"`` when TE is importable and CUDA present, else ``"puzzle_sdpa"``.
         vp_stage: Virtual pipeline stage (``None`` without virtual pipelining).
         parallel_output: Keep logits split over TP ranks (megatron's default; the vocab-parallel loss needs it).
         make_vocab_size_divisible_by: Pad the vocabulary to a multiple of ``lcm(this, TP)``
@@ -312,7 +317,7 @@ def build_puzzle_model(
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
-    from nemotron_plugins.puzzle.layer_specs import have_transformer_engine, puzzle_layer_spec
+    from nemotron_plugins.puzzle.layer_specs import have_transformer_engine
 
     parallel = _current_parallel(parallel)
     target = torch.device(device) if device is not None else None
@@ -321,8 +326,7 @@ def build_puzzle_model(
         raise PuzzleModelError(f"device must be 'meta', 'cpu' or 'cuda', got {device!r}")
     if target is not None and target.type == "cuda" and not torch.cuda.is_available():
         raise PuzzleModelError("device='cuda' but CUDA is not available; use 'cpu' or 'meta'")
-    if use_transformer_engine is None:
-        use_transformer_engine = have_transformer_engine() and torch.cuda.is_available() and not on_meta
+    layer_spec = _layer_spec_name(layer_spec, use_transformer_engine, on_meta, have_transformer_engine())
     use_cpu_init = on_meta or (target is not None and target.type == "cpu") or not torch.cuda.is_available()
     config = puzzle_transformer_config(
         cfg,
@@ -337,14 +341,14 @@ def build_puzzle_model(
         pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
-    layer_spec = puzzle_layer_spec(config, use_transformer_engine=use_transformer_engine, vp_stage=vp_stage)
+    block_spec = _resolve_layer_spec(layer_spec)(config, vp_stage=vp_stage)
     rope_kwargs, llama3 = _rope_arguments(cfg)
     vocab = padded_vocab_size(cfg.vocab_size, parallel.tensor_model_parallel_size, make_vocab_size_divisible_by)
     build_context = torch.device("meta") if on_meta else contextlib.nullcontext()
     with build_context:
         model = GPTModel(
             config=config,
-            transformer_layer_spec=layer_spec,
+            transformer_layer_spec=block_spec,
             vocab_size=vocab,
             max_sequence_length=seq_length or cfg.max_position_embeddings,
             pre_process=pre_process,
@@ -361,6 +365,30 @@ def build_puzzle_model(
     if (target is not None and target.type == "cuda") or (target is None and torch.cuda.is_available()):
         model = model.cuda()  # megatron's own layers may already be there; our norms and rotary buffers are not
     return model
+
+
+def _layer_spec_name(name: str | None, use_te: bool | None, on_meta: bool, have_te: bool) -> str:
+    """The ``LAYER_SPECS`` name to build with (see :func:`build_puzzle_model`'s ``layer_spec``)."""
+    if name is not None:
+        if use_te is not None:
+            raise PuzzleModelError(
+                f"give layer_spec={name!r} or use_transformer_engine={use_te!r}, not both (layer_spec names the "
+                "implementation)"
+            )
+        return name
+    if use_te is not None:
+        return "puzzle_te" if use_te else "puzzle_sdpa"
+    return "puzzle_te" if have_te and torch.cuda.is_available() and not on_meta else "puzzle_sdpa"
+
+
+def _resolve_layer_spec(name: str) -> Any:
+    """The registered layer-spec function ``name``, with an error naming the valid ones."""
+    from nemotron_plugins.registry import LAYER_SPECS, PluginError
+
+    try:
+        return LAYER_SPECS.get(name)
+    except PluginError as err:
+        raise PuzzleModelError(f"layer_spec={name!r}: {err}") from err
 
 
 def mark_tensor_parallel_weights_(model: Any) -> int:
