@@ -121,11 +121,12 @@ class _FlexDocumentAttention:
     def available(cls) -> bool:
         if cls.failed or not torch.cuda.is_available():
             return False
+        import importlib.util
+
         try:
-            import torch.nn.attention.flex_attention  # noqa: F401
+            return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
         except ImportError:
             return False
-        return True
 
     @classmethod
     def run(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float) -> Any:
