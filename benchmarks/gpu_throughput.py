@@ -1,0 +1,378 @@
+"""Forward and training throughput of our megatron-core models vs the same dense model in transformers, in one run.
+
+Models (built once each, bf16 on CUDA):
+
+- **dense parent**: ``--layers`` (80) identical layers at ``--hidden`` (2048), full GQA (Super's heads / KV-heads
+  ratio, ``--head-dim`` 128) and a 3.5 x hidden SwiGLU: Llama-3.3-Nemotron-Super-49B's parent shape scaled down, on
+  :func:`nemotron_plugins.puzzle.model.build_puzzle_model` with ``--layer-spec`` (default: the build default,
+  ``puzzle_sdpa`` without Transformer Engine);
+- **Super-pattern child**: Super's per-layer pattern (attention / FFN kinds, KV heads, FFN widths relative to the
+  width) from its HF config, scaled to the same shape (``heterogeneous_throughput.scaled_child``);
+- **transformers**: the dense parent as ``LlamaForCausalLM`` with ``attn_implementation="sdpa"``.
+
+For each: forward tokens/s (``--batch`` x ``--seq-len``, no grad) and training tokens/s (forward + backward of the
+mean next-token loss, ``--train-batch`` x ``--seq-len``; no optimizer step). Model TFLOP/s use the cost model
+(:func:`nemotron_plugins.puzzle.cost.estimate_cost`): matmul FLOPs plus causal attention (half the full-context
+score FLOPs), x3 for training. The same run measures the matmul peak (``--peak-size``^3 products, 8192 on CUDA, in
+the benchmark dtype) and reports each model's fraction of it, and prints the FLOP-ratio limit of the child
+(parent FLOPs / child FLOPs per token: the speedup of a purely compute-bound run).
+
+``--cpu`` runs tiny sizes on CPU (fp32), then a second table: the tiny SFT recipe's real optimizer step
+(``tiny_puzzle_sft_cpu``: megatron DDP, optimizer and schedules from :mod:`nemotron_plugins.training`) with
+``puzzle_sdpa`` vs ``puzzle_local`` (megatron's local attention), same weights and batch, side by side.
+
+Usage::
+
+    python benchmarks/gpu_throughput.py                      # CUDA, full sizes (~2 min on an H200)
+    python benchmarks/gpu_throughput.py --layers 32 --repeats 5
+    python benchmarks/gpu_throughput.py --cpu                # tiny sizes + the tiny SFT step comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heterogeneous_throughput import DEFAULT_CONFIG, FIXTURE_CONFIG, dense_parent, scaled_child  # noqa: E402
+
+from nemotron_plugins.puzzle.block_config import PuzzleModelConfig, load_hf_config  # noqa: E402
+from nemotron_plugins.puzzle.cost import estimate_cost  # noqa: E402
+
+
+@dataclass(slots=True)
+class Row:
+    """One model's figures."""
+
+    name: str
+    params: int
+    flops_per_token: float
+    forward_tps: float
+    train_tps: float
+
+
+def causal_flops_per_token(cfg: PuzzleModelConfig, seq_len: int) -> float:
+    """Forward FLOPs per token of a causal pass over ``seq_len`` tokens: the cost model's matmul FLOPs plus half its
+    full-context attention-score FLOPs (each token attends to ``(seq_len + 1) / 2`` keys on average)."""
+    full = estimate_cost(cfg, seq_len=seq_len).flops_per_token
+    no_scores = estimate_cost(cfg, seq_len=1).flops_per_token
+    scores_per_key = (full - no_scores) / (seq_len - 1) if seq_len > 1 else 0.0
+    return no_scores + scores_per_key * ((seq_len + 1) / 2 - 1)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], *, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_tflops(size: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
+    """TFLOP/s of ``size``^3 matmuls in ``dtype`` on ``device`` (median of ``repeats`` batches of 10 products)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+
+    def ten() -> None:
+        for _ in range(10):
+            torch.matmul(a, b, out=out)
+
+    seconds = timed(ten, device=device, warmup=2, repeats=repeats)
+    return 10 * 2 * size**3 / seconds / 1e12
+
+
+def _batch(vocab: int, batch: int, seq: int, device: torch.device) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def measure_ours(
+    cfg: PuzzleModelConfig, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> tuple[int, float, float]:
+    """(parameters, forward tokens/s, training tokens/s) of ``cfg`` on megatron-core."""
+    from nemotron_plugins.puzzle.model import build_puzzle_model, count_parameters
+
+    kwargs: dict[str, Any] = {"layer_spec": args.layer_spec} if args.layer_spec else {}
+    model = build_puzzle_model(
+        cfg, device=device.type, params_dtype=dtype, seq_length=args.seq_len, init_method_std=0.02, **kwargs
+    )
+    params = count_parameters(model)
+    tokens = _batch(cfg.vocab_size, args.batch, args.seq_len, device)
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(tokens, None, None)
+
+    fwd = timed(forward, device=device, warmup=args.warmup, repeats=args.repeats)
+    train_tokens = _batch(cfg.vocab_size, args.train_batch, args.seq_len, device)
+    labels = torch.roll(train_tokens, -1, dims=1)
+    model.train()
+
+    def train() -> None:
+        loss = model(train_tokens, None, None, labels=labels).float().mean()
+        loss.backward()
+        for p in model.parameters():
+            p.grad = None
+            if hasattr(p, "main_grad"):
+                p.main_grad = None
+
+    step = timed(train, device=device, warmup=args.warmup, repeats=args.repeats)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return params, args.batch * args.seq_len / fwd, args.train_batch * args.seq_len / step
+
+
+def measure_transformers(
+    cfg: PuzzleModelConfig, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> tuple[int, float, float]:
+    """(parameters, forward tokens/s, training tokens/s) of the dense ``cfg`` as ``LlamaForCausalLM`` (SDPA)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    block = cfg.blocks[0]
+    hf_config = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=block.ffn.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=block.attention.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=max(args.seq_len, 2048),
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+    )
+    hf_config._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = LlamaForCausalLM(hf_config).to(dtype)
+    params = sum(p.numel() for p in model.parameters())
+    tokens = _batch(cfg.vocab_size, args.batch, args.seq_len, device)
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(input_ids=tokens, use_cache=False)
+
+    fwd = timed(forward, device=device, warmup=args.warmup, repeats=args.repeats)
+    train_tokens = _batch(cfg.vocab_size, args.train_batch, args.seq_len, device)
+    model.train()
+
+    def train() -> None:
+        out = model(input_ids=train_tokens, labels=train_tokens, use_cache=False)
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step = timed(train, device=device, warmup=args.warmup, repeats=args.repeats)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return params, args.batch * args.seq_len / fwd, args.train_batch * args.seq_len / step
+
+
+def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
+    """The three models' forward / training throughput, the FLOP-ratio limit and the matmul-peak fractions."""
+    from nemotron_plugins.runtime.distributed import distributed_context
+
+    source = load_hf_config(args.config)
+    child = scaled_child(source, args.hidden, args.head_dim, args.vocab)
+    if args.layers < child.num_hidden_layers:
+        child = _first_layers(child, args.layers)
+    parent = dense_parent(child, source)
+    peak = matmul_peak_tflops(args.peak_size, dtype, device, repeats=args.repeats)
+    parent_flops = causal_flops_per_token(parent, args.seq_len)
+    child_flops = causal_flops_per_token(child, args.seq_len)
+    rows: list[Row] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with distributed_context(seed=0):
+            for name, cfg, flops in (
+                ("dense parent", parent, parent_flops),
+                ("Super-pattern child", child, child_flops),
+            ):
+                params, fwd, train = measure_ours(cfg, args, device, dtype)
+                rows.append(Row(name, params, flops, fwd, train))
+        if not args.skip_transformers:
+            params, fwd, train = measure_transformers(parent, args, device, dtype)
+            rows.append(Row("transformers (SDPA)", params, parent_flops, fwd, train))
+
+    spec = args.layer_spec or "build default"
+    print(
+        f"{device.type} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"torch {torch.__version__}, {dtype}, layer spec: {spec}; {child.num_hidden_layers} layers, hidden "
+        f"{args.hidden}, {child.num_attention_heads} heads x {args.head_dim}, vocab {args.vocab}; forward "
+        f"{args.batch} x {args.seq_len}, training {args.train_batch} x {args.seq_len}"
+    )
+    print(f"matmul peak ({args.peak_size}^3, {dtype}): {peak:.1f} TFLOP/s")
+    header = (
+        f"{'model':<22}{'params':>15}{'GFLOP/tok':>11}{'fwd tok/s':>12}{'fwd TFLOP/s':>13}{'fwd %peak':>10}"
+        f"{'train tok/s':>13}{'train TFLOP/s':>15}{'train %peak':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        fwd_tf = r.forward_tps * r.flops_per_token / 1e12
+        train_tf = 3 * r.train_tps * r.flops_per_token / 1e12
+        print(
+            f"{r.name:<22}{r.params:>15,}{r.flops_per_token / 1e9:>11.3f}{r.forward_tps:>12,.0f}{fwd_tf:>13.2f}"
+            f"{100 * fwd_tf / peak:>9.1f}%{r.train_tps:>13,.0f}{train_tf:>15.2f}{100 * train_tf / peak:>11.1f}%"
+        )
+    parent_row, child_row = rows[0], rows[1]
+    limit = parent_flops / child_flops
+    fwd_speedup = child_row.forward_tps / parent_row.forward_tps
+    train_speedup = child_row.train_tps / parent_row.train_tps
+    print(
+        f"child / parent: forward {fwd_speedup:.2f}x, training {train_speedup:.2f}x; FLOP-ratio limit {limit:.2f}x "
+        f"(forward {fwd_speedup / limit:.2f} of the limit, training {train_speedup / limit:.2f})"
+    )
+    if len(rows) > 2:
+        hf = rows[2]
+        print(
+            f"dense parent / transformers: forward {parent_row.forward_tps / hf.forward_tps:.2f}x, training "
+            f"{parent_row.train_tps / hf.train_tps:.2f}x"
+        )
+
+
+def _first_layers(cfg: PuzzleModelConfig, layers: int) -> PuzzleModelConfig:
+    """``cfg`` cut to its first ``layers`` layers (changes the FLOP-ratio limit, which the table reports)."""
+    from nemotron_plugins.puzzle.block_config import make_config
+
+    return make_config(
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        vocab_size=cfg.vocab_size,
+        blocks=list(cfg.blocks[:layers]),
+        rope_theta=cfg.rope_theta,
+    )
+
+
+def tiny_sft_step_table(args: argparse.Namespace) -> None:
+    """The tiny SFT recipe's optimizer step (real training stack) with SDPA vs megatron's local attention."""
+    from nemotron_plugins.launch.build import build_recipe
+    from nemotron_plugins.puzzle.model import init_weights_layout_invariant_
+    from nemotron_plugins.runtime.distributed import distributed_context
+    from nemotron_plugins.training.setup import build_model, build_optimizer, load_architecture
+    from nemotron_plugins.training.step import optimizer_step
+
+    results = []
+    for spec in ("puzzle_local", "puzzle_sdpa"):
+        config = build_recipe("tiny_puzzle_sft_cpu", [f"model.layer_spec={spec}"])
+        arch = load_architecture(config)
+        seq, mbs = config.model.seq_length, config.micro_batch_size
+        tokens = _batch(arch.vocab_size, mbs, seq, torch.device("cpu"))
+        labels = torch.roll(tokens, -1, dims=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with distributed_context(config.parallel, seed=0):
+                model = build_model(config, arch, perform_initialization=True)
+                init_weights_layout_invariant_(model, seed=0)
+                ddp, optimizer = build_optimizer(config, model)
+                losses: list[float] = []
+
+                def forward_step(data_iterator: Any, chunk: Any) -> Any:
+                    batch_tokens, batch_labels = next(data_iterator)
+                    output = chunk(batch_tokens, None, None, labels=batch_labels)
+
+                    def loss_func(per_token: torch.Tensor) -> Any:
+                        total = per_token.float().sum()
+                        count = torch.tensor(per_token.numel(), dtype=torch.int)
+                        losses.append(float(total) / per_token.numel())
+                        return total, count, {"loss": total.detach()}
+
+                    return output, loss_func
+
+                def step() -> None:
+                    optimizer_step(
+                        [ddp], optimizer, None, [(tokens, labels)], forward_step, seq_length=seq, micro_batch_size=mbs
+                    )
+
+                seconds = timed(step, device=torch.device("cpu"), warmup=1, repeats=args.sft_steps)
+        results.append((spec, seconds, losses[0], losses[-1]))
+    print(
+        f"\ntiny_puzzle_sft_cpu optimizer step on CPU ({mbs} x {seq} tokens, {arch.num_hidden_layers} layers, "
+        f"hidden {arch.hidden_size}, {torch.get_num_threads()} threads; median of {args.sft_steps} steps, same "
+        "weights and batch)"
+    )
+    header = (
+        f"{'layer spec':<16}{'core attention':<22}{'ms / step':>11}{'tokens/s':>12}{'first loss':>12}{'last loss':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    names = {"puzzle_local": "megatron local", "puzzle_sdpa": "torch SDPA"}
+    for spec, seconds, first, last in results:
+        print(
+            f"{spec:<16}{names[spec]:<22}{1000 * seconds:>11.1f}{mbs * seq / seconds:>12,.0f}{first:>12.5f}"
+            f"{last:>11.5f}"
+        )
+    print(f"SDPA / local step time: {results[1][1] / results[0][1]:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else FIXTURE_CONFIG)
+    parser.add_argument("--cpu", action="store_true", help="tiny sizes on CPU (fp32) + the tiny SFT step comparison")
+    parser.add_argument("--layers", type=int, default=None, help="layers (default 80: Super's whole pattern)")
+    parser.add_argument("--hidden", type=int, default=None, help="hidden size (default 2048; --cpu 256)")
+    parser.add_argument("--head-dim", type=int, default=None, help="head dim (default 128; --cpu 32)")
+    parser.add_argument("--vocab", type=int, default=None, help="vocabulary (default 128256; --cpu 512)")
+    parser.add_argument("--seq-len", type=int, default=None, help="sequence length (default 2048; --cpu 128)")
+    parser.add_argument("--batch", type=int, default=None, help="forward batch (default 8; --cpu 2)")
+    parser.add_argument("--train-batch", type=int, default=None, help="training batch (default 2; --cpu 2)")
+    parser.add_argument("--peak-size", type=int, default=None, help="matmul peak size (default 8192; --cpu 1024)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default bf16; --cpu fp32")
+    parser.add_argument("--layer-spec", default=None, help="LAYER_SPECS name for our models (default: build's)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; --cpu 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 2; --cpu 1)")
+    parser.add_argument("--sft-steps", type=int, default=3, help="--cpu: timed tiny SFT steps per attention")
+    parser.add_argument("--skip-transformers", action="store_true", help="leave out the transformers model")
+    parser.add_argument("--skip-sft", action="store_true", help="--cpu: leave out the tiny SFT step comparison")
+    parser.add_argument("--threads", type=int, default=2, help="--cpu: torch threads")
+    args = parser.parse_args(argv)
+
+    gpu = {"layers": 80, "hidden": 2048, "head_dim": 128, "vocab": 128256, "seq_len": 2048, "batch": 8}
+    gpu |= {"train_batch": 2, "peak_size": 8192, "dtype": "bfloat16", "repeats": 5, "warmup": 2}
+    cpu = {"layers": 80, "hidden": 256, "head_dim": 32, "vocab": 512, "seq_len": 128, "batch": 2}
+    cpu |= {"train_batch": 2, "peak_size": 1024, "dtype": "float32", "repeats": 2, "warmup": 1}
+    for key, value in (cpu if args.cpu else gpu).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.cpu:
+        torch.set_num_threads(args.threads)
+        device = torch.device("cpu")
+    else:
+        if not torch.cuda.is_available():
+            print("CUDA is not available: run with --cpu for the tiny CPU version", file=sys.stderr)
+            return 2
+        device = torch.device("cuda", torch.cuda.current_device())
+    dtype = getattr(torch, args.dtype)
+    throughput_table(args, device, dtype)
+    if args.cpu and not args.skip_sft:
+        tiny_sft_step_table(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
