@@ -138,9 +138,6 @@ def measure_ours(
                 p.main_grad = None
 
     step = timed(train, device=device, warmup=args.warmup, repeats=args.repeats)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return params, args.batch * args.seq_len / fwd, args.train_batch * args.seq_len / step
 
 
@@ -187,9 +184,6 @@ def measure_transformers(
         model.zero_grad(set_to_none=True)
 
     step = timed(train, device=device, warmup=args.warmup, repeats=args.repeats)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return params, args.batch * args.seq_len / fwd, args.train_batch * args.seq_len / step
 
 
@@ -215,9 +209,11 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
             ):
                 params, fwd, train = measure_ours(cfg, args, device, dtype)
                 rows.append(Row(name, params, flops, fwd, train))
+                _free(device)
         if not args.skip_transformers:
             params, fwd, train = measure_transformers(parent, args, device, dtype)
             rows.append(Row("transformers (SDPA)", params, parent_flops, fwd, train))
+            _free(device)
 
     spec = args.layer_spec or "build default"
     print(
@@ -256,6 +252,15 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
         )
 
 
+def _free(device: torch.device) -> None:
+    """Return a finished model's memory to the device before the next one is built."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _first_layers(cfg: PuzzleModelConfig, layers: int) -> PuzzleModelConfig:
     """``cfg`` cut to its first ``layers`` layers (changes the FLOP-ratio limit, which the table reports)."""
     from nemotron_plugins.puzzle.block_config import make_config
@@ -269,63 +274,70 @@ def _first_layers(cfg: PuzzleModelConfig, layers: int) -> PuzzleModelConfig:
     )
 
 
-def tiny_sft_step_table(args: argparse.Namespace) -> None:
-    """The tiny SFT recipe's optimizer step (real training stack) with SDPA vs megatron's local attention."""
+def sft_step_seconds(spec: str, steps: int) -> tuple[float, list[float], Any]:
+    """Median seconds of the tiny SFT recipe's optimizer step with layer spec ``spec``; the losses; the config."""
     from nemotron_plugins.launch.build import build_recipe
     from nemotron_plugins.puzzle.model import init_weights_layout_invariant_
     from nemotron_plugins.runtime.distributed import distributed_context
     from nemotron_plugins.training.setup import build_model, build_optimizer, load_architecture
     from nemotron_plugins.training.step import optimizer_step
 
+    config = build_recipe("tiny_puzzle_sft_cpu", [f"model.layer_spec={spec}"])
+    arch = load_architecture(config)
+    seq, mbs = config.model.seq_length, config.micro_batch_size
+    tokens = _batch(arch.vocab_size, mbs, seq, torch.device("cpu"))
+    labels = torch.roll(tokens, -1, dims=1)
+    losses: list[float] = []
+
+    def forward_step(data_iterator: Any, chunk: Any) -> Any:
+        batch_tokens, batch_labels = next(data_iterator)
+        output = chunk(batch_tokens, None, None, labels=batch_labels)
+
+        def loss_func(per_token: torch.Tensor) -> Any:
+            total = per_token.float().sum()
+            losses.append(float(total) / per_token.numel())
+            return total, torch.tensor(per_token.numel(), dtype=torch.int), {"loss": total.detach()}
+
+        return output, loss_func
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with distributed_context(config.parallel, seed=0):
+            model = build_model(config, arch, perform_initialization=True)
+            init_weights_layout_invariant_(model, seed=0)
+            ddp, optimizer = build_optimizer(config, model)
+
+            def step() -> None:
+                optimizer_step(
+                    [ddp], optimizer, None, [(tokens, labels)], forward_step, seq_length=seq, micro_batch_size=mbs
+                )
+
+            seconds = timed(step, device=torch.device("cpu"), warmup=1, repeats=steps)
+    return seconds, losses, (config, arch)
+
+
+def tiny_sft_step_table(args: argparse.Namespace) -> None:
+    """The tiny SFT recipe's optimizer step (real training stack) with SDPA vs megatron's local attention."""
     results = []
     for spec in ("puzzle_local", "puzzle_sdpa"):
-        config = build_recipe("tiny_puzzle_sft_cpu", [f"model.layer_spec={spec}"])
-        arch = load_architecture(config)
-        seq, mbs = config.model.seq_length, config.micro_batch_size
-        tokens = _batch(arch.vocab_size, mbs, seq, torch.device("cpu"))
-        labels = torch.roll(tokens, -1, dims=1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with distributed_context(config.parallel, seed=0):
-                model = build_model(config, arch, perform_initialization=True)
-                init_weights_layout_invariant_(model, seed=0)
-                ddp, optimizer = build_optimizer(config, model)
-                losses: list[float] = []
-
-                def forward_step(data_iterator: Any, chunk: Any) -> Any:
-                    batch_tokens, batch_labels = next(data_iterator)
-                    output = chunk(batch_tokens, None, None, labels=batch_labels)
-
-                    def loss_func(per_token: torch.Tensor) -> Any:
-                        total = per_token.float().sum()
-                        count = torch.tensor(per_token.numel(), dtype=torch.int)
-                        losses.append(float(total) / per_token.numel())
-                        return total, count, {"loss": total.detach()}
-
-                    return output, loss_func
-
-                def step() -> None:
-                    optimizer_step(
-                        [ddp], optimizer, None, [(tokens, labels)], forward_step, seq_length=seq, micro_batch_size=mbs
-                    )
-
-                seconds = timed(step, device=torch.device("cpu"), warmup=1, repeats=args.sft_steps)
+        seconds, losses, (config, arch) = sft_step_seconds(spec, args.sft_steps)
         results.append((spec, seconds, losses[0], losses[-1]))
+    seq, mbs = config.model.seq_length, config.micro_batch_size
     print(
         f"\ntiny_puzzle_sft_cpu optimizer step on CPU ({mbs} x {seq} tokens, {arch.num_hidden_layers} layers, "
-        f"hidden {arch.hidden_size}, {torch.get_num_threads()} threads; median of {args.sft_steps} steps, same "
-        "weights and batch)"
+        f"hidden {arch.hidden_size}, {torch.get_num_threads()} threads; median of {args.sft_steps} steps after one "
+        "warm-up, same weights and batch; losses: first and last step)"
     )
     header = (
-        f"{'layer spec':<16}{'core attention':<22}{'ms / step':>11}{'tokens/s':>12}{'first loss':>12}{'last loss':>11}"
+        f"{'layer spec':<16}{'core attention':<18}{'ms / step':>11}{'tokens/s':>12}{'first loss':>13}{'last loss':>12}"
     )
     print(header)
     print("-" * len(header))
     names = {"puzzle_local": "megatron local", "puzzle_sdpa": "torch SDPA"}
     for spec, seconds, first, last in results:
         print(
-            f"{spec:<16}{names[spec]:<22}{1000 * seconds:>11.1f}{mbs * seq / seconds:>12,.0f}{first:>12.5f}"
-            f"{last:>11.5f}"
+            f"{spec:<16}{names[spec]:<18}{1000 * seconds:>11.1f}{mbs * seq / seconds:>12,.0f}{first:>13.6f}"
+            f"{last:>12.6f}"
         )
     print(f"SDPA / local step time: {results[1][1] / results[0][1]:.2f}x")
 
