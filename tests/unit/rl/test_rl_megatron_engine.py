@@ -15,6 +15,9 @@ from nemotron_plugins.rl.logprobs import token_logprobs
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
+# The same tests on either device: megatron-core (and so the model) runs on CUDA wherever it is present.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 @pytest.fixture(scope="module")
 def dist():
@@ -50,7 +53,7 @@ def _gpt_model(vocab_size: int, *, max_len: int = 96, seed: int = 0):
         gated_linear_unit=True,
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
-        use_cpu_initialization=True,
+        use_cpu_initialization=DEVICE.type == "cpu",
         params_dtype=torch.float32,
         hidden_dropout=0.0,
         attention_dropout=0.0,
@@ -66,7 +69,7 @@ def _gpt_model(vocab_size: int, *, max_len: int = 96, seed: int = 0):
     # Sharpen the output layer so sampled text is not uniform noise and eos / stop strings actually occur.
     with torch.no_grad():
         model.output_layer.weight.mul_(8.0)
-    return model
+    return model.to(DEVICE)
 
 
 class Biased(torch.nn.Module):
@@ -88,12 +91,12 @@ def model(dist, tokenizer):
 
 
 def _full_forward_logprobs(model, prompt_ids, completion_ids, temperature, vocab_size):
-    ids = torch.tensor([prompt_ids + completion_ids])
+    ids = torch.tensor([prompt_ids + completion_ids], device=DEVICE)
     with torch.no_grad():
         model.eval()
-        logits = model(ids, torch.arange(ids.shape[1]).unsqueeze(0), None)
+        logits = model(ids, torch.arange(ids.shape[1], device=DEVICE).unsqueeze(0), None)
     p = len(prompt_ids)
-    return token_logprobs(logits[0, p - 1 : -1], ids[0, p:], temperature=temperature, vocab_size=vocab_size)
+    return token_logprobs(logits[0, p - 1 : -1], ids[0, p:], temperature=temperature, vocab_size=vocab_size).cpu()
 
 
 def _worst_logprob_error(model, tokenizer, groups, temperature):
@@ -125,7 +128,7 @@ def test_puzzle_model_cached_logprobs_match_full_forward(dist, tokenizer):
     from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
 
     torch.manual_seed(0)
-    model = build_puzzle_model(tiny_puzzle_config(len(tokenizer), max_position_embeddings=128), device="cpu")
+    model = build_puzzle_model(tiny_puzzle_config(len(tokenizer), max_position_embeddings=128))
     assert model.vocab_size > len(tokenizer)  # megatron pads the vocabulary: the engine must not sample padding
     engine = MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(max_batch_size=8))
     groups = engine.rollout(["12+34=", "<think>7"], n=4, temperature=0.8, max_new_tokens=16, seed=0)
@@ -158,7 +161,7 @@ def test_seed_determinism_and_batch_split(model, tokenizer):
 
 def test_eos_and_length_and_text(model, tokenizer):
     eos = tokenizer.eos_token_id
-    bias = torch.zeros(len(tokenizer))
+    bias = torch.zeros(len(tokenizer), device=DEVICE)
     bias[eos] = 4.0  # eos likely enough that some completions stop and some run to the length limit
     engine = MegatronRolloutEngine(Biased(model, bias), tokenizer)
     groups = engine.rollout(["9+9="], n=16, max_new_tokens=10, seed=0)
@@ -184,7 +187,7 @@ def test_forced_eos_and_stop_strings(dist, tokenizer):
         a = tokenizer.convert_tokens_to_ids("a")
         model.output_layer.weight[a].fill_(0.0)
     with torch.no_grad():
-        bias_logits = torch.zeros(len(tokenizer))
+        bias_logits = torch.zeros(len(tokenizer), device=DEVICE)
         bias_logits[a] = 50.0
 
     engine = MegatronRolloutEngine(Biased(model, bias_logits), tokenizer)
@@ -235,9 +238,10 @@ def test_temperature_zero_is_greedy(model, tokenizer):
         ids = [r.completion_ids for r in g.rollouts]
         assert ids[0] == ids[1] == ids[2] == o.rollouts[0].completion_ids  # arg-max: no seed, no spread
         # Each token is the arg-max of the full forward's next-token logits.
-        full = torch.tensor([g.rollouts[0].prompt_ids + ids[0]])
+        full = torch.tensor([g.rollouts[0].prompt_ids + ids[0]], device=DEVICE)
         with torch.no_grad():
-            logits_full = model(full, torch.arange(full.shape[1]).unsqueeze(0), None)[0, :, : len(tokenizer)]
+            positions = torch.arange(full.shape[1], device=DEVICE).unsqueeze(0)
+            logits_full = model(full, positions, None)[0, :, : len(tokenizer)]
         p = len(g.rollouts[0].prompt_ids)
         assert logits_full[p - 1 : -1].argmax(-1).tolist() == ids[0]
     with pytest.raises(ValueError, match="temperature must be >= 0"):
