@@ -274,6 +274,11 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
     else:
         if d.synthetic is not None:
             errors.append(f"data.synthetic is set but data.dataset={d.dataset!r}; remove it")
+    if d.pack_sequences and m.layer_spec == "puzzle_local":
+        errors.append(
+            "data.pack_sequences with model.layer_spec='puzzle_local': megatron's local attention takes no "
+            "PackedSeqParams; use the default spec (SDPA without TE, TE with it)"
+        )
     if p.context_parallel_size > 1:
         errors.append(
             f"parallel.context_parallel_size={p.context_parallel_size}: the trainers do not split sequences over a "

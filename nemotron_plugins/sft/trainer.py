@@ -5,7 +5,8 @@ on Post-Training-Dataset rows (by default the synthetic addition task with reaso
 :mod:`nemotron_plugins.data.synthetic`), on CPU (gloo) or GPU, with TP / PP / DP:
 
 * **Data.** Rows -> :func:`~nemotron_plugins.data.sft.build_sft_examples` (loss on the target only) ->
-  :func:`~nemotron_plugins.data.packing.pack_examples` (one example per row, or packed with a block-diagonal causal
+  :func:`~nemotron_plugins.data.packing.pack_examples` (one example per row, or packed: document boundaries reach
+  attention as megatron ``PackedSeqParams``, never a dense mask
   mask). The order is a fixed function of ``seed`` and the step (a fresh permutation per epoch), so resuming needs
   only the step count. Each DP rank takes its contiguous slice of the global batch. With ``data.dynamic_padding``
   (the default) a step's rows are cut to the longest sequence of its global batch, rounded up to a multiple of 8,
@@ -187,7 +188,9 @@ class _RowTensors:
         """The megatron batch of rows ``indices``, cut to ``length`` positions.
 
         Cutting only removes trailing padding (``length`` >= the rows' real content): padding has no loss and,
-        with causal (or block-diagonal) attention, no real position attends to it, so the loss is unchanged.
+        with causal (or per-document) attention, no real position attends to it, so the loss is unchanged. Packed
+        rows are flattened into one ``[1, rows * length]`` sequence whose document boundaries reach attention as
+        megatron ``PackedSeqParams`` (``packed_seq_params``; never a dense mask).
         """
         batch: dict[str, Any] = {
             "tokens": self.tokens[indices, :length],
@@ -197,24 +200,18 @@ class _RowTensors:
             "attention_mask": None,
         }
         if self.segment_ids is not None:
-            batch["attention_mask"] = _packed_attention_mask(self.segment_ids[indices, :length])
+            from nemotron_plugins.puzzle.attention import packed_seq_params_from_segment_ids
+
+            segments = self.segment_ids[indices, :length]
+            if device is not None:
+                segments = segments.to(device)
+            batch = {k: (v.reshape(1, -1) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            batch["packed_seq_params"] = packed_seq_params_from_segment_ids(segments)
         if device is not None:
             batch = {
                 k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
         return batch
-
-
-def _packed_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Megatron's ``[b, 1, s, s]`` mask (True = masked) for packed rows: query ``i`` may attend key ``j`` when both
-    are in the same sequence and ``j <= i``; padding (segment -1) attends only to itself (as
-    :meth:`~nemotron_plugins.data.packing.PackedSequence.attention_allowed`)."""
-    n = segment_ids.shape[-1]
-    allowed = segment_ids.unsqueeze(-1) == segment_ids.unsqueeze(-2)
-    allowed &= (segment_ids >= 0).unsqueeze(-1)
-    allowed &= torch.ones(n, n, dtype=torch.bool).tril()
-    allowed |= torch.eye(n, dtype=torch.bool)
-    return (~allowed).unsqueeze(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -650,8 +647,15 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
 
                 return output, loss_func
 
+            # Packed micro-batches travel as one flattened sequence of mbs rows (pipeline buffers: [mbs * s, 1]).
             stepped = optimizer_step(
-                [ddp], optimizer, scheduler, micro, forward_step, seq_length=seq_length, micro_batch_size=mbs
+                [ddp],
+                optimizer,
+                scheduler,
+                micro,
+                forward_step,
+                seq_length=seq_length * mbs if cfg.data.pack_sequences else seq_length,
+                micro_batch_size=1 if cfg.data.pack_sequences else mbs,
             )
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             if is_last_stage and tp_rank == 0:

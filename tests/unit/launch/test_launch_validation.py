@@ -243,6 +243,11 @@ def test_balanced_layout_rejects_too_many_stages() -> None:
             "context_parallel_size=2",
         ),
         ("tiny_puzzle_grpo_cpu", ["data.pack_sequences=true"], "data.pack_sequences is an SFT setting"),
+        (
+            "tiny_puzzle_sft_cpu",
+            ["data.pack_sequences=true", "model.layer_spec=puzzle_local"],
+            "megatron's local attention takes no PackedSeqParams",
+        ),
         ("tiny_puzzle_grpo_cpu", ["data.dynamic_padding=false"], "data.dynamic_padding=false is an SFT setting"),
         ("tiny_puzzle_grpo_cpu", ["evaluation.batch_size=8"], "evaluation.batch_size is an SFT setting"),
         ("tiny_puzzle_grpo_cpu", ["generation.fp8=true"], "generation.fp8 is a vLLM setting"),

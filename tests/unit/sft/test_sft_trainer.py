@@ -90,16 +90,50 @@ def test_row_tensors_cut_batches_to_their_longest_row() -> None:
     assert batch["tokens"].is_contiguous() and batch["labels"].dtype == torch.long
 
 
-def test_packed_mask_matches_attention_allowed_after_the_cut() -> None:
+def test_packed_rows_reach_attention_as_packed_seq_params() -> None:
     rows = pack_examples([_example(2, 2, 10), _example(1, 2, 20), _example(3, 3, 30)], 16, strategy="sequential")
     data = _RowTensors.from_rows(rows, packed=True)
-    length = data.batch_length(torch.arange(len(rows)))
-    assert length == 16
-    cut = data.collate(torch.arange(len(rows)), 8)["attention_mask"]
-    assert cut.shape == (len(rows), 1, 8, 8) and cut.dtype == torch.bool
-    for i, row in enumerate(rows):
-        allowed = torch.from_numpy(row.attention_allowed())[:8, :8]
-        assert torch.equal(cut[i, 0], ~allowed)
+    assert data.batch_length(torch.arange(len(rows))) == 16
+    batch = data.collate(torch.arange(len(rows)), 8)
+    assert batch["attention_mask"] is None  # never a dense [b, 1, s, s] mask
+    assert batch["tokens"].shape == (1, 8 * len(rows)) and batch["loss_mask"].shape == (1, 8 * len(rows))
+    params = batch["packed_seq_params"]
+    assert params.qkv_format == "thd"
+    bounds = params.cu_seqlens_q.tolist()
+    assert bounds[0] == 0 and bounds[-1] == 8 * len(rows)
+    segments = torch.tensor([r.segment_ids[:8] for r in rows]).reshape(-1)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):  # each segment is one document (or padding run)
+        assert len(set(segments[lo:hi].tolist())) == 1
+
+
+def test_packed_and_unpacked_give_the_same_loss_over_the_same_documents(tmp_path) -> None:
+    """Step 1 over ALL rows (same initial weights, same documents): the token-mean loss is the same whether each
+    example has its own row or several share one row behind PackedSeqParams boundaries."""
+    from nemotron_plugins.data.sft import build_sft_examples
+    from nemotron_plugins.data.sources import iter_training_rows, prepare_synthetic_data, sft_row_source
+    from nemotron_plugins.training.setup import load_run_tokenizer
+
+    probe = _config(tmp_path, steps=1, name="probe")
+    prepare_synthetic_data(probe.data, tmp_path / "probe")
+    examples, _ = build_sft_examples(
+        iter_training_rows(sft_row_source(probe.data, tmp_path / "probe"), []),
+        load_run_tokenizer(probe),
+        max_seq_len=96,
+    )
+    examples = [e for e in examples if e.reasoning == "on"]
+    counts = {
+        packed: len(pack_examples(examples, 192, strategy="first_fit_decreasing" if packed else "none"))
+        for packed in (False, True)
+    }
+    assert counts[True] < counts[False]  # several documents really share rows
+    losses = {}
+    for packed in (False, True):
+        cfg = _config(tmp_path, steps=1, name=f"packed{int(packed)}")
+        cfg.data.pack_sequences = packed
+        cfg.data.max_seq_length = cfg.model.seq_length = 192
+        cfg.micro_batch_size, cfg.global_batch_size = 1, counts[packed]
+        losses[packed] = run_sft(cfg).losses[1]
+    assert abs(losses[True] - losses[False]) < 1e-5, losses
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
