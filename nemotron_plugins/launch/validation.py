@@ -473,10 +473,19 @@ def check_rewards(recipe: RecipeConfig) -> list[str]:
 
 def check_plugins(recipe: RecipeConfig) -> list[str]:
     """Names the recipe selects must be registered (rewards, sampler, algorithm, engine, chat template)."""
-    from nemotron_plugins.registry import ALGORITHMS, BATCH_SAMPLERS, CHAT_TEMPLATES, REWARDS, ROLLOUT_ENGINES
+    from nemotron_plugins.registry import (
+        ALGORITHMS,
+        BATCH_SAMPLERS,
+        CHAT_TEMPLATES,
+        LAYER_SPECS,
+        REWARDS,
+        ROLLOUT_ENGINES,
+    )
 
     errors = []
     wanted = [(CHAT_TEMPLATES, "data.chat_template", recipe.data.chat_template)]
+    if recipe.model.layer_spec is not None:
+        wanted.append((LAYER_SPECS, "model.layer_spec", recipe.model.layer_spec))
     if recipe.sampler is not None:
         wanted.append((BATCH_SAMPLERS, "sampler.name", recipe.sampler.name))
     if recipe.algorithm is not None:
