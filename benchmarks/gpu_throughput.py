@@ -107,12 +107,16 @@ def _batch(vocab: int, batch: int, seq: int, device: torch.device) -> torch.Tens
 
 
 def measure_ours(
-    cfg: PuzzleModelConfig, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+    cfg: PuzzleModelConfig,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    layer_spec: str | None = None,
 ) -> tuple[int, float, float]:
-    """(parameters, forward tokens/s, training tokens/s) of ``cfg`` on megatron-core."""
+    """(parameters, forward tokens/s, training tokens/s) of ``cfg`` on megatron-core with ``layer_spec``."""
     from nemotron_plugins.puzzle.model import build_puzzle_model, count_parameters
 
-    kwargs: dict[str, Any] = {"layer_spec": args.layer_spec} if args.layer_spec else {}
+    kwargs: dict[str, Any] = {"layer_spec": layer_spec} if layer_spec else {}
     model = build_puzzle_model(
         cfg, device=device.type, params_dtype=dtype, seq_length=args.seq_len, init_method_std=0.02, **kwargs
     )
@@ -203,11 +207,12 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with distributed_context(seed=0):
-            for name, cfg, flops in (
-                ("dense parent", parent, parent_flops),
-                ("Super-pattern child", child, child_flops),
-            ):
-                params, fwd, train = measure_ours(cfg, args, device, dtype)
+            models = [("dense parent", parent, parent_flops, args.layer_spec)]
+            models.append(("Super-pattern child", child, child_flops, args.layer_spec))
+            if args.with_local:
+                models.append(("parent, megatron local", parent, parent_flops, "puzzle_local"))
+            for name, cfg, flops, spec in models:
+                params, fwd, train = measure_ours(cfg, args, device, dtype, spec)
                 rows.append(Row(name, params, flops, fwd, train))
                 _free(device)
         if not args.skip_transformers:
@@ -222,10 +227,11 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
         f"{args.hidden}, {child.num_attention_heads} heads x {args.head_dim}, vocab {args.vocab}; forward "
         f"{args.batch} x {args.seq_len}, training {args.train_batch} x {args.seq_len}"
     )
-    print(f"matmul peak ({args.peak_size}^3, {dtype}): {peak:.1f} TFLOP/s")
+    unit, scale = ("TFLOP/s", 1.0) if device.type == "cuda" else ("GFLOP/s", 1e3)
+    print(f"matmul peak ({args.peak_size}^3, {dtype}): {peak * scale:.1f} {unit}")
     header = (
-        f"{'model':<22}{'params':>15}{'GFLOP/tok':>11}{'fwd tok/s':>12}{'fwd TFLOP/s':>13}{'fwd %peak':>10}"
-        f"{'train tok/s':>13}{'train TFLOP/s':>15}{'train %peak':>12}"
+        f"{'model':<24}{'params':>15}{'GFLOP/tok':>11}{'fwd tok/s':>12}{'fwd ' + unit:>13}{'fwd %peak':>10}"
+        f"{'train tok/s':>13}{'train ' + unit:>15}{'train %peak':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -233,8 +239,9 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
         fwd_tf = r.forward_tps * r.flops_per_token / 1e12
         train_tf = 3 * r.train_tps * r.flops_per_token / 1e12
         print(
-            f"{r.name:<22}{r.params:>15,}{r.flops_per_token / 1e9:>11.3f}{r.forward_tps:>12,.0f}{fwd_tf:>13.2f}"
-            f"{100 * fwd_tf / peak:>9.1f}%{r.train_tps:>13,.0f}{train_tf:>15.2f}{100 * train_tf / peak:>11.1f}%"
+            f"{r.name:<24}{r.params:>15,}{r.flops_per_token / 1e9:>11.3f}{r.forward_tps:>12,.0f}"
+            f"{fwd_tf * scale:>13.2f}{100 * fwd_tf / peak:>9.1f}%{r.train_tps:>13,.0f}{train_tf * scale:>15.2f}"
+            f"{100 * train_tf / peak:>11.1f}%"
         )
     parent_row, child_row = rows[0], rows[1]
     limit = parent_flops / child_flops
@@ -244,8 +251,14 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
         f"child / parent: forward {fwd_speedup:.2f}x, training {train_speedup:.2f}x; FLOP-ratio limit {limit:.2f}x "
         f"(forward {fwd_speedup / limit:.2f} of the limit, training {train_speedup / limit:.2f})"
     )
-    if len(rows) > 2:
-        hf = rows[2]
+    if args.with_local:
+        local = next(r for r in rows if r.name == "parent, megatron local")
+        print(
+            f"dense parent / the same with megatron's local attention: forward "
+            f"{parent_row.forward_tps / local.forward_tps:.2f}x, training {parent_row.train_tps / local.train_tps:.2f}x"
+        )
+    if not args.skip_transformers:
+        hf = rows[-1]
         print(
             f"dense parent / transformers: forward {parent_row.forward_tps / hf.forward_tps:.2f}x, training "
             f"{parent_row.train_tps / hf.train_tps:.2f}x"
@@ -356,9 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-size", type=int, default=None, help="matmul peak size (default 8192; --cpu 1024)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default bf16; --cpu fp32")
     parser.add_argument("--layer-spec", default=None, help="LAYER_SPECS name for our models (default: build's)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; --cpu 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; --cpu 3)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 2; --cpu 1)")
     parser.add_argument("--sft-steps", type=int, default=3, help="--cpu: timed tiny SFT steps per attention")
+    parser.add_argument(
+        "--with-local", action="store_true", help="add the dense parent with megatron's local attention as a row"
+    )
     parser.add_argument("--skip-transformers", action="store_true", help="leave out the transformers model")
     parser.add_argument("--skip-sft", action="store_true", help="--cpu: leave out the tiny SFT step comparison")
     parser.add_argument("--threads", type=int, default=2, help="--cpu: torch threads")
@@ -367,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = {"layers": 80, "hidden": 2048, "head_dim": 128, "vocab": 128256, "seq_len": 2048, "batch": 8}
     gpu |= {"train_batch": 2, "peak_size": 8192, "dtype": "bfloat16", "repeats": 5, "warmup": 2}
     cpu = {"layers": 80, "hidden": 256, "head_dim": 32, "vocab": 512, "seq_len": 128, "batch": 2}
-    cpu |= {"train_batch": 2, "peak_size": 1024, "dtype": "float32", "repeats": 2, "warmup": 1}
+    cpu |= {"train_batch": 2, "peak_size": 1024, "dtype": "float32", "repeats": 3, "warmup": 1}
     for key, value in (cpu if args.cpu else gpu).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
