@@ -4,22 +4,31 @@ Pipeline, all bounded:
 
 1. The answer region is the text after the last ``</think>`` (the whole text without think tags; nothing when a think
    block is never closed).
-2. The candidate is the last ``\\boxed{...}`` in the region, else a plain final answer: the rest of an
-   ``Answer: ...`` / ``the answer is ...`` line, a short final line (``<think>...</think>1234``), the last inline math
-   ``$...$``, or the last number.
-3. The candidate and the ground truth pass a safety pre-check: length, bracket nesting, balanced braces, no Python
-   bait (``__``, ``import``, ``eval``, quotes, ...). A rejected candidate scores 0 with status OK (the model's answer
-   is wrong, not the input); a rejected ground truth is invalid input.
-4. Plain numbers (``1,234``, ``-2.5``, ``3/4``, ``\\frac{3}{4}``) are compared exactly with :class:`fractions.Fraction`:
-   no sympy at all.
-5. Otherwise a normalised string comparison, then math-verify: the pre-checked candidate is wrapped as ``$...$`` and
-   parsed with math-verify's LaTeX extraction only (latex2sympy builds sympy objects from an ANTLR parse tree and
-   never evaluates text). math-verify's plain-expression extraction, which feeds text to sympy's ``parse_expr``
-   (an ``eval``), is never used. Candidates that would be expensive to evaluate symbolically (a power in an
-   exponent, a huge exponent or factorial) are compared as strings only.
+2. The candidate is the last ``\\boxed{...}`` in the region, else a plain final answer: the last ``<answer>...</answer>``
+   tag, the rest of an ``Answer: ...`` / ``the answer is ...`` line (whole words only: "answers your question" is not
+   an answer line; "The volume of $V$ is 120" gives ``120``), a short final line (``<think>...</think>1234``), the
+   last inline math ``$...$``, or the last number.
+3. The ground truth is read as written: outer ``$...$`` / ``$$...$$`` / ``\\(...\\)`` and currency ``\\$`` are
+   removed; a gold with several math spans or boxes (``$1$ and $2$``, ``\\boxed{1}\\boxed{2}``) goes to math-verify's
+   own LaTeX extraction whole.
+4. The candidate and the ground truth pass a safety pre-check: length, bracket nesting, balanced braces, no Python
+   bait (``__``, ``import``, ``eval``, quotes, ...). A rejected ground truth is invalid input; a rejected candidate
+   is not compared as a string (the answer region may still match, see 6).
+5. Plain numbers (``1,234``, ``1 000``, ``-2.5``, ``3/4``, ``\\frac{3}{4}``, ``20\\%``, an unambiguous decimal comma
+   ``1000,99``) are compared exactly with :class:`fractions.Fraction`: no sympy at all. ``32, 349`` is a list.
+6. Otherwise a normalised string comparison, then math-verify on the two as LaTeX, then math-verify's LaTeX
+   extraction over the gold as written and the last ``region_chars`` of the answer region. Only math-verify's LaTeX
+   extraction is used: latex2sympy builds sympy objects from an ANTLR parse tree and never evaluates text;
+   math-verify's plain-expression extraction, which feeds text to sympy's ``parse_expr`` (an ``eval``), is never
+   used. Texts that would be expensive to evaluate symbolically (a power in an exponent, a huge exponent, factorial or
+   binomial, a product of large numbers in an exponent) are compared as strings only.
 
-When run in a process's main thread, math-verify's own alarm-based timeouts apply as well; the worker pool
-(:mod:`nemotron_plugins.rewards.pool`) adds a hard per-sample kill for anything that still hangs.
+Agreement with Math-Verify's own regression cases (249 rows, gold as written): 247/249, see
+``tests/functional/rewards/test_math_verify_agreement.py`` for the two deliberate differences.
+
+When run in a process's main thread, math-verify's own alarm-based timeouts apply as well; off the main thread
+nothing inside this process can bound a symbolic computation, which is why the adapters score through the worker pool
+(:mod:`nemotron_plugins.rewards.pool`, a hard per-sample kill and a memory cap) by default.
 """
 
 from __future__ import annotations
@@ -39,12 +48,20 @@ logger = logging.getLogger(__name__)
 
 _FORBIDDEN = re.compile(
     r"__|\bimport\b|\blambda\b|\beval\b|\bexec\b|\bcompile\b|\bgetattr\b|\bsetattr\b|\bglobals\b|\blocals\b"
-    r"|\bsubprocess\b|\bsystem\s*\(|\bopen\s*\(|\bos\.|\bsys\.|[\"`;@]|\\(?:input|include|write|def|catcode)\b"
+    r"|\bsubprocess\b|\bsystem\s*\(|\bopen\s*\(|\bos\.|\bsys\.|[\"`@]|\\(?:input|include|write|def|catcode)\b"
+)
+_FORBIDDEN_REGION = re.compile(
+    r"__|\bimport\s+\w|\blambda\s*\w*:|\beval\s*\(|\bexec\s*\(|\bgetattr\s*\(|\bsubprocess\b|\bos\.system"
+    r"|\\(?:input|include|write|def|catcode)\b"
 )
 _POWER_IN_EXPONENT = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\(?\s*[\w.]+\s*\)?\s*\^|\^\s*\{[^{}]*\{[^{}]*\^")
 _BIG_EXPONENT = re.compile(r"\^\s*\{?\s*\(?\s*-?\d{5,}")
 _BIG_FACTORIAL = re.compile(r"\d{4,}\s*!|\\\w+\{\s*\d{4,}\s*\}\s*!")
-_ANSWER_LINE = re.compile(r"(?:final\s+answer|answer)\s*(?:is\b|:|=)?\s*[:=]?\s*", re.IGNORECASE)
+# An exponent that multiplies large numbers (10^{9999*9999}) and binomials of large numbers (\binom{99999999}{4999}).
+_BIG_EXPONENT_PRODUCT = re.compile(r"\^\s*\{[^{}]*\d{3,}\s*(?:\*|\\times|\\cdot)\s*\d{3,}")
+_BIG_BINOM = re.compile(r"\\[dt]?binom\s*\{\s*\d{5,}|\\[dt]?binom\s*\{[^{}]*\}\s*\{\s*\d{5,}|\bC\(\s*\d{5,}")
+_ANSWER_LINE = re.compile(r"\b(?:final\s+answer|answer)\b\s*(?:is\b|:|=)?\s*[:=]?\s*", re.IGNORECASE)
+_ANSWER_TAG = re.compile(r"<answer>(.{0,2000}?)</answer>", re.IGNORECASE | re.DOTALL)
 _INLINE_MATH = re.compile(r"\$([^$]{1,2000})\$|\\\((.{1,2000}?)\\\)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+")
@@ -67,15 +84,39 @@ def _cheap_normalize(s: str) -> str:
     return s.rstrip(".").lower()
 
 
+_STANDALONE_NUMBER = re.compile(r"(?<![A-Za-z\d.,_^{])-?\d[\d,]*(?:\.\d+)?(?![\d\\^{(])")
+_IS_CLAUSE = re.compile(r"\bis\s+(?=\S)")
+_WORD = re.compile(r"[A-Za-z]{3,}")
+_THOUSANDS_LIST = re.compile(r"\d,\s")
+_DECIMAL_COMMA = re.compile(r"[+-]?(\d+),(\d+)")
+_UNIT_TAIL = re.compile(
+    r"(?:\\?%|\\?\$|€|£|¥|m²|m\^2|cm|km|kg|g|m|s|h|units?|dollars?|cents?|yuan|euros?|degrees?|\^\\circ|°)\.?$",
+    re.IGNORECASE,
+)
+
+
 def parse_plain_number(s: str) -> Fraction | None:
-    """An exact :class:`Fraction` for ``1,234``, ``-2.5``, ``3/4``, ``\\frac{3}{4}``, ``x = 5``; else ``None``."""
-    s = _cheap_normalize(s)
-    if len(s) > 200:
+    """An exact :class:`Fraction` for a plain number, or ``None``.
+
+    Accepts ``1,234`` and ``1 000`` (thousands separators), ``1000,99`` / ``0,111`` / ``2,74`` (an unambiguous decimal
+    comma: not exactly three digits after it, or a zero integer part), ``-2.5``, ``.4``, ``3/4``, ``\\frac{3}{4}``,
+    ``x = 5``, a leading or trailing currency sign and percent. ``32, 349`` (a comma followed by a space) is a list,
+    not a number.
+
+    Example:
+        >>> parse_plain_number("1,234"), parse_plain_number("1000,99"), parse_plain_number("32, 349")
+        (Fraction(1234, 1), Fraction(100099, 100), None)
+    """
+    if len(s) > 200 or _THOUSANDS_LIST.search(s):
         return None
+    s = _cheap_normalize(s.replace("\\$", "").replace("€", "").replace("£", ""))
     lhs = _LHS.match(s)
     if lhs:
         s = s[lhs.end() :]
     try:
+        dec = _DECIMAL_COMMA.fullmatch(s)
+        if dec and (len(dec.group(2)) != 3 or dec.group(1) == "0"):
+            return Fraction(s.replace(",", "."))
         if _PLAIN_NUMBER.fullmatch(s):
             return Fraction(s.replace(",", ""))
         m = _FRACTION.fullmatch(s) or _LATEX_FRAC.fullmatch(s)
@@ -90,8 +131,12 @@ def parse_plain_number(s: str) -> Fraction | None:
     return None
 
 
-def precheck_latex(s: str, *, max_chars: int, max_depth: int) -> str | None:
-    """Why ``s`` may not reach a parser, or ``None`` when it may. Never evaluates anything."""
+def precheck_latex(s: str, *, max_chars: int, max_depth: int, allow_dollar: bool = False) -> str | None:
+    """Why ``s`` may not reach a parser, or ``None`` when it may. Never evaluates anything.
+
+    ``allow_dollar`` admits ``$`` (math delimiters in a ground truth such as ``$\\frac{1}{2}$`` or a whole reply
+    region handed to math-verify's LaTeX extraction); a bare answer candidate may not contain one.
+    """
     if not s.strip():
         return "empty answer"
     if len(s) > max_chars:
@@ -101,7 +146,7 @@ def precheck_latex(s: str, *, max_chars: int, max_depth: int) -> str | None:
         return f"answer nests brackets {depth} deep (bound {max_depth})"
     if s.count("{") != s.count("}"):
         return "answer has unbalanced braces"
-    if "$" in s:
+    if not allow_dollar and "$" in s.replace("\\$", ""):
         return "answer contains '$'"
     m = _FORBIDDEN.search(s)
     if m:
@@ -113,7 +158,44 @@ def precheck_latex(s: str, *, max_chars: int, max_depth: int) -> str | None:
 
 def is_expensive(s: str) -> bool:
     """True for answers whose symbolic evaluation could explode (power towers, huge exponents or factorials)."""
-    return bool(_POWER_IN_EXPONENT.search(s) or _BIG_EXPONENT.search(s) or _BIG_FACTORIAL.search(s))
+    return bool(
+        _POWER_IN_EXPONENT.search(s)
+        or _BIG_EXPONENT.search(s)
+        or _BIG_FACTORIAL.search(s)
+        or _BIG_EXPONENT_PRODUCT.search(s)
+        or _BIG_BINOM.search(s)
+    )
+
+
+def strip_math_delimiters(s: str) -> str:
+    """``s`` without one pair of outer math delimiters (``$..$``, ``$$..$$``, ``\\(..\\)``, ``\\[..\\]``), a
+    single outer ``\\boxed{}`` and currency signs (``\\$18.90``); the text itself when it has none.
+
+    Example:
+        >>> strip_math_delimiters("$\\\\frac{1}{2}$"), strip_math_delimiters("\\\\$18.90"), strip_math_delimiters("$$x$$")
+        ('\\\\frac{1}{2}', '18.90', 'x')
+    """
+    t = s.strip().replace("\\$", "")
+    for _ in range(3):
+        before = t
+        for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+            if t.startswith(open_) and t.endswith(close) and len(t) >= len(open_) + len(close):
+                inner = t[len(open_) : len(t) - len(close)]
+                if "$" not in inner and "\\(" not in inner and "\\[" not in inner:
+                    t = inner.strip()
+                    break
+        if t.startswith(("\\boxed", "\\fbox")):
+            inner = last_boxed(t)
+            if inner is not None and t.rstrip(" .").endswith("}") and t.count("\\boxed") + t.count("\\fbox") == 1:
+                t = inner.strip()
+        if t == before:
+            break
+    return t.rstrip(".").strip() if t.endswith(".") and not t.endswith("..") else t
+
+
+def _is_compound(s: str) -> bool:
+    """Text that is not one math expression: several math spans or boxes, or math mixed with prose."""
+    return "$" in s or "\\boxed" in s or "\\(" in s or "\\[" in s
 
 
 def extract_answer(completion: str, *, mode: str = "auto", tail_chars: int = 4000) -> tuple[str | None, bool]:
@@ -139,6 +221,11 @@ def extract_answer(completion: str, *, mode: str = "auto", tail_chars: int = 400
     tail = region[-tail_chars:].strip()
     if not tail:
         return None, False
+    tag = None
+    for tag in _ANSWER_TAG.finditer(tail):  # noqa: B007 - we want the last match
+        pass
+    if tag is not None and _clean_plain(tag.group(1)):
+        return _clean_plain(tag.group(1)), False
     # "Answer: ..." / "the final answer is ..." (last occurrence), rest of that line.
     last = None
     for last in _ANSWER_LINE.finditer(tail):  # noqa: B007 - we want the last match
@@ -163,8 +250,24 @@ def extract_answer(completion: str, *, mode: str = "auto", tail_chars: int = 400
     return None, False
 
 
+def _last_numbers(cand: str, completion: str) -> list[str]:
+    """The last standalone number of ``cand`` and of the answer region's last line (at most one each)."""
+    out = []
+    lines = [ln for ln in split_think(completion).answer[-4000:].split("\n") if ln.strip()]
+    for text in (cand, lines[-1] if lines else ""):
+        numbers = _STANDALONE_NUMBER.findall(text[-2000:])
+        if numbers and parse_plain_number(numbers[-1].rstrip(",")) is not None:
+            out.append(numbers[-1].rstrip(","))
+    return out
+
+
 def _clean_plain(line: str) -> str:
     s = line.strip().strip("*").strip()
+    clause = None
+    for clause in _IS_CLAUSE.finditer(s):  # noqa: B007 - "The volume of $ABCD$ is 120": what follows the last "is"
+        pass
+    if clause is not None and _WORD.search(s, 0, clause.start()):
+        s = s[clause.end() :]
     m = _INLINE_MATH.search(s)
     if m:
         s = (m.group(1) or m.group(2)).strip()
@@ -188,6 +291,12 @@ class MathReward(SampleReward):
             ``signal.alarm`` works; the worker pool gives the hard bound).
         float_rounding: Decimal places math-verify rounds floats to.
         max_completion_chars: Completions longer than this are invalid input.
+        region_chars: How much of the end of the answer region math-verify's own extraction reads when the
+            extracted candidate does not match.
+        max_gold_chars: Bound on a ground truth written as text with math in it (``$1$ and $2$``, a worked solution
+            whose last box is the answer).
+        allow_set_relation_comp: math-verify's option: an interval equals the matching inequality
+            (``x \\in [-2, 7]`` vs ``-2 \\le x \\le 7``).
 
     Components: ``extracted`` (an answer was found), ``boxed`` (it came from ``\\boxed{}``).
 
@@ -209,6 +318,9 @@ class MathReward(SampleReward):
         timeout_s: float = 5.0,
         float_rounding: int = 6,
         max_completion_chars: int = 200_000,
+        region_chars: int = 3000,
+        max_gold_chars: int = 8000,
+        allow_set_relation_comp: bool = False,
     ) -> None:
         if mode not in ("auto", "boxed"):
             raise ValueError(f"math: mode must be 'auto' or 'boxed', got {mode!r}")
@@ -218,25 +330,29 @@ class MathReward(SampleReward):
         self.timeout_s = timeout_s
         self.float_rounding = float_rounding
         self.max_completion_chars = max_completion_chars
+        self.region_chars = region_chars
+        self.max_gold_chars = max_gold_chars
+        self.allow_set_relation_comp = allow_set_relation_comp
 
     def warmup(self) -> None:
         """Run one symbolic comparison so lazy imports and parser set-up happen now (pool workers call this before
         reporting ready, so the first real sample does not pay for it against its timeout)."""
-        self._math_verify("(x+1)^2", "x^2+2x+1")
+        self._math_verify("$(x+1)^2$", "$x^2+2x+1$")
 
     def score_sample(self, sample: RewardSample) -> RewardResult:
         """Score one sample (see the module docstring)."""
-        gold_text = _ground_truth_text(sample.ground_truth)
-        if gold_text is None:
+        gold_raw = _ground_truth_text(sample.ground_truth)
+        if gold_raw is None:
             return RewardResult.invalid(
                 f"math: ground_truth must be a non-empty string or number, got {truncate(repr(sample.ground_truth))}"
             )
-        boxed_gold = last_boxed(gold_text)
-        if boxed_gold is not None:
-            gold_text = boxed_gold
-        reason = precheck_latex(gold_text, max_chars=self.max_answer_chars, max_depth=self.max_depth)
+        bound = self.max_gold_chars if _is_compound(gold_raw) else self.max_answer_chars
+        reason = precheck_latex(gold_raw, max_chars=bound, max_depth=self.max_depth, allow_dollar=True)
         if reason:
             return RewardResult.invalid(f"math: ground_truth rejected: {reason}")
+        gold = strip_math_delimiters(gold_raw)
+        if not gold:
+            return RewardResult.invalid("math: ground_truth is empty once its math delimiters are removed")
 
         cand, boxed = extract_answer(sample.completion, mode=self.mode)
         if cand is None:
@@ -244,10 +360,26 @@ class MathReward(SampleReward):
                 score=0.0, components={"extracted": 0.0, "boxed": 0.0}, message="no final answer found"
             )
         components = {"extracted": 1.0, "boxed": 1.0 if boxed else 0.0}
+        cand = strip_math_delimiters(cand)
+        if cand.count("$") == 1:  # a currency sign: "$1,000.99", "1,000.99$"
+            cand = cand.replace("$", "").strip()
         reason = precheck_latex(cand, max_chars=self.max_answer_chars, max_depth=self.max_depth)
-        if reason:
+        correct = False
+        if not _is_compound(gold):
+            if not reason:
+                correct = self._equivalent(gold, cand)
+            if not correct and parse_plain_number(gold) is not None:
+                # A number stated with words or units around it: "it's 1,000.99m²", "Soucis : 2,74 $ a..", a last
+                # line "... increases by 100%.": the last standalone number of the candidate, else of the last line.
+                correct = any(self._equivalent(gold, number) for number in _last_numbers(cand, sample.completion))
+        if not correct and not reason and _is_compound(gold):
+            correct = self._verify_texts(gold_raw, f"${cand}$")
+        if not correct:
+            # math-verify's own LaTeX extraction over the gold as written and the reply's answer region: several
+            # boxes, "$1$ and $2$", answers stated in prose. Bounded by size, nesting and the expensive-form check.
+            correct = self._verify_regions(gold_raw if _is_compound(gold) else f"${gold}$", sample.completion, boxed)
+        if not correct and reason:
             return RewardResult(score=0.0, components=components, message=f"answer not checked: {reason}")
-        correct = self._equivalent(gold_text, cand)
         return RewardResult(score=1.0 if correct else 0.0, components=components)
 
     def _equivalent(self, gold: str, cand: str) -> bool:
@@ -259,9 +391,26 @@ class MathReward(SampleReward):
             return True
         if is_expensive(cand) or is_expensive(gold):
             return False
-        return self._math_verify(gold, cand)
+        return self._math_verify(f"${gold}$", f"${cand}$")
+
+    def _verify_regions(self, gold_text: str, completion: str, boxed: bool) -> bool:
+        region = split_think(completion).answer
+        if self.mode == "boxed" and not boxed:
+            return False
+        region = region[-self.region_chars :]
+        if not region.strip() or is_expensive(region) or is_expensive(gold_text):
+            return False
+        if precheck_region(region, max_depth=self.max_depth) or _FORBIDDEN.search(gold_text):
+            return False
+        return self._math_verify(gold_text, region)
+
+    def _verify_texts(self, gold_text: str, cand_text: str) -> bool:
+        if is_expensive(gold_text) or is_expensive(cand_text) or _FORBIDDEN.search(gold_text):
+            return False
+        return self._math_verify(gold_text, cand_text)
 
     def _math_verify(self, gold: str, cand: str) -> bool:
+        """math-verify's LaTeX-only parse of two texts (math delimiters included) and its ``verify``."""
         from math_verify import verify
 
         timeout = max(1, math.ceil(self.timeout_s)) if _main_thread() else None
@@ -272,8 +421,26 @@ class MathReward(SampleReward):
         if not cand_parsed:
             return False
         return bool(
-            verify(list(gold_parsed), list(cand_parsed), float_rounding=self.float_rounding, timeout_seconds=timeout)
+            verify(
+                list(gold_parsed),
+                list(cand_parsed),
+                float_rounding=self.float_rounding,
+                timeout_seconds=timeout,
+                allow_set_relation_comp=self.allow_set_relation_comp,
+            )
         )
+
+
+def precheck_region(region: str, *, max_depth: int) -> str | None:
+    """Why a reply region may not reach math-verify's LaTeX extraction: bracket nesting, Python bait (the LaTeX
+    parser never evaluates text; this is defence in depth), control characters."""
+    depth = max_nesting(region)
+    if depth > max_depth:
+        return f"reply nests brackets {depth} deep (bound {max_depth})"
+    m = _FORBIDDEN_REGION.search(region)
+    if m:
+        return f"reply contains forbidden token {m.group(0)!r}"
+    return None
 
 
 def _close(a: Fraction, b: Fraction, rounding: int) -> bool:
@@ -294,11 +461,11 @@ def _ground_truth_text(gt: Any) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _parse_cached(latex: str, timeout: int | None) -> tuple[Any, ...]:
+def _parse_cached(text: str, timeout: int | None) -> tuple[Any, ...]:
     from math_verify import LatexExtractionConfig, parse
 
     config = LatexExtractionConfig(boxed_match_priority=0)
-    return tuple(parse(f"${latex}$", extraction_config=[config], parsing_timeout=timeout))
+    return tuple(parse(text, extraction_config=[config], parsing_timeout=timeout))
 
 
 def _parse_latex(latex: str, timeout: int | None) -> tuple[Any, ...]:

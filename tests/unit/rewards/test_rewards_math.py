@@ -142,3 +142,65 @@ def test_works_off_the_main_thread():
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda s: MathReward().score([s])[0], batch))
     assert [(r.score, r.status) for r in results] == [(1.0, RewardStatus.OK)] * 2
+
+
+# -- issue 15: bugs found by review and by Math-Verify's regression cases (each failed before the fix) -------------
+@pytest.mark.parametrize(
+    "completion, gt",
+    [
+        ("<think>..</think>\\boxed{\\frac{1}{2}}", "$\\frac{1}{2}$"),  # MATH-style gold in $...$
+        ("<think>..</think>The total is \\boxed{18.90}.", "\\$18.90"),  # money gold
+        ("<think>..</think>\\boxed{\\$16386.17}", "16386.17"),  # money inside the box
+        ("<think>..</think>\\boxed{\\$16386.17}", "$16386.17$"),
+        ("<think>..</think>$$\\boxed{667}$$", "$$667$$"),
+        ("Final Answer: The largest $n$ is 34.", "$34$"),
+    ],
+)
+def test_dollar_wrapped_and_money_answers(completion, gt):
+    assert score(completion, gt) == 1.0
+
+
+def test_dollar_gold_is_not_invalid_input():
+    [r] = REWARD.score([RewardSample(completion="\\boxed{7}", ground_truth="$\\frac{1}{2}$")])
+    assert r.status is RewardStatus.OK and r.score == 0.0
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("<think>2+2</think><answer>4</answer>", "4"),
+        ("<think>2+2</think>Answer: 4\nI hope this answers your question", "4"),
+        ("<think>2+2</think>The answer is 4.\n\nI hope this answers your question.", "4"),
+    ],
+)
+def test_answer_tags_and_answer_lines_have_word_boundaries(completion, expected):
+    assert extract_answer(completion)[0] == expected
+    assert score(completion, "4") == 1.0
+
+
+@pytest.mark.parametrize(
+    "completion, gt, expected",
+    [
+        ("is $\\boxed{32, 349}$", "32349", 0.0),  # a list, not a thousands separator
+        ("\\boxed{32,349}", "32349", 1.0),
+        ("\\boxed{1 000}", "1000", 1.0),
+        ("\\boxed{1000,99}", "1000.99", 1.0),  # a decimal comma where unambiguous
+        ("\\boxed{0,111}", "0.111", 1.0),
+        ("\\boxed{1,000.99}", "1000.99", 1.0),
+        ("\\boxed{4\\sqrt{2}}", "4", 0.0),
+        ("\\boxed{20\\%}", "20", 1.0),  # percent
+        ("\\boxed{[-4, 0]}", "$[-4,0]$", 1.0),  # intervals
+        ("\\boxed{(0, 9)}", "$[0,9)$", 0.0),
+        ("\\boxed{\\{3, 1, 2\\}}", "$\\{1,2,3\\}$", 1.0),  # sets
+        ("\\boxed{\\begin{pmatrix}1 & 2\\\\ 3 & 4\\end{pmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", 1.0),
+        ("\\boxed{\\begin{pmatrix}1 & 2\\\\ 3 & 5\\end{pmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", 0.0),
+        ("\\boxed{1}, \\boxed{2}", "$1$ and $2$", 1.0),  # several boxes against a gold with several math spans
+    ],
+)
+def test_separators_lists_units_intervals_sets_matrices(completion, gt, expected):
+    assert score(completion, gt) == expected
+
+
+@pytest.mark.parametrize("expr", ["10^{9999*9999}", "\\binom{99999999}{49999999}", "10^{999 \\times 9999}"])
+def test_huge_products_in_exponents_and_binomials_are_expensive(expr):
+    assert is_expensive(expr)
