@@ -23,6 +23,20 @@ never stopped.
 Plain :func:`torch.save` is used; files are read back with ``weights_only=True`` unless asked otherwise, so a
 checkpoint can hold tensors, numbers, strings, lists, tuples and dicts (what model, optimizer, scheduler and sampler
 state dicts contain).
+
+The directory mechanics (temporary directory, rename into place, a backup while a step is re-saved, the ``latest``
+pointer, retention, crash points for tests) are generic over a :class:`CheckpointNaming`; the distributed
+(megatron ``dist_checkpointing``) checkpoints of :mod:`nemotron_plugins.training.checkpointing` use the same
+functions with ``iter_XXXXXXX`` directories.
+
+Re-saving a step that exists never leaves a moment without a complete copy: the new copy is written in full first,
+then the old directory is renamed to ``<name>.prev``, the new one renamed into place, and only then is the backup
+deleted. Readers (:func:`find_step_dir`, :func:`list_checkpoints`, :func:`latest_step`) fall back to ``<name>.prev``
+when ``<name>`` is missing, and the next save renames such a backup back into place.
+
+Crash points for tests: with the environment variable ``NEMOTRON_CHECKPOINT_CRASH_AT`` set to one of
+:data:`CRASH_POINTS` (optionally ``"<point>:<step>"``), rank 0 kills its own process with ``SIGKILL`` when a save
+reaches that point, so tests can prove that every instant of a save leaves a loadable checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,6 +67,56 @@ LATEST_FILE = "latest"
 META_FILE = "meta.json"
 _STEP_DIR_RE = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp_"
+BACKUP_SUFFIX = ".prev"
+CRASH_ENV = "NEMOTRON_CHECKPOINT_CRASH_AT"
+CRASH_POINTS = ("after_shards", "before_rename", "between_renames", "before_latest", "before_prune")
+"""Where a save can be made to kill itself (see the module docstring): after every rank wrote its files, before the
+temporary directory is renamed into place, between the two renames of a re-save, before ``latest`` moves, and
+before older checkpoints are pruned."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointNaming:
+    """How one kind of checkpoint names its step directories and which file marks a directory complete."""
+
+    prefix: str
+    """Directory name prefix (``"step_"``)."""
+    digits: int
+    """Zero-padded width of the step number."""
+    marker: str
+    """File whose presence makes a directory a complete checkpoint (written last, before the rename)."""
+
+    def dir_name(self, step: int) -> str:
+        """Directory name of ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return f"{self.prefix}{step:0{self.digits}d}"
+
+    def parse(self, name: str) -> int | None:
+        """The step of a directory name (``None`` if it is not one of ours; backups are not parsed)."""
+        match = re.fullmatch(re.escape(self.prefix) + r"(\d+)", name)
+        return int(match.group(1)) if match else None
+
+
+STEP_NAMING = CheckpointNaming(prefix="step_", digits=6, marker=META_FILE)
+"""The per-rank ``torch.save`` checkpoints of this module."""
+
+
+def crash_point(point: str, step: int) -> None:
+    """Kill this process (SIGKILL) if ``NEMOTRON_CHECKPOINT_CRASH_AT`` names ``point`` (and ``step``, if given).
+
+    Only for tests of crash safety; a no-op when the variable is unset.
+    """
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    name, _, at_step = wanted.partition(":")
+    if name not in CRASH_POINTS:
+        raise ValueError(f"{CRASH_ENV}={wanted!r}: the point must be one of {CRASH_POINTS} (optionally ':<step>')")
+    if name == point and (not at_step or int(at_step) == step):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class CheckpointError(RuntimeError):
@@ -192,9 +257,7 @@ def _megatron_rng_tracker(require_initialized: bool = True) -> Any | None:
 
 def step_dir_name(step: int) -> str:
     """Directory name of the checkpoint for ``step`` (``step_000123``)."""
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return f"step_{step:06d}"
+    return STEP_NAMING.dir_name(step)
 
 
 def rank_file_name(rank: int) -> str:
@@ -202,12 +265,14 @@ def rank_file_name(rank: int) -> str:
     return f"rank_{rank:05d}.pt"
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush one file's data to disk."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (renames, new files) to disk, where the platform allows it."""
     with contextlib.suppress(OSError):  # not every platform / file system allows opening a directory
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -216,30 +281,58 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def fsync_tree(path: str | os.PathLike[str]) -> None:
+    """:func:`fsync_file` every file under ``path`` and :func:`fsync_dir` every directory (deepest first)."""
+    for dirpath, _, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            fsync_file(os.path.join(dirpath, name))
+        fsync_dir(dirpath)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and :func:`os.replace`: readers see the old or the
+    new content, never a partial file."""
+    path = Path(path)
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def list_checkpoints(save_root: str | os.PathLike[str]) -> list[int]:
-    """Steps of the complete checkpoints under ``save_root`` (those with ``meta.json``), ascending."""
+_fsync_file = fsync_file
+_fsync_dir = fsync_dir
+_atomic_write_text = atomic_write_text
+
+
+def find_step_dir(save_root: str | os.PathLike[str], step: int, naming: CheckpointNaming = STEP_NAMING) -> Path | None:
+    """The complete directory holding ``step``: ``<name>`` or, while a re-save of that step was interrupted, its
+    backup ``<name>.prev``; ``None`` when neither is complete."""
+    root = Path(save_root)
+    name = naming.dir_name(step)
+    for candidate in (root / name, root / f"{name}{BACKUP_SUFFIX}"):
+        if candidate.is_dir() and (candidate / naming.marker).is_file():
+            return candidate
+    return None
+
+
+def list_checkpoints(save_root: str | os.PathLike[str], naming: CheckpointNaming = STEP_NAMING) -> list[int]:
+    """Steps of the complete checkpoints under ``save_root`` (those with their marker file), ascending."""
     root = Path(save_root)
     if not root.is_dir():
         return []
-    steps = []
+    steps = set()
     for child in root.iterdir():
-        match = _STEP_DIR_RE.match(child.name)
-        if match and child.is_dir() and (child / META_FILE).is_file():
-            steps.append(int(match.group(1)))
+        name = child.name.removesuffix(BACKUP_SUFFIX)
+        step = naming.parse(name)
+        if step is not None and find_step_dir(root, step, naming) is not None:
+            steps.add(step)
     return sorted(steps)
 
 
-def latest_step(save_root: str | os.PathLike[str]) -> int | None:
+def latest_step(save_root: str | os.PathLike[str], naming: CheckpointNaming = STEP_NAMING) -> int | None:
     """The step named by the ``latest`` pointer, or ``None`` when there is no checkpoint yet.
 
     Raises:
@@ -250,12 +343,110 @@ def latest_step(save_root: str | os.PathLike[str]) -> int | None:
     if not pointer.is_file():
         return None
     name = pointer.read_text(encoding="utf-8").strip()
-    match = _STEP_DIR_RE.match(name)
-    if match is None:
-        raise CheckpointError(f"{pointer}: expected a name like 'step_000123', found {name!r}")
-    if not (root / name / META_FILE).is_file():
-        raise CheckpointError(f"{pointer} names {name!r} but {root / name / META_FILE} does not exist")
-    return int(match.group(1))
+    step = naming.parse(name)
+    if step is None:
+        raise CheckpointError(f"{pointer}: expected a name like {naming.dir_name(123)!r}, found {name!r}")
+    if find_step_dir(root, step, naming) is None:
+        raise CheckpointError(f"{pointer} names {name!r} but {root / name / naming.marker} does not exist")
+    return step
+
+
+def remove_stale(save_root: str | os.PathLike[str], naming: CheckpointNaming = STEP_NAMING) -> None:
+    """Clean what an interrupted save left: delete hidden temporary entries (``.tmp_*``) and settle backups of an
+    interrupted re-save (``<name>.prev``): put it back when ``<name>`` is missing or incomplete, else delete it."""
+    root = Path(save_root)
+    if not root.is_dir():
+        return
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(_TMP_PREFIX):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        elif child.name.endswith(BACKUP_SUFFIX) and naming.parse(child.name.removesuffix(BACKUP_SUFFIX)) is not None:
+            final = root / child.name.removesuffix(BACKUP_SUFFIX)
+            if (final / naming.marker).is_file() or not (child / naming.marker).is_file():
+                _delete_dir(root, child)
+            else:
+                if final.exists():
+                    _delete_dir(root, final)
+                os.replace(child, final)
+                fsync_dir(root)
+
+
+def _delete_dir(root: Path, victim: Path) -> None:
+    """Rename ``victim`` to a hidden name first, then delete: a crash mid-delete never leaves a half-deleted
+    directory under a name readers look at."""
+    trash = root / f"{_TMP_PREFIX}del_{victim.name}.{os.getpid()}"
+    os.replace(victim, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def commit_directory(
+    save_root: str | os.PathLike[str],
+    tmp_dir: str | os.PathLike[str],
+    step: int,
+    naming: CheckpointNaming = STEP_NAMING,
+) -> Path:
+    """Move a fully written (marker included) temporary directory into place as ``step`` and point ``latest`` at it.
+
+    At every instant a complete copy of the newest committed step exists: a new step is one rename; re-saving an
+    existing step renames the old copy to ``<name>.prev``, the new one into place, moves ``latest`` and only then
+    deletes the backup. Call on one process (rank 0) after every rank has written its files.
+
+    Returns:
+        The committed directory.
+
+    Raises:
+        CheckpointError: ``tmp_dir`` lacks the marker file.
+    """
+    root, tmp_dir = Path(save_root), Path(tmp_dir)
+    if not (tmp_dir / naming.marker).is_file():
+        raise CheckpointError(f"{tmp_dir}: {naming.marker} is missing; nothing was committed")
+    final_dir = root / naming.dir_name(step)
+    backup = root / f"{final_dir.name}{BACKUP_SUFFIX}"
+    crash_point("before_rename", step)
+    if final_dir.exists():
+        if backup.exists():
+            _delete_dir(root, backup)
+        os.replace(final_dir, backup)
+        fsync_dir(root)
+        crash_point("between_renames", step)
+        os.replace(tmp_dir, final_dir)
+    else:
+        os.replace(tmp_dir, final_dir)
+    fsync_dir(root)
+    crash_point("before_latest", step)
+    atomic_write_text(root / LATEST_FILE, final_dir.name + "\n")
+    if backup.exists():
+        _delete_dir(root, backup)
+    return final_dir
+
+
+def prune_checkpoints(
+    save_root: str | os.PathLike[str], keep_last: int, naming: CheckpointNaming = STEP_NAMING
+) -> list[int]:
+    """Delete all but the newest ``keep_last`` complete checkpoints; never deletes the one ``latest`` names.
+
+    Args:
+        save_root: Directory holding the checkpoints.
+        keep_last: How many to keep (>= 1).
+        naming: Which kind of checkpoint directories.
+
+    Returns:
+        The steps that were deleted.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    root = Path(save_root)
+    steps = list_checkpoints(root, naming)
+    protected = latest_step(root, naming)
+    doomed = [s for s in steps[:-keep_last] if s != protected]
+    for s in doomed:
+        for victim in (root / naming.dir_name(s), root / f"{naming.dir_name(s)}{BACKUP_SUFFIX}"):
+            if victim.exists():
+                _delete_dir(root, victim)
+    return doomed
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,9 +530,11 @@ def save_training_state(
         raise CheckpointError(f"another rank failed to write its shard of {final_dir}; nothing was committed")
 
     if rank == 0:
+        crash_point("after_shards", step)
         try:
             _commit(root, tmp_dir, final_dir, step=step, world_size=world_size)
             if keep_last is not None:
+                crash_point("before_prune", step)
                 prune_checkpoints(root, keep_last)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)  # no-op after a successful rename
@@ -350,7 +543,7 @@ def save_training_state(
 
 
 def _commit(root: Path, tmp_dir: Path, final_dir: Path, *, step: int, world_size: int) -> None:
-    """Rank 0: write meta.json, rename the temp dir into place, then move ``latest``."""
+    """Rank 0: write meta.json, then :func:`commit_directory` (rename into place, then move ``latest``)."""
     meta = {
         "format_version": FORMAT_VERSION,
         "step": int(step),
@@ -363,53 +556,13 @@ def _commit(root: Path, tmp_dir: Path, final_dir: Path, *, step: int, world_size
         raise CheckpointError(f"{tmp_dir}: rank files {missing} are missing; nothing was committed")
     meta_path = tmp_dir / META_FILE
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    _fsync_file(meta_path)
-    _fsync_dir(tmp_dir)
-    if final_dir.exists():
-        # Re-saving a step: move the old copy aside first so a crash still leaves one complete directory.
-        old = root / f"{_TMP_PREFIX}old_{final_dir.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final_dir)
-    _fsync_dir(root)
-    _atomic_write_text(root / LATEST_FILE, final_dir.name + "\n")
+    fsync_file(meta_path)
+    fsync_dir(tmp_dir)
+    commit_directory(root, tmp_dir, step, STEP_NAMING)
 
 
 def _remove_stale_tmp_dirs(root: Path) -> None:
-    for child in root.iterdir():
-        if child.name.startswith(_TMP_PREFIX):
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
-
-
-def prune_checkpoints(save_root: str | os.PathLike[str], keep_last: int) -> list[int]:
-    """Delete all but the newest ``keep_last`` complete checkpoints; never deletes the one ``latest`` names.
-
-    Args:
-        save_root: Directory holding the checkpoints.
-        keep_last: How many to keep (>= 1).
-
-    Returns:
-        The steps that were deleted.
-    """
-    if keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    root = Path(save_root)
-    steps = list_checkpoints(root)
-    protected = latest_step(root)
-    doomed = [s for s in steps[:-keep_last] if s != protected]
-    for s in doomed:
-        # Rename first so a crash mid-delete never leaves a half-deleted directory that looks complete.
-        victim = root / step_dir_name(s)
-        trash = root / f"{_TMP_PREFIX}del_{victim.name}"
-        os.replace(victim, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    return doomed
+    remove_stale(root, STEP_NAMING)
 
 
 def load_training_state(
@@ -445,7 +598,7 @@ def load_training_state(
             step = latest_step(path)
             if step is None:
                 raise CheckpointError(f"no checkpoint under {path} (no '{LATEST_FILE}' file)")
-        ckpt_dir = path / step_dir_name(step)
+        ckpt_dir = find_step_dir(path, step) or path / step_dir_name(step)
     meta_path = ckpt_dir / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint ({META_FILE} missing)")
