@@ -138,30 +138,26 @@ def _export_sft(src: Path, out: Path, args: argparse.Namespace, dtype: Any) -> N
 
 
 def _export_training(src: Path, out: Path, args: argparse.Namespace, dtype: Any) -> None:
-    """A distributed training checkpoint: rebuild the model here at TP1 / PP1, load it (resharding), export."""
+    """A distributed training checkpoint: rebuild the model here at TP1 / PP1, load it (resharding), export.
+
+    The architecture and tokenizer are the ``config.json`` and ``tokenizer/`` the trainers write beside the steps
+    (:func:`nemotron_plugins.training.setup.write_checkpoint_metadata`); ``src`` is that root or one step directory.
+    """
     from nemotron_plugins.puzzle.block_config import load_hf_config
     from nemotron_plugins.puzzle.hf_checkpoint import export_hf_checkpoint
     from nemotron_plugins.puzzle.model import build_puzzle_model
     from nemotron_plugins.runtime.config import ParallelConfig
     from nemotron_plugins.runtime.distributed import ensure_distributed
+    from nemotron_plugins.training.checkpointing import load_checkpoint
 
-    try:
-        from nemotron_plugins.training.checkpointing import load_checkpoint
-    except ImportError as exc:
-        raise RuntimeError(
-            f"{src}: reading training checkpoints needs nemotron_plugins.training.checkpointing ({exc})"
-        ) from None
-    root = src if (src / "config.json").is_file() else src.parent
-    step = args.step
-    if root != src and step is None and src.name.startswith("step_"):
-        step = int(src.name.removeprefix("step_"))
+    root = src if (src / "config.json").is_file() else src.parent  # a step directory: its run's root
     cfg = load_hf_config(root / "config.json")
     tokenizer_dir = Path(args.tokenizer) if args.tokenizer else root / "tokenizer"
     if not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"{root}: no tokenizer/ directory beside the checkpoint; pass --tokenizer DIR")
     with ensure_distributed(ParallelConfig()):
         model = build_puzzle_model(cfg, device="cpu", perform_initialization=False)
-        load_checkpoint(root, model=[model], step=step, load_rng=False)
+        load_checkpoint(src, model=[model], step=args.step, load_rng=False)
         export_hf_checkpoint(
             model,
             cfg,
