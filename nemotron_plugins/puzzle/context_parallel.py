@@ -37,7 +37,10 @@ __all__ = [
     "context_parallel_chunk_ids",
     "context_parallel_loss",
     "gather_kv_for_context_parallel",
+    "gather_sequence",
+    "local_positions",
     "split_batch_for_context_parallel",
+    "split_for_context_parallel",
 ]
 
 
@@ -100,12 +103,68 @@ def split_batch_for_context_parallel(
     return out
 
 
+def split_for_context_parallel(tensors: Mapping[str, Any], seq_dim: int = 1) -> dict[str, Any]:
+    """:func:`split_batch_for_context_parallel` with this process's CP rank and size from megatron's
+    ``parallel_state`` (the tensors themselves when CP is 1)."""
+    from megatron.core import parallel_state
+
+    return split_batch_for_context_parallel(
+        tensors,
+        parallel_state.get_context_parallel_rank(),
+        parallel_state.get_context_parallel_world_size(),
+        seq_dim=seq_dim,
+    )
+
+
 def _cp_group(group: Any = None) -> Any:
     if group is not None:
         return group
     from megatron.core import parallel_state
 
     return parallel_state.get_context_parallel_group()
+
+
+def local_positions(
+    local_len: int, cp_size: int, cp_rank: int, *, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Global sequence positions of this CP rank's ``local_len`` tokens (its two chunks, in local order).
+
+    >>> local_positions(4, 2, 0).tolist(), local_positions(4, 2, 1).tolist()
+    ([0, 1, 6, 7], [2, 3, 4, 5])
+    """
+    if local_len % 2:
+        raise ContextParallelError(f"the local sequence ({local_len} tokens) must hold two equal chunks")
+    chunk = local_len // 2
+    first, second = context_parallel_chunk_ids(cp_rank, cp_size)
+    offsets = torch.arange(chunk, device=device)
+    return torch.cat([first * chunk + offsets, second * chunk + offsets])
+
+
+def gather_sequence(x: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """All-gather ``x [s / cp, ...]`` (this rank's two chunks) over the CP group into ``[s, ...]`` in global order.
+
+    Differentiable: the backward reduce-scatters (sums) each rank's gradient back to the rank owning those positions
+    (megatron's ``gather_from_sequence_parallel_region`` over the CP group; works on gloo and NCCL).
+
+    Args:
+        x: ``[s / cp, ...]`` with the sequence first (megatron's layout).
+        group: CP process group (default: megatron's ``parallel_state.get_context_parallel_group()``).
+    """
+    from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+    group = _cp_group(group)
+    cp = group.size()
+    if cp == 1:
+        return x
+    if x.shape[0] % 2:
+        raise ContextParallelError(f"the local sequence ({x.shape[0]} tokens) must hold two equal chunks")
+    gathered = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=True, group=group)
+    pieces = gathered.split(x.shape[0] // 2, dim=0)  # rank r: pieces 2r (chunk r), 2r + 1 (chunk 2cp-1-r)
+    order = [0] * (2 * cp)
+    for rank in range(cp):
+        a, b = context_parallel_chunk_ids(rank, cp)
+        order[a], order[b] = 2 * rank, 2 * rank + 1
+    return torch.cat([pieces[i] for i in order], dim=0)
 
 
 def gather_kv_for_context_parallel(key: torch.Tensor, value: torch.Tensor, group: Any = None) -> torch.Tensor:
@@ -121,24 +180,9 @@ def gather_kv_for_context_parallel(key: torch.Tensor, value: torch.Tensor, group
         at ``[j * s / (2 cp), (j + 1) * s / (2 cp))``. The backward reduce-scatters (sums) every rank's gradient
         back to the rank that owns those positions.
     """
-    from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
-
-    group = _cp_group(group)
-    cp = group.size()
     if key.shape != value.shape:
         raise ContextParallelError(f"key {tuple(key.shape)} and value {tuple(value.shape)} differ in shape")
-    s_local = key.shape[0]
-    if s_local % 2:
-        raise ContextParallelError(f"the local sequence ({s_local} tokens) must hold two equal chunks")
-    kv = torch.cat([key, value], dim=-1)
-    gathered = gather_from_sequence_parallel_region(kv, tensor_parallel_output_grad=True, group=group)
-    chunk = s_local // 2
-    pieces = gathered.split(chunk, dim=0)  # rank r contributes pieces 2r (chunk r) and 2r + 1 (chunk 2cp-1-r)
-    order = [0] * (2 * cp)
-    for rank in range(cp):
-        a, b = context_parallel_chunk_ids(rank, cp)
-        order[a], order[b] = 2 * rank, 2 * rank + 1
-    full = torch.cat([pieces[i] for i in order], dim=0)
+    full = gather_sequence(torch.cat([key, value], dim=-1), group)
     k, v = full.split(key.shape[-1], dim=-1)
     return torch.stack([k, v])
 
