@@ -19,7 +19,9 @@ Rather than forking those modules, :func:`activate` installs three things, all u
 3. **CPU stand-ins for megatron-core helpers**: the tensor-parallel RNG-state functions
    ``tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state`` (so ``get_cuda_rng_tracker().fork()``
    forks the CPU generator and tensor-parallel dropout stays rank-specific exactly as on GPU), and gradient
-   clipping's ``clip_grad_by_total_norm_fp32`` (whose ``'torch.cuda.FloatTensor'`` assertion rejects CPU grads).
+   clipping's ``clip_grad_by_total_norm_fp32`` (whose ``'torch.cuda.FloatTensor'`` assertion rejects CPU grads),
+   and the ``DistributedOptimizer`` constructor, run with ``Tensor.type()`` reporting CUDA names (it sorts
+   parameters by ``param.type()`` and rejects ``torch.FloatTensor``); its reduce-scatter / all-gather run on gloo.
 
 With those, ``megatron.core.tensor_parallel.model_parallel_cuda_manual_seed`` seeds the CPU generator with the
 data-parallel seed and the tracker holds the tensor-parallel seeds, as on GPU.
@@ -50,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import threading
@@ -330,6 +333,46 @@ def _patch_recompute(state: _AdapterState) -> None:
     CheckpointFunction.backward = staticmethod(backward)
 
 
+class _CudaTypeNamesMode(TorchFunctionMode):
+    """``Tensor.type()`` (no arguments) reports CPU tensors under their CUDA names (``torch.cuda.FloatTensor``);
+    ``Tensor.type(dtype)`` conversions and every other call pass through unchanged.
+
+    Only pushed around constructors that sort parameters by those names (see :func:`_patch_distributed_optimizer`).
+    """
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Iterable[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        result = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and args[0].device.type == "cpu":
+            return "torch.cuda." + result.removeprefix("torch.")
+        return result
+
+
+def _patch_distributed_optimizer(state: _AdapterState) -> None:
+    """Let megatron's ``DistributedOptimizer`` wrap CPU parameters: its constructor sorts parameters into fp32 /
+    fp16 / bf16 groups by ``param.type()`` and rejects anything but ``torch.cuda.*Tensor``; under the adapter CPU
+    tensors stand in for CUDA ones, so the constructor runs with :class:`_CudaTypeNamesMode` pushed. Nothing else of
+    the optimizer changes (its gradient reduce-scatter and parameter all-gather run on gloo)."""
+    try:
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    except ImportError:  # pragma: no cover - megatron-core is a dependency
+        return
+    original = DistributedOptimizer.__dict__["__init__"]
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807 - replaces the constructor
+        with _CudaTypeNamesMode():
+            original(self, *args, **kwargs)
+
+    state.saved.append((DistributedOptimizer, "__init__", original))
+    DistributedOptimizer.__init__ = __init__
+
+
 def activate(*, force: bool = False) -> bool:
     """Install the CPU adapter (see the module docstring). Idempotent.
 
@@ -359,6 +402,7 @@ def activate(*, force: bool = False) -> bool:
                 if hasattr(module, attr):
                     _patch(state, module, attr, value)
             _patch_recompute(state)
+            _patch_distributed_optimizer(state)
             state.mode.__enter__()
         except BaseException:
             _restore(state)
@@ -366,7 +410,7 @@ def activate(*, force: bool = False) -> bool:
         _state = state
         logger.info(
             "megatron-core CPU adapter active: CUDA device arguments run on CPU, torch.cuda streams/RNG/"
-            "current_device and megatron's RNG-tracker and grad-clip helpers use CPU stand-ins"
+            "current_device and megatron's RNG-tracker, grad-clip and distributed-optimizer helpers use CPU stand-ins"
         )
         return True
 
