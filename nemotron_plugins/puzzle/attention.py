@@ -12,6 +12,8 @@ megatron's contract and calls SDPA instead (flash / memory-efficient kernels on 
   ``attention_mask`` (``True`` = masked; a row masked everywhere attends uniformly, as with megatron's ``-10000`` fill);
 - megatron's softmax scale (``softmax_scale`` or ``1/sqrt(hn)``; ``apply_query_key_layer_scaling`` cancels out) and
   attention dropout (inside megatron's model-parallel RNG fork unless sequence parallel, as megatron does);
+- context parallelism without TE (:mod:`nemotron_plugins.puzzle.context_parallel`: K/V all-gathered over the CP
+  group, megatron's load-balanced chunks, causal mask from each rank's global positions);
 - packed sequences through megatron's ``PackedSeqParams`` (``cu_seqlens_q`` / ``cu_seqlens_kv``): a block-diagonal
   causal mask on CPU; on CUDA FlexAttention's document mask (compiled) where available, else one SDPA call per
   document (flash kernels each).
@@ -167,13 +169,14 @@ class SDPACoreAttention(torch.nn.Module):
         attention_type: ``"self"`` (kept for megatron).
         attention_dropout: Dropout probability; default ``config.attention_dropout``.
         softmax_scale: Scale of ``q k^T``; default ``1 / sqrt(kv_channels)``.
-        cp_comm_type: Must be ``None`` / unused: no context parallelism here.
-        pg_collection: megatron process groups (unused; heads arrive already split over TP).
+        cp_comm_type: Ignored: context parallelism (``config.context_parallel_size > 1``) always all-gathers K/V
+            (:mod:`nemotron_plugins.puzzle.context_parallel`).
+        pg_collection: megatron process groups (its ``cp`` group for context parallelism; default megatron's).
         packed_backend: ``"auto"`` (FlexAttention on CUDA when it works, else per-document SDPA; a block-diagonal
             mask on CPU), ``"mask"``, ``"flex"`` or ``"loop"``.
 
     Raises:
-        ValueError: Context parallelism, sliding windows or a non-vanilla softmax, which this module does not do.
+        ValueError: Sliding windows or a non-vanilla softmax, which this module does not do.
     """
 
     def __init__(
@@ -191,11 +194,6 @@ class SDPACoreAttention(torch.nn.Module):
         super().__init__()
         from megatron.core.transformer.enums import AttnMaskType
 
-        if getattr(config, "context_parallel_size", 1) != 1:
-            raise ValueError(
-                f"SDPACoreAttention: context_parallel_size={config.context_parallel_size}; context parallelism "
-                "needs the 'puzzle_te' layer spec (Transformer Engine)"
-            )
         if getattr(config, "window_size", None) is not None:
             raise ValueError(f"SDPACoreAttention: sliding-window attention (window_size={config.window_size})")
         if getattr(config, "softmax_type", "vanilla") != "vanilla":
@@ -211,6 +209,8 @@ class SDPACoreAttention(torch.nn.Module):
         self.softmax_scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
         self.dropout_p = float(config.attention_dropout if attention_dropout is None else attention_dropout)
         self.packed_backend = packed_backend
+        self.cp_size = int(getattr(config, "context_parallel_size", 1) or 1)
+        self._cp_group = getattr(pg_collection, "cp", None) if pg_collection is not None else None
 
     # -------------------------------------------------------------------------------------------------- kernels
     def _sdpa(
@@ -282,6 +282,33 @@ class SDPACoreAttention(torch.nn.Module):
             out = torch.cat(parts, dim=2)
         return out.squeeze(0).permute(1, 0, 2).reshape(t, -1)
 
+    def _context_parallel(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, packed: Any
+    ) -> torch.Tensor:
+        """CP: keys / values all-gathered over the CP group, causal mask from this rank's global query positions."""
+        from nemotron_plugins.puzzle.context_parallel import gather_sequence, local_positions
+
+        if packed is not None or attention_mask is not None:
+            raise ValueError(
+                "SDPACoreAttention with context parallelism takes causal batches only (no packed_seq_params or "
+                "attention_mask)"
+            )
+        if not self.causal:
+            raise ValueError("SDPACoreAttention with context parallelism needs causal attention")
+        group = self._cp_group
+        if group is None:
+            from megatron.core import parallel_state
+
+            group = parallel_state.get_context_parallel_group()
+        sq, b, heads, hn = query.shape
+        key, value = gather_sequence(key, group), gather_sequence(value, group)
+        rank = torch.distributed.get_rank(group)
+        q_pos = local_positions(sq, self.cp_size, rank, device=query.device)
+        mask = q_pos[:, None] >= torch.arange(key.shape[0], device=query.device)[None, :]
+        q, k, v = query.permute(1, 2, 0, 3), key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
+        out = self._sdpa(q, k, v, mask=mask, causal=False)
+        return out.permute(2, 0, 1, 3).reshape(sq, b, heads * hn)
+
     # -------------------------------------------------------------------------------------------------- forward
     def forward(
         self,
@@ -310,6 +337,8 @@ class SDPACoreAttention(torch.nn.Module):
         """
         if attention_bias is not None:
             raise ValueError("SDPACoreAttention does not take an attention_bias")
+        if self.cp_size > 1:
+            return self._context_parallel(query, key, value, attention_mask, packed_seq_params)
         if packed_seq_params is not None:
             if packed_seq_params.qkv_format not in (None, "thd"):
                 raise ValueError(f"SDPACoreAttention: packed qkv_format={packed_seq_params.qkv_format!r}; use 'thd'")

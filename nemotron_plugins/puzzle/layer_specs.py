@@ -290,6 +290,11 @@ def puzzle_layer_spec(
         raise LayerSpecError(f"Puzzle models use RMSNorm, got normalization={config.normalization!r}")
     if core_attention not in ("local", "sdpa"):
         raise LayerSpecError(f"core_attention must be 'local' or 'sdpa', got {core_attention!r}")
+    if config.context_parallel_size > 1 and not use_transformer_engine and core_attention == "local":
+        raise LayerSpecError(
+            f"context_parallel_size={config.context_parallel_size}: megatron-core's local attention has no context "
+            "parallelism; use the 'puzzle_sdpa' layer spec (K/V all-gathered over CP) or 'puzzle_te'"
+        )
     validate_layers_for_parallel(config)
     block = get_gpt_heterogeneous_layer_spec(config, use_te=use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank)
     attention_class = None

@@ -176,11 +176,6 @@ def puzzle_transformer_config(
     tp = parallel.tensor_model_parallel_size
     if parallel.sequence_parallel and tp == 1:
         raise PuzzleModelError("ParallelConfig.sequence_parallel=True needs tensor_model_parallel_size > 1")
-    if parallel.context_parallel_size > 1 and not torch.cuda.is_available():
-        raise PuzzleModelError(
-            "context_parallel_size > 1 needs Transformer Engine attention (GPU); megatron-core's local attention "
-            "has no context parallelism"
-        )
     gqa = [b.attention.num_key_value_heads for b in cfg.blocks if b.attention.kind == "gqa"]
     widths = [b.ffn.intermediate_size for b in cfg.blocks if b.ffn.kind == "swiglu"]
     if use_cpu_initialization is None:
