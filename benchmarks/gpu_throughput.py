@@ -287,72 +287,85 @@ def _first_layers(cfg: PuzzleModelConfig, layers: int) -> PuzzleModelConfig:
     )
 
 
-def sft_step_seconds(spec: str, steps: int) -> tuple[float, list[float], Any]:
-    """Median seconds of the tiny SFT recipe's optimizer step with layer spec ``spec``; the losses; the config."""
+SFT_SPECS = {"puzzle_local": "megatron local", "puzzle_sdpa": "torch SDPA"}
+
+
+def tiny_sft_steps(steps: int) -> tuple[dict[str, list[float]], dict[str, list[float]], Any, Any]:
+    """Seconds and losses of the tiny SFT recipe's optimizer step per layer spec in :data:`SFT_SPECS`.
+
+    Both models are built in one process from the same weights and step on the same batch; their steps alternate
+    (after one warm-up step each), so load from other processes falls on both alike.
+    """
     from nemotron_plugins.launch.build import build_recipe
     from nemotron_plugins.puzzle.model import init_weights_layout_invariant_
     from nemotron_plugins.runtime.distributed import distributed_context
     from nemotron_plugins.training.setup import build_model, build_optimizer, load_architecture
     from nemotron_plugins.training.step import optimizer_step
 
-    config = build_recipe("tiny_puzzle_sft_cpu", [f"model.layer_spec={spec}"])
+    configs = {spec: build_recipe("tiny_puzzle_sft_cpu", [f"model.layer_spec={spec}"]) for spec in SFT_SPECS}
+    config = configs["puzzle_sdpa"]
     arch = load_architecture(config)
     seq, mbs = config.model.seq_length, config.micro_batch_size
     tokens = _batch(arch.vocab_size, mbs, seq, torch.device("cpu"))
     labels = torch.roll(tokens, -1, dims=1)
-    losses: list[float] = []
+    losses: dict[str, list[float]] = {spec: [] for spec in SFT_SPECS}
+    seconds: dict[str, list[float]] = {spec: [] for spec in SFT_SPECS}
 
-    def forward_step(data_iterator: Any, chunk: Any) -> Any:
-        batch_tokens, batch_labels = next(data_iterator)
-        output = chunk(batch_tokens, None, None, labels=batch_labels)
+    def forward_step_for(spec: str) -> Callable[..., Any]:
+        def forward_step(data_iterator: Any, chunk: Any) -> Any:
+            batch_tokens, batch_labels = next(data_iterator)
+            output = chunk(batch_tokens, None, None, labels=batch_labels)
 
-        def loss_func(per_token: torch.Tensor) -> Any:
-            total = per_token.float().sum()
-            losses.append(float(total) / per_token.numel())
-            return total, torch.tensor(per_token.numel(), dtype=torch.int), {"loss": total.detach()}
+            def loss_func(per_token: torch.Tensor) -> Any:
+                total = per_token.float().sum()
+                losses[spec].append(float(total) / per_token.numel())
+                return total, torch.tensor(per_token.numel(), dtype=torch.int), {"loss": total.detach()}
 
-        return output, loss_func
+            return output, loss_func
+
+        return forward_step
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with distributed_context(config.parallel, seed=0):
-            model = build_model(config, arch, perform_initialization=True)
-            init_weights_layout_invariant_(model, seed=0)
-            ddp, optimizer = build_optimizer(config, model)
-
-            def step() -> None:
-                optimizer_step(
-                    [ddp], optimizer, None, [(tokens, labels)], forward_step, seq_length=seq, micro_batch_size=mbs
-                )
-
-            seconds = timed(step, device=torch.device("cpu"), warmup=1, repeats=steps)
-    return seconds, losses, (config, arch)
+            runs = {}
+            for spec, spec_config in configs.items():
+                model = build_model(spec_config, arch, perform_initialization=True)
+                init_weights_layout_invariant_(model, seed=0)
+                runs[spec] = (*build_optimizer(spec_config, model), forward_step_for(spec))
+            for index in range(steps + 1):
+                for spec, (ddp, optimizer, forward_step) in runs.items():
+                    start = time.perf_counter()
+                    optimizer_step(
+                        [ddp], optimizer, None, [(tokens, labels)], forward_step, seq_length=seq, micro_batch_size=mbs
+                    )
+                    if index > 0:
+                        seconds[spec].append(time.perf_counter() - start)
+    return seconds, losses, config, arch
 
 
 def tiny_sft_step_table(args: argparse.Namespace) -> None:
     """The tiny SFT recipe's optimizer step (real training stack) with SDPA vs megatron's local attention."""
-    results = []
-    for spec in ("puzzle_local", "puzzle_sdpa"):
-        seconds, losses, (config, arch) = sft_step_seconds(spec, args.sft_steps)
-        results.append((spec, seconds, losses[0], losses[-1]))
+    seconds, losses, config, arch = tiny_sft_steps(args.sft_steps)
     seq, mbs = config.model.seq_length, config.micro_batch_size
     print(
         f"\ntiny_puzzle_sft_cpu optimizer step on CPU ({mbs} x {seq} tokens, {arch.num_hidden_layers} layers, "
-        f"hidden {arch.hidden_size}, {torch.get_num_threads()} threads; median of {args.sft_steps} steps after one "
-        "warm-up, same weights and batch; losses: first and last step)"
+        f"hidden {arch.hidden_size}, {torch.get_num_threads()} threads, megatron DDP + optimizer + schedule; median "
+        f"of {args.sft_steps} alternating steps after a warm-up, same weights and batch; loss of the first and last "
+        "step)"
     )
     header = (
         f"{'layer spec':<16}{'core attention':<18}{'ms / step':>11}{'tokens/s':>12}{'first loss':>13}{'last loss':>12}"
     )
     print(header)
     print("-" * len(header))
-    names = {"puzzle_local": "megatron local", "puzzle_sdpa": "torch SDPA"}
-    for spec, seconds, first, last in results:
+    median = {spec: statistics.median(values) for spec, values in seconds.items()}
+    for spec, name in SFT_SPECS.items():
         print(
-            f"{spec:<16}{names[spec]:<18}{1000 * seconds:>11.1f}{mbs * seq / seconds:>12,.0f}{first:>13.6f}"
-            f"{last:>12.6f}"
+            f"{spec:<16}{name:<18}{1000 * median[spec]:>11.1f}{mbs * seq / median[spec]:>12,.0f}"
+            f"{losses[spec][0]:>13.6f}{losses[spec][-1]:>12.6f}"
         )
-    print(f"SDPA / local step time: {results[1][1] / results[0][1]:.2f}x")
+    print(f"SDPA / local step time: {median['puzzle_sdpa'] / median['puzzle_local']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer-spec", default=None, help="LAYER_SPECS name for our models (default: build's)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; --cpu 3)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 2; --cpu 1)")
-    parser.add_argument("--sft-steps", type=int, default=3, help="--cpu: timed tiny SFT steps per attention")
+    parser.add_argument("--sft-steps", type=int, default=5, help="--cpu: timed tiny SFT steps per attention")
     parser.add_argument(
         "--with-local", action="store_true", help="add the dense parent with megatron's local attention as a row"
     )

@@ -118,6 +118,26 @@ class _FlexDocumentAttention:
 
     compiled: Any = None
     failed: bool = False
+    _mask_cache: tuple[torch.Tensor, int, Any] | None = None  # (cu_seqlens, tokens, block mask): one per batch
+
+    @classmethod
+    def block_mask(cls, cu_seqlens: torch.Tensor, t: int, device: torch.device) -> Any:
+        """The document block mask of ``cu_seqlens``, built once and shared by every layer of a forward pass."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        cached = cls._mask_cache
+        if cached is not None and cached[1] == t and cached[0].shape == cu_seqlens.shape:
+            if torch.equal(cached[0], cu_seqlens):
+                return cached[2]
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        doc = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
+
+        def document_causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+            return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
+
+        mask = create_block_mask(document_causal, None, None, t, t, device=device)
+        cls._mask_cache = (cu_seqlens.clone(), t, mask)
+        return mask
 
     @classmethod
     def available(cls) -> bool:
@@ -133,19 +153,12 @@ class _FlexDocumentAttention:
     @classmethod
     def run(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float) -> Any:
         """``q [1, np, t, hn]``, ``k``/``v [1, ng, t, hn]`` -> ``[1, np, t, hn]``, or ``None`` when unavailable."""
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        t = q.shape[2]
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        doc = torch.repeat_interleave(torch.arange(lengths.numel(), device=q.device), lengths)
-
-        def document_causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-            return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
+        from torch.nn.attention.flex_attention import flex_attention
 
         try:
             if cls.compiled is None:
                 cls.compiled = torch.compile(flex_attention, dynamic=False)
-            block_mask = create_block_mask(document_causal, None, None, t, t, device=q.device)
+            block_mask = cls.block_mask(cu_seqlens, q.shape[2], q.device)
             return cls.compiled(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
         except Exception as err:  # noqa: BLE001 - any compile / kernel failure: fall back once, loudly
             cls.failed = True
