@@ -12,7 +12,13 @@ import torch
 
 from nemotron_plugins.runtime.distributed import run_local_processes
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo/CPU path is what this checks")
+
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gloo / CPU path is what this checks, also on a GPU machine: CUDA hidden here and in the spawned workers."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
 
 STEPS = 4
 SEED = 7
