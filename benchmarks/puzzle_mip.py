@@ -28,7 +28,7 @@ from nemotron_plugins.puzzle.cost import (
     ffn_flops_per_token,
     ffn_params,
 )
-from nemotron_plugins.puzzle.search.mip import BlockOption, SearchLimits, SearchProblem, search
+from nemotron_plugins.puzzle.search.mip import LIMIT_MARGIN, BlockOption, SearchLimits, SearchProblem, search
 
 HIDDEN, HEADS, FFN_WIDTH, LAYERS, VOCAB = 16384, 128, 53248, 162, 128256
 PEAK_FLOPS, BANDWIDTH = 989e12, 3.35e12
@@ -124,7 +124,7 @@ def solve_pulp(problem: SearchProblem, limits: SearchLimits) -> tuple[list[float
             for i, opts in enumerate(problem.layers)
             for j, o in enumerate(opts)
         )
-        <= 1
+        <= 1 - LIMIT_MARGIN  # the same tightened rows as ours
     )
     lat_scale = limits.latency_s - fixed_rt
     thr_scale = b * limits.seq_len / limits.throughput_tokens_per_s - fixed_rt
@@ -133,7 +133,7 @@ def solve_pulp(problem: SearchProblem, limits: SearchLimits) -> tuple[list[float
             pulp.lpSum(
                 o.runtime_s[b] / scale * x[i, j] for i, opts in enumerate(problem.layers) for j, o in enumerate(opts)
             )
-            <= 1
+            <= 1 - LIMIT_MARGIN  # the same tightened rows as ours
         )
     objectives = []
     for _ in range(NUM_SOLUTIONS):
@@ -160,7 +160,7 @@ def main() -> None:
         have_pulp = False
         print("PuLP is not installed: CBC column skipped (pip install pulp to run it)")
     highs_times, cbc_times = [], []
-    print(f"{'instance':<18} {'HiGHS loop s':>12} {'CBC loop s':>11} {'objectives HiGHS':>36} {'CBC agrees':>10}")
+    print(f"{'instance':<18} {'HiGHS loop s':>12} {'CBC loop s':>11} {'objectives HiGHS':>36} {'max |obj diff|':>14}")
     for k in range(args.instances):
         batch = (1, 8, 64)[k % 3]
         problem, limits = puzzle_instance(seed=k, batch_size=batch)
@@ -178,9 +178,13 @@ def main() -> None:
             cbc_objs, cbc_elapsed = solve_pulp(problem, limits)
             cbc_times.append(cbc_elapsed)
             cbc_col = f"{cbc_elapsed:.2f}"
-            agree = str(len(cbc_objs) == len(objs) and np.allclose(cbc_objs, objs, rtol=1e-6, atol=1e-6))
+            agree = (
+                f"{max(abs(a - b) for a, b in zip(cbc_objs, objs, strict=False)):.1e}"
+                if len(cbc_objs) == len(objs)
+                else f"{len(cbc_objs)} sols"
+            )
         obj_text = ", ".join(f"{o:.3f}" for o in objs)
-        print(f"seed {k} batch {batch:<4} {elapsed:>12.2f} {cbc_col:>11} {obj_text:>36} {agree:>10}")
+        print(f"seed {k} batch {batch:<4} {elapsed:>12.2f} {cbc_col:>11} {obj_text:>36} {agree:>14}")
     if highs_times:
         print(
             f"\nHiGHS (scipy.optimize.milp): median {statistics.median(highs_times):.2f} s, worst "
