@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
 
 __all__ = [
     "SDPACoreAttention",
@@ -171,7 +172,7 @@ class _FlexDocumentAttention:
             return None
 
 
-class SDPACoreAttention(torch.nn.Module):
+class SDPACoreAttention(MegatronModule):
     """megatron-core core attention (``DotProductAttention``'s constructor and ``forward``) on torch SDPA.
 
     Args:
@@ -204,7 +205,7 @@ class SDPACoreAttention(torch.nn.Module):
         pg_collection: Any = None,
         packed_backend: str = "auto",
     ) -> None:
-        super().__init__()
+        super().__init__(config=config)
         from megatron.core.transformer.enums import AttnMaskType
 
         if getattr(config, "window_size", None) is not None:
@@ -233,7 +234,9 @@ class SDPACoreAttention(torch.nn.Module):
         dropout = self.dropout_p if self.training else 0.0
         kwargs: dict[str, Any] = {}
         if k.shape[1] != q.shape[1]:
-            if _GQA:
+            # CUDA: flash kernels take GQA but no mask; with a mask the memory-efficient kernel needs K/V repeated
+            # (else SDPA would fall back to materialising the scores).
+            if _GQA and not (mask is not None and q.is_cuda):
                 kwargs["enable_gqa"] = True
             else:
                 repeat = q.shape[1] // k.shape[1]
