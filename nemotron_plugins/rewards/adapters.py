@@ -5,10 +5,16 @@ Each adapter builds its reward once (from a name or spec, see :func:`nemotron_pl
 converts the framework's arguments to :class:`RewardSample`. The reasoning mode (``metadata["reasoning"]``) comes
 from a ``reasoning`` column / field when present, else from the prompt's ``detailed thinking on|off`` system message.
 
+Bounds: by default every adapter scores through a worker pool (:func:`nemotron_plugins.rewards.pool.bounded_reward`:
+a hard per-sample kill after ``timeout_s`` and a memory cap per worker), because nothing inside the calling process
+can bound a symbolic computation off the main thread (``\\binom{99999999}{49999999}`` ran for minutes in a thread,
+``10^{9999*9999}`` froze a process). Server-backed rewards (``llm_judge``, ``reward_model``) are bounded by their own
+deadlines and stay in-process. ``in_process=True`` scores in the calling process instead: faster to start, but a
+hostile completion can then hang or exhaust the caller; use it only for trusted text.
+
 What a non-OK status becomes is set per adapter with ``none_on`` / ``status_scores``: by default TRL gets ``None``
-(TRL's "not applicable", ignored in its weighted sum) for ``invalid_input`` and ``error`` and the reward's score
-(0.0) for ``timeout``, so a completion that hangs the checker is penalised; frameworks that need a number always get
-the score (0.0 for any failure).
+(TRL's "not applicable", ignored in its weighted sum) for every failure status, never a 0 that would read as a wrong
+answer; frameworks that need a number get the score plus ``status_ok`` (verl, OpenRLHF) so the failure stays visible.
 """
 
 from __future__ import annotations
@@ -20,6 +26,34 @@ from functools import lru_cache
 from typing import Any
 
 from nemotron_plugins.rewards.base import Reward, RewardResult, RewardSample, RewardStatus, build_reward
+from nemotron_plugins.rewards.pool import bounded_reward
+
+#: Worker processes and per-sample time bound of the pool the adapters score through by default.
+DEFAULT_WORKERS = 2
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def adapter_reward(
+    spec: str | Mapping[str, Any] | Reward,
+    *,
+    in_process: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Reward:
+    """The reward an adapter scores with: ``spec`` built, then bounded by a worker pool unless ``in_process``.
+
+    Args:
+        spec: A reward name, spec or built reward.
+        in_process: Score in the calling process. Risk: nothing then bounds a sample's time or memory (math-verify's
+            alarm works only in a main thread); a hostile completion can hang or exhaust the trainer.
+        workers: Pool worker processes.
+        timeout_s: Per-sample time bound in the pool; past it the sample gets status ``timeout``.
+    """
+    reward = spec if isinstance(spec, Reward) else build_reward(spec)
+    if in_process:
+        return reward
+    return bounded_reward(reward, workers=workers, timeout_s=timeout_s)
+
 
 _SYSTEM_TOGGLE = {"detailed thinking on": "on", "detailed thinking off": "off"}
 
@@ -81,7 +115,7 @@ def make_sample(
 class StatusPolicy:
     """What each non-OK status turns into for frameworks that accept ``None``."""
 
-    none_on: tuple[str, ...] = ("invalid_input", "error")
+    none_on: tuple[str, ...] = ("invalid_input", "error", "timeout", "unavailable")
     """Statuses reported as ``None`` ("no reward for this sample"); others report ``result.score``."""
     status_scores: dict[str, float] = field(default_factory=dict)
     """Fixed scores per status (e.g. ``{"timeout": -1.0}``), applied before ``none_on``."""
@@ -107,24 +141,30 @@ def make_trl_reward_func(
     ground_truth_column: str | Sequence[str] = ("ground_truth", "solution", "answer"),
     policy: StatusPolicy | None = None,
     name: str | None = None,
+    in_process: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Callable[..., list[float | None]]:
     """A TRL reward function ``f(prompts, completions, **columns) -> list[float | None]``.
 
     Args:
         spec: The reward name or spec.
         ground_truth_column: Dataset column(s) holding the ground truth; the first one present is used.
-        policy: Status handling (default: ``None`` for invalid input and errors).
+        policy: Status handling (default: ``None`` for every failure status).
         name: ``__name__`` of the function (TRL logs rewards under it); defaults to the reward's name.
+        in_process: Score in TRL's process instead of a worker pool (see :func:`adapter_reward` for the risk).
+        workers: Pool worker processes.
+        timeout_s: Per-sample time bound in the pool.
 
     Every other per-sample column (a list as long as the batch) is passed as metadata, so a ``reasoning`` column
     sets the mode; TRL's conversational completions (lists of messages) are handled.
 
     Example:
-        >>> f = make_trl_reward_func("math")
+        >>> f = make_trl_reward_func("math", in_process=True)  # in_process only to keep this example light
         >>> f(prompts=["1+1?"], completions=[[{"role": "assistant", "content": "<think></think>2"}]], ground_truth=["2"])
         [1.0]
     """
-    reward = build_reward(spec)
+    reward = adapter_reward(spec, in_process=in_process, workers=workers, timeout_s=timeout_s)
     policy = policy or StatusPolicy()
     columns = (ground_truth_column,) if isinstance(ground_truth_column, str) else tuple(ground_truth_column)
 
@@ -168,24 +208,31 @@ DATA_SOURCE_REWARDS: dict[str, str] = {
 
 
 @lru_cache(maxsize=32)
-def _cached_reward(spec_key: str) -> Reward:
+def _cached_reward(spec_key: str, workers: int) -> Reward:
     import json
 
-    return build_reward(json.loads(spec_key))
+    return adapter_reward(json.loads(spec_key), workers=workers)
 
 
-def _reward_for(spec: str | Mapping[str, Any]) -> Reward:
+def _reward_for(spec: str | Mapping[str, Any], *, workers: int = DEFAULT_WORKERS) -> Reward:
     import json
 
-    return _cached_reward(json.dumps(spec, sort_keys=True))
+    return _cached_reward(json.dumps(spec, sort_keys=True), workers)
 
 
-def make_verl_compute_score(spec: str | Mapping[str, Any] | Reward = "math") -> Callable[..., dict[str, Any]]:
+def make_verl_compute_score(
+    spec: str | Mapping[str, Any] | Reward = "math",
+    *,
+    in_process: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Callable[..., dict[str, Any]]:
     """A verl ``compute_score(data_source, solution_str, ground_truth, extra_info=None) -> dict``.
 
-    The dict has ``score`` plus the components and ``status_ok`` as numbers (verl logs the extra keys).
+    The dict has ``score`` plus the components and ``status_ok`` as numbers (verl logs the extra keys). Scoring runs
+    in a worker pool unless ``in_process`` (see :func:`adapter_reward` for the options and the risk).
     """
-    reward = spec if isinstance(spec, Reward) else build_reward(spec)
+    reward = adapter_reward(spec, in_process=in_process, workers=workers, timeout_s=timeout_s)
 
     def compute_score(
         data_source: str, solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None = None
@@ -218,7 +265,8 @@ def compute_score(
         source = (data_source or "").lower()
         spec = next((r for prefix, r in DATA_SOURCE_REWARDS.items() if source.startswith(prefix)), "math")
     prompt = extra.pop("prompt", None)
-    result = _reward_for(spec).score([make_sample(solution_str, ground_truth, prompt, extra)])[0]
+    # verl calls this once per sample, one call at a time: one pool worker per reward is enough.
+    result = _reward_for(spec, workers=1).score([make_sample(solution_str, ground_truth, prompt, extra)])[0]
     return _verl_dict(result)
 
 
@@ -252,10 +300,21 @@ class NemoRLRewardEnvironment:
     Args:
         spec: The reward name or spec.
         ground_truth_key: Metadata key of the ground truth.
+        in_process: Score in this process instead of a worker pool (see :func:`adapter_reward` for the risk).
+        workers: Pool worker processes.
+        timeout_s: Per-sample time bound in the pool.
     """
 
-    def __init__(self, spec: str | Mapping[str, Any] | Reward = "math", *, ground_truth_key: str = "ground_truth"):
-        self.reward = spec if isinstance(spec, Reward) else build_reward(spec)
+    def __init__(
+        self,
+        spec: str | Mapping[str, Any] | Reward = "math",
+        *,
+        ground_truth_key: str = "ground_truth",
+        in_process: bool = False,
+        workers: int = DEFAULT_WORKERS,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
+        self.reward = adapter_reward(spec, in_process=in_process, workers=workers, timeout_s=timeout_s)
         self.ground_truth_key = ground_truth_key
 
     def step(self, message_log_batch: Sequence[Sequence[Mapping[str, Any]]], metadata: Sequence[Any]) -> Any:
@@ -309,15 +368,21 @@ class NemoRLRewardEnvironment:
 
 # -- OpenRLHF -------------------------------------------------------------------------------------------------------
 def make_openrlhf_reward_func(
-    spec: str | Mapping[str, Any] | Reward = "math", *, return_dict: bool = True
+    spec: str | Mapping[str, Any] | Reward = "math",
+    *,
+    return_dict: bool = True,
+    in_process: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Callable[[Sequence[str], Sequence[str], Sequence[Any]], Any]:
     """An OpenRLHF ``reward_func(queries, prompts, labels)``.
 
     ``queries`` are prompt + response texts; the response is the query minus its prompt prefix. Returns
     ``{"rewards": tensor, "scores": tensor, "extra_logs": {component: tensor}}`` (OpenRLHF >= 0.6) or just the
-    rewards tensor with ``return_dict=False``.
+    rewards tensor with ``return_dict=False``. Scoring runs in a worker pool unless ``in_process`` (see
+    :func:`adapter_reward` for the options and the risk).
     """
-    reward = spec if isinstance(spec, Reward) else build_reward(spec)
+    reward = adapter_reward(spec, in_process=in_process, workers=workers, timeout_s=timeout_s)
 
     def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any]) -> Any:
         samples = []

@@ -143,6 +143,10 @@ class Reward(ABC):
     """
 
     name: str = "reward"
+    bounded: bool = False
+    """True when scoring is bounded in time and memory by construction wherever it runs (server-backed rewards with
+    request deadlines); the adapters run every other reward behind a worker pool
+    (:func:`nemotron_plugins.rewards.pool.bounded_reward`)."""
 
     @abstractmethod
     def score(self, samples: Sequence[RewardSample]) -> list[RewardResult]:

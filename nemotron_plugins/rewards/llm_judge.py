@@ -79,6 +79,7 @@ class LLMJudgeReward(Reward):
     """
 
     name = "llm_judge"
+    bounded = True  # request deadlines, a batch deadline and a circuit breaker
 
     def __init__(
         self,

@@ -432,11 +432,14 @@ class MathReward(SampleReward):
 
 
 def precheck_region(region: str, *, max_depth: int) -> str | None:
-    """Why a reply region may not reach math-verify's LaTeX extraction: bracket nesting, Python bait (the LaTeX
-    parser never evaluates text; this is defence in depth), control characters."""
+    """Why a reply region may not reach math-verify's LaTeX extraction: bracket nesting, unbalanced braces (an
+    unclosed ``\\boxed{`` is not an answer), Python bait (the LaTeX parser never evaluates text; this is defence in
+    depth)."""
     depth = max_nesting(region)
     if depth > max_depth:
         return f"reply nests brackets {depth} deep (bound {max_depth})"
+    if region.count("{") - region.count("\\{") != region.count("}") - region.count("\\}"):
+        return "reply has unbalanced braces"
     m = _FORBIDDEN_REGION.search(region)
     if m:
         return f"reply contains forbidden token {m.group(0)!r}"

@@ -14,6 +14,14 @@ its optional ``warmup()`` before it reports ready (start-up time does not count 
 address space at its start size plus ``memory_limit_mb`` (a sample that builds a gigantic number fails with
 ``MemoryError`` instead of exhausting the machine) and is killed by the kernel if the parent dies (Linux).
 
+Lifetime: Linux's parent-death signal fires when the *thread* that forked the child exits, not the process. Every
+worker is therefore started by one long-lived daemon thread of this module (:func:`_spawn_process`), so a pool made
+or used from a short-lived thread (a trainer's reward thread, a request handler) keeps its workers until the pool is
+closed or the process exits.
+
+:func:`bounded_reward` is what the adapters use: it puts a reward (or the CPU-bound parts of a composition) behind a
+pool, and leaves rewards that are bounded by construction (server-backed ones with deadlines) as they are.
+
 Example:
     >>> from nemotron_plugins.rewards.base import RewardSample, build_reward
     >>> with build_reward({"pool": "math", "workers": 2, "timeout_s": 10}) as reward:
@@ -27,12 +35,14 @@ import logging
 import math
 import os
 import pickle
+import queue
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
@@ -41,6 +51,42 @@ from nemotron_plugins.rewards.base import Reward, RewardResult, RewardSample
 logger = logging.getLogger(__name__)
 
 _WORKER_MODULE = "nemotron_plugins.rewards.pool_worker"
+
+
+class _Spawner:
+    """A daemon thread that starts the worker processes, so their parent-death signal is tied to the process's
+    lifetime rather than to whichever thread asked for a worker."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[dict, Future]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, **kwargs: object) -> subprocess.Popen:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="reward-pool-spawner", daemon=True)
+                self._thread.start()
+        done: Future = Future()
+        self._requests.put((kwargs, done))
+        return done.result()
+
+    def _loop(self) -> None:
+        while True:
+            kwargs, done = self._requests.get()
+            try:
+                done.set_result(subprocess.Popen(**kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.set_exception(exc)
+
+
+#: The process-wide spawner (module state by necessity: see the module docstring, "Lifetime").
+_SPAWNER = _Spawner()
+
+
+def _spawn_process(**kwargs: object) -> subprocess.Popen:
+    """``subprocess.Popen(**kwargs)`` run on the spawner thread."""
+    return _SPAWNER.popen(**kwargs)
 
 
 @dataclass(slots=True, eq=False)
@@ -118,8 +164,8 @@ class PooledReward(Reward):
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         env.setdefault("OMP_NUM_THREADS", "1")
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", _WORKER_MODULE, str(to_child_r), str(from_child_w)],
+            proc = _spawn_process(
+                args=[sys.executable, "-m", _WORKER_MODULE, str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -313,3 +359,38 @@ class PooledReward(Reward):
 
     def __repr__(self) -> str:
         return f"PooledReward({self.reward!r}, workers={self.workers}, timeout_s={self.timeout_s:g})"
+
+
+def bounded_reward(reward: Reward, *, workers: int = 2, timeout_s: float = 10.0, **pool_options: object) -> Reward:
+    """``reward`` bounded in time and memory per sample wherever it is called from.
+
+    A reward that is bounded by construction (``reward.bounded`` is true: server-backed rewards with deadlines) or
+    already pooled is returned as it is. A composition that contains such a reward keeps it and has its other parts
+    bounded one by one; any other reward (a composition of CPU-bound rewards included) is wrapped whole in a
+    :class:`PooledReward`, whose workers have a hard per-sample kill after ``timeout_s`` and a memory cap.
+
+    Args:
+        reward: The reward.
+        workers: Worker processes per pool.
+        timeout_s: Per-sample time bound in the pool.
+        **pool_options: Further :class:`PooledReward` options (``memory_limit_mb``, ``chunk_size``, ...).
+
+    Returns:
+        The bounded reward (``reward`` itself when it already is).
+    """
+    from nemotron_plugins.rewards.compose import _Composite
+
+    if isinstance(reward, PooledReward) or getattr(reward, "bounded", False):
+        return reward
+    if isinstance(reward, _Composite) and _contains_bounded(reward):
+        reward.children = [
+            bounded_reward(child, workers=workers, timeout_s=timeout_s, **pool_options) for child in reward.children
+        ]
+        return reward
+    return PooledReward(reward, workers=workers, timeout_s=timeout_s, **pool_options)  # type: ignore[arg-type]
+
+
+def _contains_bounded(reward: Reward) -> bool:
+    if isinstance(reward, PooledReward) or getattr(reward, "bounded", False):
+        return True
+    return any(_contains_bounded(child) for child in getattr(reward, "children", ()))

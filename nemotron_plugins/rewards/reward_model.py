@@ -61,6 +61,7 @@ class RewardModelReward(Reward):
     """
 
     name = "reward_model"
+    bounded = True  # every request has a deadline and a response-size bound
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from nemotron_plugins.rewards.adapters import (
 
 
 def test_trl_reward_func_text_and_conversational():
-    f = make_trl_reward_func({"gate": ["think_format", "math"]}, name="format_x_math")
+    f = make_trl_reward_func({"gate": ["think_format", "math"]}, name="format_x_math", in_process=True)
     assert f.__name__ == "format_x_math"
     assert list(inspect.signature(f).parameters)[:2] == ["prompts", "completions"]
     prompts = [[{"role": "system", "content": "detailed thinking on"}, {"role": "user", "content": "2+2?"}]] * 3
@@ -32,15 +32,17 @@ def test_trl_reward_func_text_and_conversational():
     ]
     out = f(prompts=prompts, completions=completions, ground_truth=["4", "4", "4"], trainer_state=object())
     assert out == [1.0, 0.0, 0.0]
-    text = make_trl_reward_func("math")
+    text = make_trl_reward_func("math", in_process=True)
     assert text(prompts=["q", "q"], completions=["<think></think>7", "8"], solution=["7", "7"]) == [1.0, 0.0]
 
 
 def test_trl_reasoning_column_and_none_for_invalid():
-    f = make_trl_reward_func("think_format")
+    f = make_trl_reward_func("think_format", in_process=True)
     out = f(prompts=["q", "q", "q"], completions=["plain", "plain", "plain"], reasoning=["off", "on", "bogus"])
     assert out == [1.0, 0.0, None]
-    strict = make_trl_reward_func("think_format", policy=StatusPolicy(none_on=(), status_scores={"invalid_input": -1}))
+    strict = make_trl_reward_func(
+        "think_format", policy=StatusPolicy(none_on=(), status_scores={"invalid_input": -1}), in_process=True
+    )
     assert strict(prompts=["q"], completions=["plain"], reasoning=["bogus"]) == [-1.0]
 
 
@@ -55,13 +57,13 @@ def test_verl_compute_score():
         extra_info={"reward": "tool_call"},
     )
     assert tool["score"] == 1.0
-    custom = make_verl_compute_score({"gate": ["think_format", "math"]})
+    custom = make_verl_compute_score({"gate": ["think_format", "math"]}, in_process=True)
     assert custom("math", "<think>a</think>3", "3", {"reasoning": "on"})["score"] == 1.0
     assert custom("math", "3", "3", {"reasoning": "on"})["score"] == 0.0
 
 
 def test_nemo_rl_environment_step():
-    env = NemoRLRewardEnvironment("math")
+    env = NemoRLRewardEnvironment("math", in_process=True)
     logs = [
         [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "<think></think>2"}],
         [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "<think></think>3"}],
@@ -74,12 +76,13 @@ def test_nemo_rl_environment_step():
 
 
 def test_openrlhf_reward_func(monkeypatch):
-    f = make_openrlhf_reward_func("math")
+    f = make_openrlhf_reward_func("math", in_process=True)
     out = f(["Q: 2+2? <think></think>4", "Q: 2+2? 5"], ["Q: 2+2? ", "Q: 2+2? "], ["4", "4"])
     assert torch.equal(out["rewards"], torch.tensor([1.0, 0.0]))
     assert set(out["extra_logs"]) == {"extracted", "boxed", "status_ok"}
     assert torch.equal(
-        make_openrlhf_reward_func("math", return_dict=False)(["a 4"], ["a "], ["4"]), torch.tensor([1.0])
+        make_openrlhf_reward_func("math", return_dict=False, in_process=True)(["a 4"], ["a "], ["4"]),
+        torch.tensor([1.0]),
     )
     monkeypatch.setenv("NEMOTRON_REWARD", json.dumps({"reward": "mcq"}))
     assert reward_func(["q Answer: C"], ["q "], ["C"])["rewards"].tolist() == [1.0]

@@ -1,0 +1,143 @@
+"""Every adapter scores through the worker pool by default; a pool outlives the thread that made it.
+
+Hostile completions (a binomial and a power that take minutes or freeze a process when evaluated, code bait for any
+``eval``) go through each adapter with its defaults and through a pool created in a short-lived thread: each gets a
+status within the pool's bound, and nothing runs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from nemotron_plugins.rewards import adapters
+from nemotron_plugins.rewards.adversarial import code_bait
+from nemotron_plugins.rewards.base import RewardSample, RewardStatus, build_reward
+from nemotron_plugins.rewards.pool import PooledReward, bounded_reward
+
+pytestmark = pytest.mark.timeout(300)
+
+#: (completion, ground truth): the first two are caught by the cheap checks now (before: over 90 s in a thread, a
+#: frozen process); the third is a symbolic expansion the cheap checks let through, so only the pool's kill bounds it.
+SLOW = [
+    ("\\boxed{\\binom{99999999}{49999999}}", "4"),
+    ("\\boxed{10^{9999*9999}}", "4"),
+    ("\\boxed{(x+1)^{9999}}", "x^{9999}"),
+]
+
+
+def hostile(marker) -> tuple[list[str], list[str]]:
+    """Completions and ground truths; the last sample is an ordinary right answer."""
+    bait = [(f"<think>x</think>\\boxed{{{b}}}", "4") for b in code_bait(marker)]
+    pairs = [*SLOW, *bait, ("<think>ok</think>4", "4")]
+    return [c for c, _ in pairs], [g for _, g in pairs]
+
+
+@pytest.fixture(autouse=True)
+def short_pool_bound(monkeypatch):
+    """The adapters' default pool, with one worker and a 3 s per-sample bound so the test stays short."""
+    monkeypatch.setattr(adapters, "DEFAULT_TIMEOUT_S", 3.0)
+    real = adapters.adapter_reward
+
+    def adapter_reward(spec, *, in_process=False, workers=2, timeout_s=3.0):
+        reward = real(spec, in_process=in_process, workers=1, timeout_s=3.0)
+        made.append(reward)
+        return reward
+
+    made: list = []
+    monkeypatch.setattr(adapters, "adapter_reward", adapter_reward)
+    adapters._cached_reward.cache_clear()
+    yield made
+    for reward in made:
+        reward.close()
+    adapters._cached_reward.cache_clear()
+
+
+def test_bounded_reward_pools_cpu_rewards_and_keeps_server_rewards():
+    assert isinstance(bounded_reward(build_reward("math")), PooledReward)
+    judge = build_reward("llm_judge")
+    assert bounded_reward(judge) is judge
+    mixed = bounded_reward(build_reward({"weighted": {"math": 1.0, "llm_judge": 1.0}}))
+    assert [type(c).__name__ for c in mixed.children] == ["PooledReward", "LLMJudgeReward"]
+    for reward in (mixed,):
+        reward.close()
+
+
+def test_hostile_inputs_through_every_adapter(tmp_path, monkeypatch, short_pool_bound):
+    marker = tmp_path / "pwned"
+    texts, gts = hostile(marker)
+    n = len(texts)
+
+    trl = adapters.make_trl_reward_func("math")
+    assert isinstance(trl.reward, PooledReward)
+    out = trl(prompts=["q"] * n, completions=texts, ground_truth=gts)
+    assert out[:2] == [0.0, 0.0]  # caught by the cheap checks: a wrong answer, scored quickly
+    assert out[2] is None, "a timed-out sample is 'no reward' for TRL, never a 0 that reads as a wrong answer"
+    assert out[3:-1] == [0.0] * (n - 4) and out[-1] == 1.0
+    assert trl.reward.killed == 1
+
+    # The other adapters: the same hostile samples without the one that needs the kill (its cost is the bound itself,
+    # shown above and in the short-lived-thread test below).
+    texts, gts, n = texts[:2] + texts[3:], gts[:2] + gts[3:], n - 1
+    verl = adapters.make_verl_compute_score("math")
+    verl_out = [verl("math", t, g) for t, g in zip(texts, gts, strict=True)]
+    assert [(d["score"], d["status_ok"]) for d in verl_out] == [(0.0, 1.0)] * (n - 1) + [(1.0, 1.0)]
+
+    env = adapters.NemoRLRewardEnvironment("math")
+    assert isinstance(env.reward, PooledReward)
+    ret = env.step([[{"role": "assistant", "content": t}] for t in texts], [{"ground_truth": g} for g in gts])
+    assert ret.rewards.tolist() == [0.0] * (n - 1) + [1.0]
+    env.shutdown()
+
+    queries = ["q " + t for t in texts]
+    res = adapters.make_openrlhf_reward_func("math")(queries, ["q "] * n, gts)
+    assert res["rewards"].tolist() == [0.0] * (n - 1) + [1.0] and res["extra_logs"]["status_ok"].tolist() == [1.0] * n
+
+    monkeypatch.setenv("NEMOTRON_REWARD", "math")
+    entry = adapters.reward_func(queries, ["q "] * n, gts)
+    assert entry["rewards"].tolist() == [0.0] * (n - 1) + [1.0]
+    assert adapters.compute_score("math", texts[0], gts[0]) == {
+        "score": 0.0,
+        "status_ok": 1.0,
+        "extracted": 1.0,
+        "boxed": 1.0,
+    }
+    assert not marker.exists()
+
+
+def test_pool_made_in_a_short_lived_thread_keeps_its_workers(tmp_path):
+    marker = tmp_path / "pwned"
+    box: dict = {}
+
+    def make_and_use():
+        pool = PooledReward(build_reward("math"), workers=2, timeout_s=3.0)
+        box["pool"] = pool
+        box["first"] = pool.score([RewardSample(completion="<think></think>4", ground_truth="4")])
+
+    thread = threading.Thread(target=make_and_use)
+    thread.start()
+    thread.join()
+    pool = box["pool"]
+    try:
+        assert box["first"][0].score == 1.0
+        pids = [w.proc.pid for w in pool._pool]
+        assert len(pids) == 2
+        # The creating thread has exited: the workers must still be alive (PR_SET_PDEATHSIG fires per thread).
+        for worker in pool._pool:
+            try:
+                worker.proc.wait(timeout=1.0)
+            except Exception:  # noqa: BLE001 - still running, as it should be
+                pass
+        assert all(w.proc.poll() is None for w in pool._pool), [w.proc.returncode for w in pool._pool]
+        texts, gts = hostile(marker)
+        results = pool.score([RewardSample(completion=t, ground_truth=g) for t, g in zip(texts, gts, strict=True)])
+        assert [r.status for r in results] == [RewardStatus.OK] * 2 + [RewardStatus.TIMEOUT] + [RewardStatus.OK] * (
+            len(texts) - 3
+        )
+        assert [r.score for r in results if r.ok] == [0.0] * (len(texts) - 2) + [1.0]
+        assert not marker.exists()
+        # Only replacements for killed workers were started: none died with the thread.
+        assert pool.started == 2 + pool.killed
+    finally:
+        pool.close()
