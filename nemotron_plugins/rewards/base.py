@@ -26,7 +26,7 @@ spec                                                      meaning
 
 A composed reward's ``components`` are its sub-rewards' scores under the sub-reward names (``"math"``,
 ``"think_format"``), plus each sub-reward's own components as ``"<name>/<component>"``. Its status is the most severe
-sub-status (error > timeout > invalid_input > ok).
+sub-status (error > unavailable > timeout > invalid_input > ok).
 
 Example:
     >>> from nemotron_plugins.rewards.base import RewardSample, build_reward
@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ class RewardStatus(str, Enum):  # noqa: UP042 - the agreed API spells it this wa
     """Scoring ran past its time bound (a hung worker was killed, a server did not answer in time)."""
     ERROR = "error"
     """Scoring failed for another reason (a server error, an unexpected exception); see ``message``."""
+    UNAVAILABLE = "unavailable"
+    """The service a reward depends on could give no verdict (a judge that is down, overloaded or past the batch
+    deadline, or a circuit breaker that is open). The score is NaN: no reward is known for the sample, and it must not
+    be read as a wrong answer; adapters report ``None`` where the framework accepts it."""
 
 
 #: Severity order used when merging statuses of composed rewards.
@@ -67,7 +72,8 @@ STATUS_SEVERITY: dict[RewardStatus, int] = {
     RewardStatus.OK: 0,
     RewardStatus.INVALID_INPUT: 1,
     RewardStatus.TIMEOUT: 2,
-    RewardStatus.ERROR: 3,
+    RewardStatus.UNAVAILABLE: 3,
+    RewardStatus.ERROR: 4,
 }
 
 
@@ -90,7 +96,8 @@ class RewardResult:
     """The outcome of scoring one sample."""
 
     score: float
-    """The reward value; 0.0 when the status is not OK unless the reward documents otherwise."""
+    """The reward value; 0.0 when the status is not OK unless the reward documents otherwise, NaN for
+    :attr:`RewardStatus.UNAVAILABLE`."""
     status: RewardStatus = RewardStatus.OK
     """Whether scoring worked."""
     components: Mapping[str, float] = field(default_factory=dict)
@@ -104,9 +111,10 @@ class RewardResult:
         return self.status is RewardStatus.OK
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``score``, ``status`` (string), ``components`` and ``message``."""
+        """A JSON-ready dict: ``score`` (``None`` when NaN: no reward known), ``status`` (string), ``components``
+        and ``message``."""
         return {
-            "score": self.score,
+            "score": None if math.isnan(self.score) else self.score,
             "status": self.status.value,
             "components": dict(self.components),
             "message": self.message,
@@ -126,6 +134,11 @@ class RewardResult:
     def error(cls, message: str, score: float = 0.0) -> RewardResult:
         """An :attr:`RewardStatus.ERROR` result."""
         return cls(score=score, status=RewardStatus.ERROR, message=message)
+
+    @classmethod
+    def unavailable(cls, message: str) -> RewardResult:
+        """An :attr:`RewardStatus.UNAVAILABLE` result (score NaN: no reward is known)."""
+        return cls(score=math.nan, status=RewardStatus.UNAVAILABLE, message=message)
 
 
 def worst_status(statuses: Sequence[RewardStatus]) -> RewardStatus:
