@@ -1,0 +1,59 @@
+"""GPU options that live in the model, on CUDA in bf16: megatron's fusions available without Transformer Engine
+(bias + SwiGLU activation, bias + dropout + add) and activation recompute (selective, full) through
+``build_puzzle_model``'s config overrides: same loss and gradients as the plain bf16 model.
+Run on a GPU machine: ``pytest -m gpu tests/gpu``."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
+from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
+
+pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")]
+
+OPTIONS = {
+    "fusions": {"bias_activation_fusion": True, "bias_dropout_fusion": True},
+    "selective recompute": {"recompute_granularity": "selective"},
+    "full recompute": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def dist():
+    from nemotron_plugins.runtime.distributed import distributed_context
+
+    assert torch.cuda.is_available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with distributed_context(seed=1) as ctx:
+            yield ctx
+
+
+def _loss_and_grads(overrides: dict) -> tuple[float, torch.Tensor]:
+    cfg = tiny_puzzle_config(512, max_position_embeddings=1024)
+    model = build_puzzle_model(cfg, params_dtype=torch.bfloat16, seq_length=1024, **overrides)
+    init_weights_layout_invariant_(model, seed=3)
+    model.train()
+    assert next(model.parameters()).is_cuda
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 512, (4, 512), generator=gen).cuda()
+    labels = torch.randint(0, 512, (4, 512), generator=gen).cuda()
+    loss = model(tokens, None, None, labels=labels).float().mean()
+    loss.backward()
+    grads = torch.cat([p.grad.float().flatten() for p in model.parameters()])
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_bf16_option_keeps_loss_and_gradients(dist, name: str) -> None:
+    base_loss, base_grads = _loss_and_grads({})
+    loss, grads = _loss_and_grads(OPTIONS[name])
+    rel = ((grads - base_grads).norm() / base_grads.norm()).item()
+    print(f"[gpu] {name}: loss {loss:.6f} vs {base_loss:.6f}, relative gradient difference {rel:.2e}")
+    assert torch.isfinite(grads).all()
+    assert loss == pytest.approx(base_loss, rel=1e-3)
+    assert rel < 1e-2
