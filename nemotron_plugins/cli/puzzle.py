@@ -1,13 +1,22 @@
-"""``nemotron-plugins puzzle ...``: inspect heterogeneous (Puzzle) architectures.
+"""``nemotron-plugins puzzle ...``: inspect heterogeneous (Puzzle) architectures and run the Puzzle search.
 
 ``puzzle describe CONFIG.json [--json] [--seq-len N] [--dtype-bytes B]`` prints a per-layer table (attention kind
 and KV heads, FFN kind and width, parameters, KV-cache bytes per token) with totals, or one JSON object.
+
+The search stages, each writing a resumable artefact into a run directory (``nemotron_plugins.puzzle.search.
+rundir``; an existing artefact is reused unless ``--force``):
+
+``puzzle library PARENT RUN --calibration TOKENS``, ``puzzle score RUN --held-out TOKENS``,
+``puzzle search RUN (--param-fraction F | --memory-bytes B | --latency-s S | --throughput T)``,
+``puzzle realize RUN``, ``puzzle fuse CHECKPOINT OUT --calibration TOKENS --threshold D``.
+Token files are ``.pt`` / ``.npy`` / ``.json`` integer arrays ``[batch, seq]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from nemotron_plugins.cli.common import fail
 
@@ -29,6 +38,53 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     describe.add_argument("--dtype-bytes", type=int, default=2, help="bytes per KV-cache element (default 2, bf16)")
     describe.set_defaults(func=run_describe)
+
+    lib = sub.add_parser("library", help="stage 1: child blocks from a parent HF checkpoint")
+    lib.add_argument("parent", help="parent HF checkpoint directory")
+    lib.add_argument("run", help="run directory")
+    lib.add_argument("--calibration", required=True, help="token ids for the FFN channel contributions")
+    lib.add_argument("--ffn-fractions", default="1.0,0.75,0.5,0.25", help="FFN widths as fractions of the parent's")
+    lib.add_argument("--kv-heads", default=None, help="KV-head counts to pool to (default: divisors of the parent's)")
+    lib.add_argument("--force", action="store_true", help="rebuild even when the library exists")
+    lib.set_defaults(func=run_library)
+
+    score = sub.add_parser("score", help="stage 3: replace-1-block KL to the parent and per-block cost")
+    score.add_argument("run", help="run directory (after `puzzle library`)")
+    score.add_argument("--held-out", required=True, help="held-out token ids")
+    score.add_argument("--metric", choices=("kl", "lm_loss"), default="kl")
+    score.add_argument("--batch-sizes", default="1", help="batch sizes to measure runtimes at (comma-separated)")
+    score.add_argument("--seq-len", type=int, default=128, help="sequence length of the runtime measurement")
+    score.add_argument("--force", action="store_true")
+    score.set_defaults(func=run_score)
+
+    srch = sub.add_parser("search", help="stage 4: the MIP (HiGHS) under memory / latency / throughput limits")
+    srch.add_argument("run", help="run directory (after `puzzle score`)")
+    srch.add_argument(
+        "--param-fraction", type=float, default=None, help="parameter budget as a fraction of the parent"
+    )
+    srch.add_argument("--memory-bytes", type=float, default=None, help="weights (bf16) + KV cache limit")
+    srch.add_argument("--latency-s", type=float, default=None, help="summed block runtime limit")
+    srch.add_argument("--throughput", type=float, default=None, help="minimum tokens/s")
+    srch.add_argument("--batch-size", type=int, default=1)
+    srch.add_argument("--seq-len", type=int, default=128)
+    srch.add_argument("--num-solutions", type=int, default=1)
+    srch.add_argument("--min-layer-difference", type=int, default=1)
+    srch.add_argument("--force", action="store_true")
+    srch.set_defaults(func=run_search)
+
+    real = sub.add_parser("realize", help="stage 5: the chosen child as an HF checkpoint plus a report")
+    real.add_argument("run", help="run directory (after `puzzle search`)")
+    real.add_argument("--solution", type=int, default=0, help="which solution (0: the best)")
+    real.add_argument("--force", action="store_true")
+    real.set_defaults(func=run_realize)
+
+    fuse = sub.add_parser("fuse", help="stage 7: FFN Fusion plan (dependency metric) and the fused checkpoint")
+    fuse.add_argument("checkpoint", help="HF checkpoint to fuse")
+    fuse.add_argument("out", help="output directory (fused checkpoint + fusion_plan.json)")
+    fuse.add_argument("--calibration", required=True, help="token ids for the dependency metric")
+    fuse.add_argument("--threshold", type=float, default=0.05, help="largest cosine distance inside a fused group")
+    fuse.add_argument("--plan-only", action="store_true", help="write the plan, not the checkpoint")
+    fuse.set_defaults(func=run_fuse)
 
 
 def _human(n: float) -> str:
@@ -105,4 +161,200 @@ def run_describe(args: argparse.Namespace) -> int:
     print(
         f"forward FLOPs per token:   {cost.flops_per_token:>18,}  ({_human(cost.flops_per_token)}, seq_len {seq_len})"
     )
+    return 0
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"{what} must be comma-separated integers, got {text!r}")
+
+
+def _load_parent(path: str) -> tuple[object, dict]:
+    import torch
+
+    from nemotron_plugins.puzzle.block_config import BlockConfigError, load_hf_config
+    from nemotron_plugins.puzzle.hf_checkpoint import read_hf_state_dict
+
+    try:
+        cfg = load_hf_config(path)
+    except BlockConfigError as err:
+        fail(str(err))
+    weights = {k: v.to(torch.float32) for k, v in read_hf_state_dict(path).items()}
+    return cfg, weights
+
+
+def _run_meta(run: Path) -> dict:
+    from nemotron_plugins.puzzle.search.rundir import read_json
+
+    return read_json(run / "run.json", stage="library")
+
+
+def run_library(args: argparse.Namespace) -> int:
+    """Stage 1."""
+    from nemotron_plugins.puzzle.search.library import LibraryError, build_library
+    from nemotron_plugins.puzzle.search.rundir import load_tokens, save_library, write_json
+
+    run = Path(args.run)
+    if (run / "library" / "library.json").is_file() and not args.force:
+        print(f"{run / 'library'} exists; reusing it (--force rebuilds)")
+        return 0
+    cfg, weights = _load_parent(args.parent)
+    try:
+        fractions = [float(v) for v in args.ffn_fractions.split(",")]
+    except ValueError:
+        fail(f"--ffn-fractions must be comma-separated numbers, got {args.ffn_fractions!r}")
+    try:
+        variants = build_library(
+            cfg,
+            weights,
+            load_tokens(args.calibration, what="--calibration"),
+            ffn_fractions=fractions,
+            kv_heads=_ints(args.kv_heads, "--kv-heads"),
+        )
+    except (LibraryError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    save_library(variants, run / "library")
+    write_json(run / "run.json", {"parent": str(Path(args.parent).resolve())})
+    print(f"library: {len(variants)} variants for {cfg.num_hidden_layers} layers -> {run / 'library'}")
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Stage 3."""
+    from nemotron_plugins.puzzle.search.rundir import load_library, load_tokens, write_json
+    from nemotron_plugins.puzzle.search.score import score_variants
+
+    run = Path(args.run)
+    if (run / "scores.json").is_file() and not args.force:
+        print(f"{run / 'scores.json'} exists; reusing it (--force recomputes)")
+        return 0
+    cfg, weights = _load_parent(_run_meta(run)["parent"])
+    try:
+        held_out = load_tokens(args.held_out, what="--held-out")
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    scores = score_variants(
+        cfg,
+        weights,
+        load_library(run / "library"),
+        held_out,
+        metric=args.metric,
+        batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
+        seq_len=args.seq_len,
+    )
+    write_json(
+        run / "scores.json",
+        {"metric": args.metric, "held_out_tokens": held_out.numel(), "scores": [s.to_dict() for s in scores]},
+    )
+    print(
+        f"scores: {len(scores)} variants ({args.metric}, {held_out.numel()} held-out tokens) -> {run / 'scores.json'}"
+    )
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Stage 4."""
+    import dataclasses
+
+    from nemotron_plugins.puzzle.block_config import load_hf_config
+    from nemotron_plugins.puzzle.cost import estimate_cost
+    from nemotron_plugins.puzzle.search.mip import MIPError, SearchLimits, search
+    from nemotron_plugins.puzzle.search.rundir import read_json, write_json
+    from nemotron_plugins.puzzle.search.score import VariantScore, build_problem
+
+    run = Path(args.run)
+    if (run / "search.json").is_file() and not args.force:
+        print(f"{run / 'search.json'} exists; reusing it (--force re-solves)")
+        return 0
+    cfg = load_hf_config(_run_meta(run)["parent"])
+    scores = [VariantScore.from_dict(d) for d in read_json(run / "scores.json", stage="score")["scores"]]
+    problem = build_problem(cfg, scores)
+    memory = args.memory_bytes
+    if args.param_fraction is not None:
+        if memory is not None:
+            fail("give --param-fraction or --memory-bytes, not both")
+        if not 0 < args.param_fraction <= 1:
+            fail(f"--param-fraction must be in (0, 1], got {args.param_fraction}")
+        # a parameter budget: memory counts the weights only
+        problem = dataclasses.replace(
+            problem,
+            layers=tuple(tuple(dataclasses.replace(o, kv_bytes_per_token=0) for o in opts) for opts in problem.layers),
+        )
+        memory = 2.0 * args.param_fraction * estimate_cost(cfg).total_params
+    try:
+        limits = SearchLimits(
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            memory_bytes=memory,
+            latency_s=args.latency_s,
+            throughput_tokens_per_s=args.throughput,
+        )
+        result = search(
+            problem, limits, num_solutions=args.num_solutions, min_layer_difference=args.min_layer_difference
+        )
+    except MIPError as err:
+        fail(str(err))
+    write_json(run / "search.json", result.to_dict())
+    if result.infeasibility is not None:
+        print(result.infeasibility.message())
+        return 1
+    for k, sol in enumerate(result.solutions):
+        print(
+            f"solution {k}: quality {sol.quality:.6g}, params {sol.params:,}, memory {sol.memory_bytes:,.0f} B, "
+            f"proven optimal {sol.proven_optimal}, {sol.solve_time_s:.2f} s"
+        )
+    if result.stopped_early:
+        print(result.stopped_early)
+    return 0
+
+
+def run_realize(args: argparse.Namespace) -> int:
+    """Stage 5."""
+    from nemotron_plugins.puzzle.search.realize import realize
+    from nemotron_plugins.puzzle.search.rundir import load_library, read_json, write_json
+
+    run = Path(args.run)
+    if (run / "child" / "report.json").is_file() and not args.force:
+        print(f"{run / 'child'} exists; reusing it (--force rewrites)")
+        return 0
+    result = read_json(run / "search.json", stage="search")
+    if not 0 <= args.solution < len(result["solutions"]):
+        fail(f"--solution {args.solution}: search.json has {len(result['solutions'])} solution(s)")
+    names = result["solutions"][args.solution]["names"]
+    parent = _run_meta(run)["parent"]
+    cfg, weights = _load_parent(parent)
+    report = realize(cfg, weights, load_library(run / "library"), names, run / "child", tokenizer_dir=None)
+    write_json(run / "child" / "report.json", report)
+    print(
+        f"child: {report['child']['total_params']:,} params ({report['param_fraction']:.1%} of the parent) -> "
+        f"{run / 'child'}"
+    )
+    for row in report["layers"]:
+        print(f"  layer {row['layer']:>3}: {row['choice']}")
+    return 0
+
+
+def run_fuse(args: argparse.Namespace) -> int:
+    """Stage 7."""
+    from nemotron_plugins.puzzle.hf_checkpoint import export_hf_state_dict
+    from nemotron_plugins.puzzle.search.fuse_planner import fuse_checkpoint, plan_fusion
+    from nemotron_plugins.puzzle.search.rundir import load_tokens, write_json
+
+    cfg, weights = _load_parent(args.checkpoint)
+    try:
+        ids = load_tokens(args.calibration, what="--calibration")
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    plan = plan_fusion(cfg, weights, ids, threshold=args.threshold)
+    out = Path(args.out)
+    write_json(out / "fusion_plan.json", plan.to_dict())
+    print(f"attention-free runs {[list(r) for r in plan.runs]}; fuse {[list(g) for g in plan.groups]}")
+    if plan.groups and not args.plan_only:
+        fused_cfg, fused = fuse_checkpoint(cfg, weights, plan.fused_ranges())
+        export_hf_state_dict(fused, fused_cfg, out)
+        print(f"fused checkpoint -> {out}")
     return 0
