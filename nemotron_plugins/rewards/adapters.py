@@ -19,6 +19,7 @@ answer; frameworks that need a number get the score plus ``status_ok`` (verl, Op
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -244,8 +245,15 @@ def make_verl_compute_score(
     return compute_score
 
 
+def numeric_score(result: RewardResult) -> float:
+    """The score for a framework that needs a number: ``result.score``, or 0.0 when it is NaN (status
+    ``unavailable``: no reward known); such frameworks also get ``status_ok`` so the failure stays visible."""
+    score = float(result.score)
+    return score if math.isfinite(score) else 0.0
+
+
 def _verl_dict(result: RewardResult) -> dict[str, Any]:
-    out: dict[str, Any] = {"score": float(result.score), "status_ok": 1.0 if result.ok else 0.0}
+    out: dict[str, Any] = {"score": numeric_score(result), "status_ok": 1.0 if result.ok else 0.0}
     for key, value in result.components.items():
         out[key] = float(value)
     return out
@@ -397,7 +405,7 @@ def make_openrlhf_reward_func(
 
 def _openrlhf_output(results: Iterable[RewardResult], return_dict: bool) -> Any:
     results = list(results)
-    scores = [float(r.score) for r in results]
+    scores = [numeric_score(r) for r in results]
     keys = sorted({k for r in results for k in r.components})
     try:
         import torch

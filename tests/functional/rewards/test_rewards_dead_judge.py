@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from nemotron_plugins.rewards.adapters import make_trl_reward_func
+from nemotron_plugins.rewards.adapters import make_openrlhf_reward_func, make_trl_reward_func, make_verl_compute_score
 from nemotron_plugins.rewards.base import RewardSample, RewardStatus, build_reward
 
 pytestmark = pytest.mark.timeout(120)
@@ -62,3 +62,12 @@ def test_dead_judge_through_trl_is_none_not_zero(dead_judge):
     elapsed = time.monotonic() - start
     assert out == [None] * STEP
     assert elapsed < 2 * TIMEOUT_S, f"a dead judge cost {elapsed:.1f} s for one step"
+
+
+def test_dead_judge_through_verl_and_openrlhf_is_flagged_not_nan(dead_judge):
+    spec = {"reward": "llm_judge", "base_url": dead_judge, "timeout_s": TIMEOUT_S, "breaker_failures": 1}
+    out = make_verl_compute_score(spec)("science", "<think>x</think>42", "42")
+    assert out["status_ok"] == 0.0 and out["score"] == 0.0 and out["judged"] == 0.0
+    rewards = make_openrlhf_reward_func(spec, return_dict=True)(["q a", "q b"], ["q", "q"], ["a", "b"])
+    assert [float(x) for x in rewards["extra_logs"]["status_ok"]] == [0.0, 0.0]
+    assert not any(math.isnan(float(x)) for x in rewards["rewards"])
