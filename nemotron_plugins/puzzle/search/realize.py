@@ -51,6 +51,7 @@ def realize(
     tokenizer_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Write the child checkpoint into ``out_dir`` and return its report (per-layer table, predicted cost)."""
+    from nemotron_plugins.puzzle.block_config import load_hf_config
     from nemotron_plugins.puzzle.hf_checkpoint import export_hf_state_dict
 
     child_cfg, child_w = child_from_names(cfg, weights, library, names)
@@ -58,6 +59,9 @@ def realize(
     child_cost, parent_cost = estimate_cost(child_cfg), estimate_cost(cfg)
     return {
         "checkpoint": str(out_dir),
+        # DeciLM readers need SwiGLU widths in multiples of 256: the export zero-pads others (same function, more
+        # stored parameters); ``child`` is the searched architecture, this is what the files hold
+        "stored_total_params": estimate_cost(load_hf_config(out_dir)).total_params,
         "layers": [{"layer": i, "choice": n} for i, n in enumerate(names)],
         "child": child_cost.to_dict(),
         "parent_total_params": parent_cost.total_params,

@@ -1,0 +1,72 @@
+"""`nemotron-plugins puzzle library -> score -> search -> realize -> fuse` on a tiny parent checkpoint, on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from nemotron_plugins.cli.main import main
+from nemotron_plugins.puzzle.block_config import AttentionConfig, BlockConfig, FFNConfig, load_hf_config, make_config
+from nemotron_plugins.puzzle.cost import estimate_cost
+from nemotron_plugins.puzzle.hf_checkpoint import read_hf_state_dict
+from nemotron_plugins.puzzle.search.hf_forward import forward
+from nemotron_plugins.puzzle.search.realize import child_from_names
+from nemotron_plugins.puzzle.search.rundir import load_library
+from tests.reference.tiny_checkpoints import random_hf_weights, write_hf_checkpoint
+
+
+def test_search_pipeline_cli(tmp_path: Path, capsys) -> None:
+    torch.set_num_threads(1)
+    blocks = [BlockConfig(attention=AttentionConfig.gqa(2), ffn=FFNConfig.swiglu(256)) for _ in range(4)]
+    cfg = make_config(hidden_size=32, num_attention_heads=4, vocab_size=64, blocks=blocks, rms_norm_eps=1e-5)
+    parent = write_hf_checkpoint(tmp_path / "parent", cfg, random_hf_weights(cfg, seed=0))
+    gen = torch.Generator().manual_seed(0)
+    torch.save(torch.randint(0, 64, (4, 16), generator=gen), tmp_path / "calib.pt")
+    torch.save(torch.randint(0, 64, (4, 16), generator=gen), tmp_path / "held.pt")
+    run = tmp_path / "run"
+    calib, held = str(tmp_path / "calib.pt"), str(tmp_path / "held.pt")
+
+    assert main(["puzzle", "library", str(parent), str(run), "--calibration", calib]) == 0
+    assert main(["puzzle", "library", str(parent), str(run), "--calibration", calib]) == 0  # resumes
+    assert "reusing" in capsys.readouterr().out
+    assert main(["puzzle", "score", str(run), "--held-out", held, "--seq-len", "8"]) == 0
+    assert main(["puzzle", "search", str(run), "--param-fraction", "0.6", "--num-solutions", "2"]) == 0
+    result = json.loads((run / "search.json").read_text())
+    assert len(result["solutions"]) == 2 and all(s["proven_optimal"] for s in result["solutions"])
+    assert main(["puzzle", "realize", str(run)]) == 0
+    report = json.loads((run / "child" / "report.json").read_text())
+    assert report["child"]["total_params"] <= 0.6 * estimate_cost(cfg).total_params
+    assert report["param_fraction"] <= 0.6
+    # the written checkpoint (FFN widths zero-padded to multiples of 256 for DeciLM readers) computes the searched
+    # child: the parent with the chosen library variants swapped in
+    names = result["solutions"][0]["names"]
+    searched_cfg, searched_w = child_from_names(cfg, read_hf_state_dict(parent), load_library(run / "library"), names)
+    ids = torch.load(held)
+    got = forward(load_hf_config(run / "child"), read_hf_state_dict(run / "child"), ids)
+    torch.testing.assert_close(got, forward(searched_cfg, searched_w, ids), rtol=1e-5, atol=1e-5)
+
+    # an impossible budget is explained, naming the limit and the best achievable value
+    assert main(["puzzle", "search", str(run), "--param-fraction", "0.01", "--force"]) == 1
+    out = capsys.readouterr().out
+    assert "BINDING memory" in out and "best alone" in out
+
+    assert (
+        main(
+            [
+                "puzzle",
+                "fuse",
+                str(run / "child"),
+                str(tmp_path / "fused"),
+                "--calibration",
+                calib,
+                "--threshold",
+                "2.0",
+                "--plan-only",
+            ]
+        )
+        == 0
+    )
+    plan = json.loads((tmp_path / "fused" / "fusion_plan.json").read_text())
+    assert set(plan) == {"runs", "dependencies", "threshold", "groups"}
