@@ -14,9 +14,11 @@ or a list of instructions with their arguments inline::
 signal) or 1.0 only when all are (``aggregate="all"``, IFEval's prompt-level strict accuracy). Components are
 ``"<instruction_id>"`` -> 1.0 / 0.0 (``"#2"`` etc. appended when an id repeats).
 
-The supported instruction ids are the keys of :data:`VERIFIERS` (24 of IFEval's 25; ``language:response_language``
-needs a language detector and is not included). An unknown id or a missing argument makes the sample invalid input
-with a message naming the instruction.
+The supported instruction ids are the keys of :data:`VERIFIERS`: all 25 of IFEval's instruction types, plus
+``startend:start_checker``.
+``language:response_language`` uses langdetect (the detector Google's reference checker uses, seeded so a verdict is
+reproducible; text langdetect cannot classify, such as digits only, counts as followed, as in the reference). An
+unknown id or a missing argument makes the sample invalid input with a message naming the instruction.
 """
 
 from __future__ import annotations
@@ -209,6 +211,19 @@ def _repeat_prompt(r: str, *, prompt_to_repeat: str) -> bool:
     return r.strip().lower().startswith(prompt_to_repeat.strip().lower())
 
 
+def _response_language(r: str, *, language: str) -> bool:
+    if not isinstance(language, str) or not re.fullmatch(r"[a-z]{2,3}(?:-[a-z]{2})?", language.strip().lower()):
+        raise InstructionError(f"language must be an ISO 639-1 code such as 'en' or 'de', got {language!r}")
+    from langdetect import DetectorFactory, detect
+    from langdetect.lang_detect_exception import LangDetectException
+
+    DetectorFactory.seed = 0
+    try:
+        return detect(r[:20_000]).lower() == language.strip().lower()
+    except LangDetectException:
+        return True  # nothing to classify (digits, punctuation): the reference checker counts it as followed
+
+
 def _two_responses(r: str) -> bool:
     parts = r.split("******")
     valid = []
@@ -264,6 +279,7 @@ VERIFIERS: dict[str, Verifier] = {
     "detectable_content:postscript": Verifier(_postscript, ("postscript_marker",)),
     "combination:repeat_prompt": Verifier(_repeat_prompt, ("prompt_to_repeat",)),
     "combination:two_responses": Verifier(_two_responses),
+    "language:response_language": Verifier(_response_language, ("language",)),
 }
 
 

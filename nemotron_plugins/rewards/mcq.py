@@ -1,8 +1,10 @@
 """``mcq``: multiple-choice letter extraction (A-J, GPQA / MMLU-Pro style) and exact letter match.
 
-The answer region is the text after the last ``</think>``. The letter is taken, in order of preference, from the last
+The answer region is the text after the last ``</think>``, NFKC-normalised so full-width forms (``Ｃ``, ``（Ｃ）``,
+``答案：Ｃ``) read as their ASCII letters. The letter is taken, in order of preference, from the last
 ``\\boxed{B}`` (also ``\\boxed{\\text{B}}``, ``\\boxed{(B)}``), the last ``Answer: B`` / ``the answer is (B)`` /
-``correct option: **B**`` phrase, a reply that is only a letter (``B``, ``(B)``, ``B.``, ``**B)**``), or the last
+``correct option: **B**`` phrase (also in other scripts: ``答案: C``, ``答案是C``, ``正确答案为 C``, ``答え: C``,
+``정답: C``, ``Ответ: C``, ``Respuesta: C``, ``Réponse : C``, ``Antwort: C``, ``الإجابة: C``), a reply that is only a letter (``B``, ``(B)``, ``B.``, ``**B)**``), or the last
 line that starts with a letter option (``B) 42``). Letters are case-insensitive only where they cannot be words.
 
 Ground truth: a letter (``"C"``, ``"(c)"``), or a 0-based option index; ``metadata["choices"]`` (a list of option
@@ -12,6 +14,7 @@ texts) limits the valid letters to its length.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,8 +24,12 @@ from nemotron_plugins.rewards.text import last_boxed, split_think
 LETTERS = "ABCDEFGHIJ"
 _L = "A-J"
 _BOXED_LETTER = re.compile(rf"^\s*(?:\\text(?:bf)?\{{\s*)?\(?\s*([{_L}])\s*\)?\s*\}}?\s*(?:[.):].*)?$", re.S)
+_ANSWER_WORDS = (
+    r"answer|option|choice|答案|选项|選項|正确答案|正確答案|答え|正解|정답|답|ответ|вариант|respuesta|réponse|resposta"
+    r"|antwort|risposta|الإجابة|الجواب"
+)
 _ANSWER_PHRASE = re.compile(
-    rf"(?:answer|option|choice)(?:\s+is)?(?:\s+(?:option|choice))?\s*[:：]?\s*(?:is\s*)?[*_$\s]*"
+    rf"(?:{_ANSWER_WORDS})(?:\s+is)?(?:\s+(?:option|choice))?\s*(?:是|为|為|は|는|은|:)?\s*(?:is\s*)?[*_$\s]*"
     rf"(?:\\boxed\{{\s*)?(?:\\text\{{\s*)?[\[(]?\s*([{_L}])\b(?![a-zA-Z'])",
     re.IGNORECASE,
 )
@@ -37,7 +44,7 @@ def extract_choice(completion: str, letters: str = LETTERS, *, tail_chars: int =
         >>> extract_choice("<think>B looks wrong</think>The correct answer is (C).")
         'C'
     """
-    region = split_think(completion).answer[-tail_chars:]
+    region = unicodedata.normalize("NFKC", split_think(completion).answer[-tail_chars:])
     boxed = last_boxed(region)
     if boxed is not None:
         m = _BOXED_LETTER.match(boxed)
@@ -68,7 +75,7 @@ def _gold_letter(gt: Any, letters: str) -> str | None:
     if isinstance(gt, int) and 0 <= gt < len(letters):
         return letters[gt]
     if isinstance(gt, str):
-        m = _ONLY_LETTER.match(gt.strip().upper())
+        m = _ONLY_LETTER.match(unicodedata.normalize("NFKC", gt).strip().upper())
         if m and m.group(1) in letters:
             return m.group(1)
     return None

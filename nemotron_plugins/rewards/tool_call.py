@@ -1,8 +1,9 @@
 """``tool_call``: Tool-N1's binary tool-calling reward.
 
-The reply must contain ``<think>`` and, after it, ``</think>``. The last tool-call block, either
+The reply must contain ``<think>`` and, after it, ``</think>``. Every complete tool-call block after the reasoning,
 ``<tool_call>...</tool_call>`` (Tool-N1 / Hermes style) or ``<TOOLCALL>[...]</TOOLCALL>`` (the Nano chat template),
-is parsed as JSON: a list of calls, or a single call object (a one-element list). An explicit empty list ``[]``
+is parsed as JSON: a list of calls, or a single call object (a one-element list); the calls of all blocks together
+are the reply's calls, so parallel calls written one block each (Hermes) or in one list are the same. An explicit empty list ``[]``
 means "no call" and matches an empty ground truth. Every call needs a string ``name`` and an object ``arguments``
 (a JSON string holding an object is decoded, as in OpenAI's API); other keys are ignored.
 
@@ -105,12 +106,37 @@ def last_tool_block(text: str) -> str | None:
     return best[1] if best else None
 
 
+def tool_blocks(text: str, *, max_blocks: int = 64) -> list[str]:
+    """The contents of every complete ``<tool_call>``/``<TOOLCALL>`` block, in order (linear time, at most
+    ``max_blocks``).
+
+    Example:
+        >>> tool_blocks('<tool_call>{"name": "a", "arguments": {}}</tool_call> <tool_call>[]</tool_call>')
+        ['{"name": "a", "arguments": {}}', '[]']
+    """
+    found: list[tuple[int, str]] = []
+    for open_tag, close_tag in (("<tool_call>", "</tool_call>"), ("<TOOLCALL>", "</TOOLCALL>")):
+        pos = 0
+        while len(found) <= max_blocks:
+            open_at = text.find(open_tag, pos)
+            if open_at < 0:
+                break
+            close_at = text.find(close_tag, open_at + len(open_tag))
+            if close_at < 0:
+                break
+            found.append((open_at, text[open_at + len(open_tag) : close_at]))
+            pos = close_at + len(close_tag)
+    found.sort(key=lambda item: item[0])
+    return [content for _, content in found]
+
+
 class ToolCallReward(SampleReward):
     """Tool-N1's binary reward: format (think tags + a parsable call block) and an exact multiset match.
 
     Args:
         require_think: Require ``<think>`` ... ``</think>`` (Tool-N1). Set False for "off"-mode data.
-        max_block_chars: Bound on the JSON block size.
+        max_block_chars: Bound on the JSON blocks' total size.
+        max_blocks: Bound on the number of blocks.
 
     Components: ``format`` (think tags and a well-formed call block), ``calls_match``.
 
@@ -124,9 +150,15 @@ class ToolCallReward(SampleReward):
     name = "tool_call"
 
     def __init__(
-        self, *, require_think: bool = True, max_block_chars: int = 100_000, max_completion_chars: int = 500_000
+        self,
+        *,
+        require_think: bool = True,
+        max_block_chars: int = 100_000,
+        max_completion_chars: int = 500_000,
+        max_blocks: int = 64,
     ) -> None:
         self.require_think = require_think
+        self.max_blocks = max_blocks
         self.max_block_chars = max_block_chars
         self.max_completion_chars = max_completion_chars
 
@@ -149,13 +181,18 @@ class ToolCallReward(SampleReward):
             if open_at < 0 or close_at < 0 or close_at < open_at:
                 return fail("reply needs <think> ... </think>")
             text = text[close_at + len(THINK_CLOSE) :]
-        block = last_tool_block(text)
-        if block is None:
+        blocks = tool_blocks(text, max_blocks=self.max_blocks)
+        if not blocks:
             return fail("no <tool_call> or <TOOLCALL> block")
-        if len(block) > self.max_block_chars:
-            return fail(f"tool-call block has {len(block)} characters (bound {self.max_block_chars})")
+        if len(blocks) > self.max_blocks:
+            return fail(f"more than {self.max_blocks} tool-call blocks")
+        size = sum(len(b) for b in blocks)
+        if size > self.max_block_chars:
+            return fail(f"tool-call blocks have {size} characters (bound {self.max_block_chars})")
+        pred: Counter = Counter()
         try:
-            pred = normalize_calls(json.loads(block), where="tool_call")
+            for i, block in enumerate(blocks):
+                pred += normalize_calls(json.loads(block), where=f"tool_call block {i}")
         except (json.JSONDecodeError, ToolCallFormatError, RecursionError) as exc:
             return fail(f"tool-call block is not valid: {str(exc)[:200]}")
         match = pred == gold

@@ -141,9 +141,10 @@ def test_tool_call_single_object_and_empty_list():
     assert tool_score(reply(GT), [])[0] == 0.0
 
 
-def test_tool_call_uses_last_block_and_needs_think():
+def test_tool_call_reads_every_block_and_needs_think():
     wrong = [{"name": "nope", "arguments": {}}]
-    assert tool_score(reply(wrong) + "<tool_call>" + json.dumps(GT) + "</tool_call>")[0] == 1.0
+    # Every block's calls count (parallel calls one block each): an extra wrong call is a wrong reply either way.
+    assert tool_score(reply(wrong) + "<tool_call>" + json.dumps(GT) + "</tool_call>")[0] == 0.0
     assert tool_score(reply(GT) + "<tool_call>" + json.dumps(wrong) + "</tool_call>")[0] == 0.0
     assert tool_score(reply(GT, think=""))[0] == 0.0
     assert tool_score(reply(GT, think="</think><think>"))[0] == 0.0

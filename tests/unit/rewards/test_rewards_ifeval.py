@@ -67,6 +67,12 @@ CASES = [
     ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "Hi.\nP.P.S bye", "Hi.\nP.S. bye"),
     ("combination:repeat_prompt", {"prompt_to_repeat": "Say hi."}, "Say hi. Hi!", "Hi!"),
     ("combination:two_responses", {}, "first answer\n******\nsecond answer", "same\n******\nsame"),
+    (
+        "language:response_language",
+        {"language": "it"},
+        "Oggi il tempo a Roma è bello e andiamo a fare una passeggiata nel parco.",
+        "Today the weather in Rome is nice and we are going for a walk in the park.",
+    ),
 ]
 
 
