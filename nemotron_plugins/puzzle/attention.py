@@ -119,6 +119,7 @@ class _FlexDocumentAttention:
 
     compiled: Any = None
     failed: bool = False
+    error: str = ""
     _mask_cache: tuple[torch.Tensor, int, Any] | None = None  # (cu_seqlens, tokens, block mask): one per batch
 
     @classmethod
@@ -163,6 +164,7 @@ class _FlexDocumentAttention:
             return cls.compiled(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
         except Exception as err:  # noqa: BLE001 - any compile / kernel failure: fall back once, loudly
             cls.failed = True
+            cls.error = f"{type(err).__name__}: {err}"
             warnings.warn(
                 f"FlexAttention document masks failed on this machine ({type(err).__name__}: {err}); packed "
                 "sequences fall back to one SDPA call per document",
