@@ -20,6 +20,8 @@ return the ``TransformerBlockSubmodules`` of the layers on that pipeline stage.
 
 State-dict names and layouts
 ----------------------------
+``puzzle_sdpa`` and ``puzzle_local`` differ only in the parameter-free core attention, so "local spec" below covers
+both (their checkpoints are interchangeable).
 Names below are relative to a ``GPTModel`` (what ``model.state_dict()`` gives, without ``module.`` prefixes added by
 DDP wrappers). ``N`` is the layer index *local to the pipeline stage*; the global index is
 ``model.decoder.layers[N].layer_number - 1``. ``H`` = hidden size, ``d`` = head dim, ``q`` = attention heads,
