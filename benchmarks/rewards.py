@@ -14,6 +14,17 @@ third boxed numbers / fractions, a third LaTeX expressions that need symbolic eq
 Table 2 mixes the adversarial suite (:mod:`nemotron_plugins.rewards.adversarial`) into the clean inputs and scores the
 samples one call per sample, recording each call's latency (p50 / p99 / max), how many statuses were not OK, and
 whether any code-execution bait ran. Numbers depend on the machine's load; the script prints the load average.
+
+Table 3 (``--agreement``, or alone with ``--only agreement``): agreement of ``math`` with Math-Verify's own
+regression cases (vendored in ``tests/unit/rewards/data/math_verify_cases.jsonl``), golds as written.
+
+Table 4 (``--judge``, or alone with ``--only judge``): what a dead judge costs one GRPO step (``--judge-samples``,
+default 1152 = 72 prompts x 16 rollouts) with the ``llm_judge`` defaults (3 retries, 32 requests in flight) and a
+``--judge-timeout`` request timeout, with the circuit breaker (measured on the whole step) and without it (measured on
+two rounds of requests and scaled to the step: without the breaker every round of 32 requests pays every attempt).
+The judge is a socket that accepts connections and never answers. The last rows project both to the defaults' 30 s
+timeout (with the breaker: one timeout plus the measured overhead; without: every round pays 4 attempts and the
+backoffs).
 """
 
 from __future__ import annotations
@@ -100,14 +111,114 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+CASES = Path(__file__).resolve().parents[1] / "tests" / "unit" / "rewards" / "data" / "math_verify_cases.jsonl"
+
+
+def math_verify_agreement() -> None:
+    """Table 3: ``math`` on Math-Verify's regression cases, golds as written."""
+    import json
+
+    cases = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rewards: dict[tuple, MathReward] = {}
+    agreed, misses = 0, []
+    for case in cases:
+        key = (case.get("float_rounding", 6), case.get("allow_set_relation_comp", False))
+        reward = rewards.setdefault(key, MathReward(float_rounding=key[0], allow_set_relation_comp=key[1]))
+        [result] = reward.score([RewardSample(completion=case["pred"], ground_truth=case["gold"])])
+        got = result.score if result.status is RewardStatus.OK else result.status.value
+        if got == case["expected"]:
+            agreed += 1
+        else:
+            misses.append((case, got))
+    print(f"\nTable 3: math vs Math-Verify's regression cases ({CASES.name}), golds as written")
+    print(f"agreement: {agreed}/{len(cases)} = {agreed / len(cases):.1%}")
+    for case, got in misses:
+        print(
+            f"  differs: {case['source']}: gold {case['gold'][:50]!r} pred {case['pred'][:40]!r} "
+            f"expected {case['expected']} got {got}"
+        )
+
+
+def dead_judge_cost(samples: int, timeout_s: float) -> None:
+    """Table 4: one step's wall time against a judge that never answers, with and without the circuit breaker."""
+    import socket
+
+    from nemotron_plugins.rewards.llm_judge import LLMJudgeReward
+
+    def step(n: int) -> list[RewardSample]:
+        return [
+            RewardSample(completion=f"<think>..</think>answer {i}", ground_truth="7", prompt=f"q{i // 16}")
+            for i in range(n)
+        ]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        with_breaker = LLMJudgeReward(base_url=url, timeout_s=timeout_s)
+        results, t_breaker = timed(with_breaker.score, step(samples))
+        concurrency = with_breaker.max_concurrency
+        probe = 2 * concurrency
+        without = LLMJudgeReward(base_url=url, timeout_s=timeout_s, breaker_failures=0)
+        results_without, t_probe = timed(without.score, step(probe))
+    rounds = -(-samples // concurrency)
+    t_without = t_probe / 2 * rounds
+    statuses = ", ".join(
+        f"{st.value}={sum(r.status is st for r in results)}"
+        for st in RewardStatus
+        if any(r.status is st for r in results)
+    )
+    policy = with_breaker.policy
+    backoff = sum(min(policy.max_backoff_s, policy.backoff_s * 2**k) for k in range(policy.max_retries))
+    per_request_30 = (policy.max_retries + 1) * 30.0 + backoff
+    print(
+        f"\nTable 4: a dead judge, one step of {samples} samples, {concurrency} requests in flight, "
+        f"{policy.max_retries} retries"
+    )
+    print(f"{'judge':<44} {'seconds':>10} {'x timeout':>10}")
+    print(f"{f'breaker on, timeout {timeout_s:g} s (measured)':<44} {t_breaker:>10.1f} {t_breaker / timeout_s:>10.2f}")
+    print(
+        f"{f'breaker off, timeout {timeout_s:g} s ({probe} measured, scaled)':<44} {t_without:>10.1f} "
+        f"{t_without / timeout_s:>10.1f}"
+    )
+    print(
+        f"{'breaker on, timeout 30 s (projected)':<44} {30.0 + t_breaker - timeout_s:>10.1f} "
+        f"{(30.0 + t_breaker - timeout_s) / 30.0:>10.2f}"
+    )
+    print(
+        f"{'breaker off, timeout 30 s (projected)':<44} {rounds * per_request_30:>10.0f} "
+        f"{rounds * per_request_30 / 30.0:>10.1f}"
+    )
+    print(
+        f"statuses with the breaker: {statuses}; without (first {probe}): "
+        + ", ".join(
+            f"{st.value}={sum(r.status is st for r in results_without)}"
+            for st in RewardStatus
+            if any(r.status is st for r in results_without)
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=600, help="clean samples in table 1")
     parser.add_argument("--workers", type=int, default=2, help="pool workers")
     parser.add_argument("--timeout", type=float, default=3.0, help="pool per-sample timeout (s)")
     parser.add_argument("--quick", action="store_true", help="fewer samples; skip the baseline on the adversarial mix")
+    parser.add_argument("--agreement", action="store_true", help="add table 3 (Math-Verify's regression cases)")
+    parser.add_argument("--judge", action="store_true", help="add table 4 (a dead judge's cost per step)")
+    parser.add_argument("--only", choices=("agreement", "judge"), help="run only that table")
+    parser.add_argument("--judge-samples", type=int, default=72 * 16, help="samples in the dead-judge step")
+    parser.add_argument("--judge-timeout", type=float, default=2.0, help="judge request timeout for table 4 (s)")
     args = parser.parse_args(argv)
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    if args.only:
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min)")
+        if args.only == "agreement":
+            math_verify_agreement()
+        else:
+            dead_judge_cost(args.judge_samples, args.judge_timeout)
+        return 0
     n = 150 if args.quick else args.samples
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min)")
@@ -174,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             f"({len(mix) / t:.1f} samples/s), statuses: "
             + ", ".join(f"{st.value}={sum(r.status is st for r in batch)}" for st in RewardStatus)
         )
+    if args.agreement:
+        math_verify_agreement()
+    if args.judge:
+        dead_judge_cost(args.judge_samples, args.judge_timeout)
     return 0
 
 
