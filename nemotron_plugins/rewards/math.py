@@ -87,6 +87,8 @@ def _cheap_normalize(s: str) -> str:
 _STANDALONE_NUMBER = re.compile(r"(?<![A-Za-z\d.,_^{])-?\d[\d,]*(?:\.\d+)?(?![\d\\^{(])")
 _IS_CLAUSE = re.compile(r"\bis\s+(?=\S)")
 _WORD = re.compile(r"[A-Za-z]{3,}")
+#: A ground truth that is only words ("Answer is forty two."): nothing a math checker can compare.
+_PROSE = re.compile(r"[A-Za-z][A-Za-z'-]*(?:[ ,]+[A-Za-z][A-Za-z'-]*)+[.!]?")
 _THOUSANDS_LIST = re.compile(r"\d,\s")
 _DECIMAL_COMMA = re.compile(r"[+-]?(\d+),(\d+)")
 _UNIT_TAIL = re.compile(
@@ -353,6 +355,11 @@ class MathReward(SampleReward):
         gold = strip_math_delimiters(gold_raw)
         if not gold:
             return RewardResult.invalid("math: ground_truth is empty once its math delimiters are removed")
+        if _PROSE.fullmatch(gold):
+            return RewardResult.invalid(
+                f"math: ground_truth {truncate(gold)!r} is prose, not a math answer (no number or LaTeX to compare); "
+                "score such answers with llm_judge"
+            )
 
         cand, boxed = extract_answer(sample.completion, mode=self.mode)
         if cand is None:
