@@ -22,6 +22,13 @@ What a trainer does with CP (``parallel.context_parallel_size > 1``):
    (``parallel_state.get_data_parallel_group(with_context_parallel=True)``); megatron DDP and ``finalize_model_grads``
    already do this when the model's config has ``context_parallel_size > 1``.
 
+On the shared training stack (``nemotron_plugins.training``: megatron DDP with ``calculate_per_token_loss``, every
+micro-batch's loss already divided by the token count of the global batch, replicas' gradients summed) step 2 is
+simply: each CP rank returns ``sum(per_token_loss * loss_mask)`` over its own ``s / cp`` tokens divided by the same
+global-batch token count as at CP=1 (counted over the whole sequences, not the local halves), with
+``average_over_dp_cp=False`` semantics; DDP's sum over the DP x CP group then gives the CP=1 gradient, and the loss
+to log is that value all-reduced (summed) over the CP group.
+
 Packed sequences (``PackedSeqParams``) with CP need Transformer Engine and are refused here.
 """
 
