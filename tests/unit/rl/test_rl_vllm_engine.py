@@ -24,12 +24,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 
 @pytest.fixture(scope="module")
 def dist():
+    """The CPU path (gloo, CPU tensors) also on a GPU machine: CUDA is hidden from this module's model tests."""
     from nemotron_plugins.runtime.distributed import distributed_context
 
     torch.set_num_threads(1)
-    with warnings.catch_warnings():
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        mp.setattr(torch.cuda, "is_available", lambda: False)
         warnings.simplefilter("ignore")
         with distributed_context() as ctx:
+            assert ctx.device.type == "cpu"
             yield ctx
 
 
