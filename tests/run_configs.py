@@ -61,3 +61,47 @@ def tiny_grpo(out: str | Path, *overrides: str) -> RecipeConfig:
             *overrides,
         ],
     )
+
+
+ONE_CPU_PROCESS = [
+    "model.config_path=null",
+    "model.params_dtype=float32",
+    "model.seq_length=256",
+    "optimizer.bf16=false",
+    "parallel.tensor_model_parallel_size=1",
+    "parallel.pipeline_model_parallel_size=1",
+    "parallel.context_parallel_size=1",
+    "parallel.sequence_parallel=false",
+    "parallel.pipeline_layout=null",
+    "parallel.use_distributed_optimizer=false",
+    "cluster.nodes=1",
+    "cluster.devices_per_node=1",
+    "cluster.device=cpu",
+    "recompute=none",
+    "torch_threads=2",
+    "data.splits=[]",
+]
+"""A paper recipe's layout and precision scaled down to one CPU process (nothing else changes)."""
+
+MEGATRON_ROLLOUTS = [
+    "generation.engine=megatron",
+    "generation.tensor_model_parallel_size=1",
+    "generation.fp8=false",
+    "generation.max_num_seqs=null",
+    "generation.kv_cache_dtype=auto",
+    "generation.gpu_memory_utilization=0.6",
+    "rewards=[{'name': 'math'}, {'name': 'mcq'}]",
+]
+"""RL generation by the CPU-capable megatron engine, with the rewards the fixture's RL rows name."""
+
+
+def paper_on_fixture(name: str, fixture, *overrides: str) -> RecipeConfig:
+    """Paper recipe ``name`` on the fixture checkpoint and Post-Training-format data, one CPU process."""
+    config = build_recipe(name)
+    data = fixture.sft_dir if config.task == "sft" else fixture.rl["train"]
+    scaled = [*ONE_CPU_PROCESS, f"model.checkpoint={fixture.checkpoint}", f"data.path={data}"]
+    if config.is_rl:
+        scaled += MEGATRON_ROLLOUTS
+        if config.sampler is not None:
+            scaled.append("sampler.drop_pass_rate_at_least=null")
+    return build_recipe(name, [*scaled, *overrides])

@@ -3,7 +3,7 @@
 The fixture (a nemotron-nas checkpoint with every block kind, a byte-level BPE tokenizer, Post-Training-format rows)
 goes through the Ultra SFT recipe, then the Ultra GRPO recipe starting from the SFT output, then
 ``nemotron-plugins export``; the exported Hugging Face checkpoint, loaded back into the Megatron model, gives the
-trained policy's logits. Only the layout and sizes are scaled down (one CPU process, a few steps).
+trained policy's logits. Only the layout and sizes are scaled down (``tests.run_configs.paper_on_fixture``).
 """
 
 from __future__ import annotations
@@ -16,34 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nemotron_plugins.launch.build import build_recipe
 from nemotron_plugins.launch.dispatch import run_recipe
+from tests.run_configs import paper_on_fixture
 
 ULTRA_SFT = "llama_nemotron_ultra_253b_sft_576gpu_h100_bf16"
 ULTRA_GRPO = "llama_nemotron_ultra_253b_grpo_576gpu_h100_bf16"
-
-SCALED_DOWN = [
-    "model.config_path=null",
-    "model.params_dtype=float32",
-    "model.seq_length=256",
-    "data.max_seq_length=192",
-    "data.splits=[]",
-    "optimizer.bf16=false",
-    "optimizer.lr=1e-4",
-    "optimizer.warmup_steps=1",
-    "parallel.tensor_model_parallel_size=1",
-    "parallel.pipeline_model_parallel_size=1",
-    "parallel.context_parallel_size=1",
-    "parallel.sequence_parallel=false",
-    "parallel.pipeline_layout=null",
-    "parallel.use_distributed_optimizer=false",
-    "cluster.nodes=1",
-    "cluster.devices_per_node=1",
-    "cluster.device=cpu",
-    "recompute=none",
-    "torch_threads=2",
-]
-"""Only the layout, the sizes and the precision change: trainers, data readers and rewards are the paper's."""
 
 
 @pytest.mark.slow
@@ -53,49 +30,41 @@ def test_sft_then_grpo_then_export_reloads_to_the_same_logits(tmp_path: Path) ->
     fixture = write_fixtures(tmp_path / "fixture")
     runs = tmp_path / "runs"
 
-    sft = build_recipe(
+    common = ["data.max_seq_length=192", "optimizer.lr=1e-4", "optimizer.warmup_steps=1"]
+    sft = paper_on_fixture(
         ULTRA_SFT,
-        [
-            *SCALED_DOWN,
-            f"output_dir={runs / 'sft'}",
-            f"model.checkpoint={fixture.checkpoint}",
-            f"data.path={fixture.sft_dir}",
-            "train_steps=4",
-            "micro_batch_size=2",
-            "global_batch_size=4",
-        ],
+        fixture,
+        *common,
+        f"output_dir={runs / 'sft'}",
+        "train_steps=4",
+        "micro_batch_size=2",
+        "global_batch_size=4",
     )
     sft_result = run_recipe(sft)
     assert sft_result.steps_done == 4
     losses = list(sft_result.losses.values())
     assert all(torch.isfinite(torch.tensor(losses)))
 
-    grpo = build_recipe(
+    grpo = paper_on_fixture(
         ULTRA_GRPO,
-        [
-            *SCALED_DOWN,
-            f"output_dir={runs / 'grpo'}",
-            "model.checkpoint=null",
-            f"init_checkpoint={runs / 'sft' / 'checkpoints'}",
-            f"data.path={fixture.rl['train']}",
-            f"data.eval_path={fixture.rl['validation']}",
-            "data.max_seq_length=128",
-            "evaluation.num_samples=4",
-            "evaluation.accuracy_reward=math",
-            "generation.engine=megatron",
-            "generation.tensor_model_parallel_size=1",
-            "generation.fp8=false",
-            "generation.max_new_tokens=16",
-            "algorithm.num_prompts_per_rollout=2",
-            "algorithm.num_generations=4",
-            "algorithm.skip_uniform_groups=false",
-            "rewards=[{'name': 'math'}, {'name': 'mcq'}, {'name': 'think_format', 'weight': 0.5}]",
-            "sampler.pass_rate_responses=1",
-            "sampler.drop_pass_rate_at_least=null",
-            "train_steps=2",
-            "micro_batch_size=4",
-            "global_batch_size=8",
-        ],
+        fixture,
+        *common,
+        f"output_dir={runs / 'grpo'}",
+        "model.checkpoint=null",
+        f"init_checkpoint={runs / 'sft' / 'checkpoints'}",
+        f"data.eval_path={fixture.rl['validation']}",
+        "data.max_seq_length=128",
+        "evaluation.num_samples=4",
+        "evaluation.accuracy_reward=math",
+        "generation.max_new_tokens=16",
+        "algorithm.num_prompts_per_rollout=2",
+        "algorithm.num_generations=4",
+        "algorithm.skip_uniform_groups=false",
+        "rewards=[{'name': 'math'}, {'name': 'mcq'}, {'name': 'think_format', 'weight': 0.5}]",
+        "sampler.pass_rate_responses=1",
+        "train_steps=2",
+        "micro_batch_size=4",
+        "global_batch_size=8",
     )
     grpo_result = run_recipe(grpo)
     assert grpo_result.steps == 2 and grpo_result.after

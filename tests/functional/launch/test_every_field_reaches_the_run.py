@@ -25,6 +25,7 @@ from nemotron_plugins.launch.build import build_recipe
 from nemotron_plugins.rl.config import GRPOConfig
 from nemotron_plugins.runtime import config as runtime_config
 from recipes import plugins as recipe_plugins
+from tests.run_configs import paper_on_fixture
 
 CONFIG_CLASSES = (
     rc.RecipeConfig,
@@ -92,54 +93,27 @@ def reads(monkeypatch):
     yield seen
 
 
-def _scaled(name: str, fixture, out: Path) -> list[str]:
-    """Overrides that put a paper recipe on the fixture, one CPU process, one short step."""
-    config = build_recipe(name)
-    data = fixture.sft_dir if config.task == "sft" else fixture.rl["train"]
-    overrides = [
+def _scaled(name: str, fixture, out: Path):
+    """A paper recipe on the fixture, one CPU process, one short step."""
+    rl = [
+        "generation.max_new_tokens=8",
+        "algorithm.num_prompts_per_rollout=2",
+        "algorithm.num_generations=2",
+        "algorithm.skip_uniform_groups=false",
+        "evaluation.num_samples=0",
+    ]
+    sampler = ["sampler.pass_rate_responses=1"] if build_recipe(name).sampler is not None else []
+    return paper_on_fixture(
+        name,
+        fixture,
         f"output_dir={out / name}",
-        f"model.checkpoint={fixture.checkpoint}",
-        "model.config_path=null",
-        "model.params_dtype=float32",
-        "model.seq_length=256",
-        f"data.path={data}",
         "data.max_seq_length=128",
-        "data.splits=[]",
         "data.num_train_samples=8",
-        "optimizer.bf16=false",
-        "parallel.tensor_model_parallel_size=1",
-        "parallel.pipeline_model_parallel_size=1",
-        "parallel.context_parallel_size=1",
-        "parallel.sequence_parallel=false",
-        "parallel.pipeline_layout=null",
-        "parallel.use_distributed_optimizer=false",
-        "cluster.nodes=1",
-        "cluster.devices_per_node=1",
-        "cluster.device=cpu",
         "micro_batch_size=2",
         "global_batch_size=4",
         "train_steps=1",
-        "recompute=none",
-        "torch_threads=2",
-    ]
-    if config.is_rl:
-        overrides += [
-            "generation.engine=megatron",
-            "generation.tensor_model_parallel_size=1",
-            "generation.fp8=false",
-            "generation.max_num_seqs=null",
-            "generation.kv_cache_dtype=auto",
-            "generation.gpu_memory_utilization=0.6",
-            "generation.max_new_tokens=8",
-            "algorithm.num_prompts_per_rollout=2",
-            "algorithm.num_generations=2",
-            "algorithm.skip_uniform_groups=false",
-            "rewards=[{'name': 'math'}, {'name': 'mcq'}]",
-            "evaluation.num_samples=0",
-        ]
-        if config.sampler is not None:
-            overrides += ["sampler.drop_pass_rate_at_least=null", "sampler.pass_rate_responses=1"]
-    return overrides
+        *(rl + sampler if build_recipe(name).is_rl else []),
+    )
 
 
 def test_every_recipe_field_is_read_by_the_run(reads, tmp_path) -> None:
@@ -197,7 +171,7 @@ def test_every_recipe_field_is_read_by_the_run(reads, tmp_path) -> None:
         "rloo": "llama_nemotron_super_49b_rloo_32gpu_h100_bf16",
     }
     for name in paper.values():
-        config = build_recipe(name, _scaled(name, fixture, tmp_path / "paper"))
+        config = _scaled(name, fixture, tmp_path / "paper")
         report = validate_recipe(config)
         assert report.ok, (name, report.errors)
         run_recipe(config)

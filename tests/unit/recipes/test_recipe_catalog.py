@@ -15,6 +15,7 @@ from nemotron_plugins.puzzle.cost import estimate_cost
 from nemotron_plugins.registry import RECIPES, import_target
 from recipes import plugins as recipe_plugins
 from recipes.common import NANO_8B_CONFIG, SUPER_49B_CONFIG, ULTRA_253B_CONFIG, model_config_path
+from tests.run_configs import paper_on_fixture
 
 BUILTIN = sorted(recipe_plugins.BUILTIN_RECIPES)
 GPU_NAME = re.compile(r"^(?P<model>[a-z0-9_]+)_(?P<task>sft|grpo|rloo)_(?P<n>\d+)gpu_h100_(?P<precision>bf16|fp8)$")
@@ -67,39 +68,10 @@ def test_recipe_builds_and_validates(name: str) -> None:
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_recipe_validates_on_the_fixture_scaled_down(name: str, fixture_paths) -> None:
     """The paper recipe's code path with the fixture checkpoint and Post-Training-format data, on one CPU process."""
-    config = build_recipe(name)
-    data = fixture_paths.sft_dir if config.task == "sft" else fixture_paths.rl["train"]
-    overrides = [
-        f"model.checkpoint={fixture_paths.checkpoint}",
-        "model.config_path=null",
-        "model.params_dtype=float32",
-        "model.seq_length=512",
-        f"data.path={data}",
-        "data.max_seq_length=256",
-        "data.splits=[]",
-        "optimizer.bf16=false",
-        "parallel.tensor_model_parallel_size=1",
-        "parallel.pipeline_model_parallel_size=1",
-        "parallel.context_parallel_size=1",
-        "parallel.sequence_parallel=false",
-        "parallel.pipeline_layout=null",
-        "cluster.nodes=1",
-        "cluster.devices_per_node=1",
-        "cluster.device=cpu",
-        "micro_batch_size=1",
-    ]
-    if config.is_rl:
-        overrides += [
-            "generation.engine=megatron",
-            "generation.tensor_model_parallel_size=1",
-            "generation.fp8=false",
-            "generation.max_num_seqs=null",
-            "generation.max_new_tokens=64",
-            "rewards=[{'name': 'math'}, {'name': 'mcq'}]",
-        ]
-        if config.sampler is not None:
-            overrides.append("sampler.drop_pass_rate_at_least=null")
-    report = validate_recipe(build_recipe(name, overrides))
+    config = paper_on_fixture(
+        name, fixture_paths, "model.seq_length=512", "data.max_seq_length=256", "micro_batch_size=1"
+    )
+    report = validate_recipe(config)
     assert report.ok, report.errors
 
 
