@@ -17,9 +17,11 @@ What is saved:
   ``.module``), under ``model`` (one chunk) or ``model0``, ``model1``, ... (virtual pipeline chunks), as megatron-LM
   names them.
 * **optimizer**: megatron's ``optimizer.sharded_state_dict(model_sharded_state_dict)``. For the distributed optimizer
-  the sharding type is ``fully_sharded_model_space``: every rank writes the Adam moments and fp32 main-parameter
-  slices it owns as flattened pieces of the model-space tensors, so a checkpoint loads at any TP / PP / DP (the
-  ``dp_*`` formats only reshard over DP, ``dp_zero_gather_scatter`` gathers on DP rank 0 at a fixed TP x PP).
+  the sharding type is ``fully_reshardable``: at save the Adam moments and fp32 main params are gathered over the
+  data-parallel group and reshaped to the model parameters' shapes (a regular optimizer's layout, sharded over TP /
+  PP like the model), at load every rank reads the pieces of its parameters and keeps its DP slice, so a checkpoint
+  loads at any TP / PP / DP. (In megatron-core 0.16 ``fully_sharded_model_space`` is refused, "flattened_range is
+  not supported"; the ``dp_*`` formats reshard only over DP.)
 * **scheduler**: megatron ``OptimizerParamScheduler.state_dict()``.
 * **state**: the caller's plain-Python dict (data / sampler position, metrics); rank 0's copy is saved.
 * **rng**: Python, NumPy, torch (CPU, CUDA when present) and megatron's tensor-parallel RNG tracker states, one
@@ -38,10 +40,12 @@ float rounding (``tests/functional/training/test_checkpoint_resume.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +91,7 @@ CHECKPOINT_FORMAT_VERSION = 1
 METADATA_FILE = "checkpoint.json"
 ITER_NAMING = CheckpointNaming(prefix="iter_", digits=7, marker=METADATA_FILE)
 """``iter_0000123`` directories, complete once ``checkpoint.json`` is there (it is written last)."""
-DISTRIB_OPTIM_SHARDING_TYPE = "fully_sharded_model_space"
+DISTRIB_OPTIM_SHARDING_TYPE = "fully_reshardable"
 RESEED_BASE = 1234
 """Seed base when RNG states cannot be restored (another layout): every RNG is seeded with ``RESEED_BASE + step``."""
 _RNG_KEY = "rng_state"
@@ -210,6 +214,84 @@ def _flat_model_sharded(model_sd: dict[str, Any]) -> dict[str, Any]:
     return model_sd
 
 
+def _prime_optimizer_state(optimizer: Any) -> None:
+    """Give a never-stepped distributed optimizer over torch Adam its (zero) state before a sharded state dict.
+
+    megatron's ``DistributedOptimizer.state_dict()`` reads torch Adam's per-parameter ``step`` (without TE / apex)
+    and fails on an optimizer that has not stepped yet, which is exactly the one a resume loads into. The state
+    added here is what torch Adam creates lazily at its first step (``step`` 0, zero moments), so it changes nothing
+    for a run that then steps, and a load overwrites it.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        if not isinstance(sub, DistributedOptimizer) or not isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
+            continue
+        if len(inner.state) > 0:
+            continue
+        for group in inner.param_groups:
+            for param in group["params"]:
+                state = inner.state[param]
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                if group.get("amsgrad"):
+                    state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+@contextlib.contextmanager
+def _torch_adam_step_passthrough(optimizer: Any) -> Iterator[None]:
+    """Let megatron-core 0.16's ``fully_reshardable`` load run over torch Adam (no TE / apex, e.g. on CPU).
+
+    ``DistributedOptimizer.load_parameter_state_from_fully_reshardable`` drops ``step`` from the tensors it hands
+    to ``_set_main_param_and_optimizer_states``, which then copies every key of the parameter's torch Adam state,
+    ``step`` included, and fails with ``KeyError: 'step'`` (fused TE / apex Adam keep no per-parameter step). The
+    step was already restored from the checkpoint's param groups by then, so for the duration of the load the
+    parameter's own ``step`` is passed along (copied onto itself).
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    patched = []
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not isinstance(sub, DistributedOptimizer) or "_set_main_param_and_optimizer_states" in vars(sub):
+            continue
+        original = sub._set_main_param_and_optimizer_states
+
+        def set_states(model_param: Any, tensors: dict[str, Any], sub: Any = sub, original: Any = original) -> None:
+            group_index, group_order = sub.model_param_group_index_map[model_param]
+            main_param = sub.optimizer.param_groups[group_index]["params"][group_order]
+            step = sub.optimizer.state.get(main_param, {}).get("step")
+            if step is not None and "step" not in tensors:
+                tensors = {**tensors, "step": step}
+            original(model_param, tensors)
+
+        sub._set_main_param_and_optimizer_states = set_states
+        patched.append(sub)
+    try:
+        yield
+    finally:
+        for sub in patched:
+            del sub._set_main_param_and_optimizer_states
+
+
+def _unshare_step_tensors(optimizer: Any) -> None:
+    """Give every parameter its own torch Adam ``step`` tensor after a load.
+
+    megatron-core 0.16's ``DistributedOptimizer.load_state_dict`` (torch Adam, no TE / apex) puts ONE step tensor
+    into every parameter's state; torch Adam increments it in place once per parameter, so the next step would run
+    with bias corrections for step ``saved + number of parameters``. Cloning restores independent counters.
+    """
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            continue
+        for state in inner.state.values():
+            step = state.get("step") if isinstance(state, dict) else None
+            if isinstance(step, torch.Tensor):
+                state["step"] = step.clone()
+
+
 def _rng_sharded_object(rank: int, world: int, value: Any) -> Any:
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
@@ -308,6 +390,7 @@ def save_checkpoint(
     model_sd = _model_sharded_state_dict(model)
     sharded: dict[str, Any] = dict(model_sd)
     if optimizer is not None:
+        _prime_optimizer_state(optimizer)
         sharded["optimizer"] = optimizer.sharded_state_dict(
             _flat_model_sharded(model_sd), is_loading=False, metadata=_optimizer_metadata()
         )
@@ -414,6 +497,7 @@ def load_checkpoint(
     template: dict[str, Any] = dict(model_sd)
     have_optimizer = meta.get("optimizer") is not None
     if optimizer is not None and have_optimizer:
+        _prime_optimizer_state(optimizer)
         template["optimizer"] = optimizer.sharded_state_dict(
             _flat_model_sharded(model_sd), is_loading=True, metadata=_optimizer_metadata()
         )
@@ -428,7 +512,9 @@ def load_checkpoint(
         _unwrap(chunk).load_state_dict(loaded[key], strict=True)
     if optimizer is not None:
         if have_optimizer:
-            optimizer.load_state_dict(loaded["optimizer"])
+            with _torch_adam_step_passthrough(optimizer):
+                optimizer.load_state_dict(loaded["optimizer"])
+            _unshare_step_tensors(optimizer)
         else:
             logger.warning("%s holds no optimizer state: main params reloaded from the model weights", path)
             optimizer.reload_model_params()

@@ -3,9 +3,10 @@ checkpoint tests and of benchmarks/checkpoint_io.py).
 
 Each run: megatron-core ``GPTModel`` from :func:`~nemotron_plugins.puzzle.model.build_puzzle_model`, megatron DDP,
 megatron's optimizer (distributed or not) and ``OptimizerParamScheduler``, a few real steps on megatron's schedule
-(:func:`nemotron_plugins.training.step.optimizer_step`). The data of step ``k`` is drawn from the process's torch
-RNG after the data position (``state["sample"]``) is advanced, so an exact resume needs weights, moments, main
-params, scheduler, data position and RNG all restored.
+(:func:`nemotron_plugins.training.step.optimizer_step`). The data of a step is drawn from a generator seeded by the
+data position (``state["sample"]``), so an exact resume needs weights, moments, main params, scheduler and data
+position restored; ``rng_probe`` checks the per-rank RNG states separately (a draw right after the save and right
+after the load must agree).
 """
 
 from __future__ import annotations
@@ -118,8 +119,10 @@ def train_step(run: dict[str, Any], state: dict[str, Any]) -> float:
     from nemotron_plugins.training.step import optimizer_step
 
     ctx = run["ctx"]
+    # The data position lives in ``state`` (saved with the checkpoint), as a real sampler's would.
+    generator = torch.Generator().manual_seed(1000 + state["sample"])
+    tokens = torch.randint(0, VOCAB - 1, (GLOBAL_BATCH, SEQ + 1), generator=generator)
     state["sample"] += GLOBAL_BATCH
-    tokens = torch.randint(0, VOCAB - 1, (GLOBAL_BATCH, SEQ + 1))  # same on every rank (same seeded generator)
     per_rank = GLOBAL_BATCH // ctx.dp_size
     mine = tokens[ctx.dp_rank * per_rank : (ctx.dp_rank + 1) * per_rank]
     global_tokens = float(GLOBAL_BATCH * SEQ)
@@ -235,3 +238,21 @@ def session(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("full_params"):
         out["params"] = full_params(run)
     return out
+
+
+def phases(rank: int, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run several :func:`session` phases in this process group, each at its own layout (megatron's parallel state
+    is rebuilt between phases; the torch process group stays), so one launch covers several resume cases."""
+    import torch
+
+    from nemotron_plugins.runtime.distributed import destroy_distributed
+
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", init_method="env://")
+    results = []
+    for spec in specs:
+        try:
+            results.append(session(rank, spec))
+        finally:
+            destroy_distributed()
+    return results
