@@ -90,6 +90,7 @@ MEGATRON_ROLLOUTS = [
     "generation.max_num_seqs=null",
     "generation.kv_cache_dtype=auto",
     "generation.gpu_memory_utilization=0.6",
+    "generation.max_new_tokens=64",
     "rewards=[{'name': 'math'}, {'name': 'mcq'}]",
 ]
 """RL generation by the CPU-capable megatron engine, with the rewards the fixture's RL rows name."""
