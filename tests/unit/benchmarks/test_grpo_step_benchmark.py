@@ -68,9 +68,12 @@ def test_busy_machine_warning(bench):
     assert "load average 3.10 on 2 CPUs" in bench.busy_warning(3.1, threads=2, cpus=2)
 
 
-def test_one_tiny_step_of_both_engines(bench, tmp_path, capsys):
+def test_one_tiny_step_of_both_engines(bench, tmp_path, capsys, monkeypatch):
     pytest.importorskip("trl")
     pytest.importorskip("datasets")
+    # A CPU comparison (TRL runs with use_cpu=True): on a GPU machine ours runs on the CPU too, CUDA hidden.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     out = tmp_path / "grpo_step.json"
     argv = ["--steps", "1", "--warmup", "0", "--prompts", "2", "--generations", "2", "--max-new-tokens", "4"]
     assert bench.main([*argv, "--threads", "1", "--json", str(out)]) == 0
