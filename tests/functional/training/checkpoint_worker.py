@@ -256,3 +256,105 @@ def phases(rank: int, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         finally:
             destroy_distributed()
     return results
+
+
+def retention(rank: int, root: str) -> dict[str, Any]:
+    """keep-last-N, re-saving an existing step, metadata and ``latest`` on a real 1-rank megatron run."""
+    import json
+    from pathlib import Path
+
+    from nemotron_plugins.training.checkpointing import (
+        latest_checkpoint,
+        list_checkpoints,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    run = build({"arch": "recipe"})
+    state = {"step": 0, "sample": 0}
+    seen: dict[str, Any] = {"lists": []}
+    for step in (1, 2, 3):
+        train_step(run, state)
+        state["step"] = step
+        save_checkpoint(root, step, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=2)
+        seen["lists"].append(list_checkpoints(root))
+    seen["latest"] = latest_checkpoint(root)
+    seen["entries"] = sorted(p.name for p in Path(root).iterdir())
+    # Re-save step 3 with other weights: the new copy replaces the old one.
+    train_step(run, state)
+    state["marker"] = "resaved"
+    save_checkpoint(root, 3, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=2)
+    seen["after_resave"] = sorted(p.name for p in Path(root).iterdir())
+    digest_saved = param_digest(run)
+    train_step(run, dict(state))  # move away, then load back
+    info = load_checkpoint(root, model=run["model"], optimizer=run["optimizer"])
+    seen["loaded_state"] = info["state"]
+    seen["digest_equal"] = param_digest(run) == digest_saved
+    seen["metadata"] = json.loads((Path(root) / "iter_0000003" / "checkpoint.json").read_text())
+    seen["latest_text"] = (Path(root) / "latest").read_text()
+    return seen
+
+
+def kill_child(root: str) -> None:
+    """Child process of the kill test: save steps 1 and 2, then for every crash point fork a process that saves
+    (a new step 3, or step 2 again for ``between_renames``) with ``NEMOTRON_CHECKPOINT_CRASH_AT`` set, so it
+    SIGKILLs itself there; after each death check that ``latest`` names a complete checkpoint that loads. Prints
+    one JSON line per crash point."""
+    import json
+    import os
+    import signal
+    from pathlib import Path
+
+    from nemotron_plugins.runtime.checkpoint import CRASH_ENV, CRASH_POINTS
+    from nemotron_plugins.training.checkpointing import (
+        latest_checkpoint,
+        list_checkpoints,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    run = build({"arch": "recipe"})
+    state = {"step": 0, "sample": 0}
+    for step in (1, 2):
+        train_step(run, state)
+        state["step"] = step
+        save_checkpoint(root, step, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=2)
+    digest_2 = param_digest(run)
+    for point in CRASH_POINTS:
+        step = 2 if point == "between_renames" else 3
+        pid = os.fork()
+        if pid == 0:  # the process that dies inside the save
+            os.environ[CRASH_ENV] = point
+            save_checkpoint(root, step, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=1)
+            os._exit(3)  # not reached when the crash point fires
+        _, status = os.waitpid(pid, 0)
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        latest = latest_checkpoint(root)
+        steps = list_checkpoints(root)
+        entries = sorted(p.name for p in Path(root).iterdir())
+        train_step(run, dict(state))  # perturb, then load what latest names
+        info = load_checkpoint(root, model=run["model"], optimizer=run["optimizer"])
+        record = {
+            "point": point,
+            "killed": killed,
+            "latest": latest,
+            "steps": steps,
+            "entries": entries,
+            "loaded_step": info["step"],
+            "loaded_equals_step2": param_digest(run) == digest_2,
+        }
+        # A clean save (of the step just loaded) afterwards removes the leftovers.
+        save_checkpoint(
+            root, info["step"], model=run["model"], optimizer=run["optimizer"], state=info["state"], keep_last=1
+        )
+        record["entries_after_clean_save"] = sorted(p.name for p in Path(root).iterdir())
+        print("RESULT " + json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["kill"]:
+        kill_child(sys.argv[2])
+    else:
+        raise SystemExit("usage: python -m tests.functional.training.checkpoint_worker kill ROOT")
