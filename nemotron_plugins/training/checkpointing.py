@@ -292,6 +292,13 @@ def _unshare_step_tensors(optimizer: Any) -> None:
                 state["step"] = step.clone()
 
 
+def _is_distributed(optimizer: Any) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    subs = getattr(optimizer, "chained_optimizers", [optimizer]) if optimizer is not None else []
+    return any(isinstance(sub, DistributedOptimizer) for sub in subs)
+
+
 def _rng_sharded_object(rank: int, world: int, value: Any) -> Any:
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
@@ -370,6 +377,7 @@ def save_checkpoint(
         "world_size": world,
         "num_model_chunks": len(model),
         "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+        "distributed_optimizer": _is_distributed(optimizer),
         "distrib_optim_sharding_type": DISTRIB_OPTIM_SHARDING_TYPE,
         "has_scheduler": scheduler is not None,
         "has_rng": True,
@@ -497,6 +505,14 @@ def load_checkpoint(
     template: dict[str, Any] = dict(model_sd)
     have_optimizer = meta.get("optimizer") is not None
     if optimizer is not None and have_optimizer:
+        saved_distributed = bool(meta.get("distributed_optimizer"))
+        if saved_distributed != _is_distributed(optimizer):
+            raise CheckpointError(
+                f"{path / METADATA_FILE}: distributed_optimizer={saved_distributed} but this run's optimizer is "
+                f"{'' if _is_distributed(optimizer) else 'not '}megatron's DistributedOptimizer; their optimizer "
+                "states are stored differently: resume with the same parallel.use_distributed_optimizer, or load with "
+                "optimizer=None and call optimizer.reload_model_params() (Adam moments then start from zero)"
+            )
         _prime_optimizer_state(optimizer)
         template["optimizer"] = optimizer.sharded_state_dict(
             _flat_model_sharded(model_sd), is_loading=True, metadata=_optimizer_metadata()
