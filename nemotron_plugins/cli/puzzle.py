@@ -6,7 +6,7 @@ and KV heads, FFN kind and width, parameters, KV-cache bytes per token) with tot
 The search stages, each writing a resumable artefact into a run directory (``nemotron_plugins.puzzle.search.
 rundir``; an existing artefact is reused unless ``--force``):
 
-``puzzle library PARENT RUN --calibration TOKENS``, ``puzzle score RUN --held-out TOKENS``,
+``puzzle library PARENT RUN --calibration TOKENS``, ``puzzle bld RUN --tokens TOKENS``, ``puzzle score RUN --held-out TOKENS``,
 ``puzzle search RUN (--param-fraction F | --memory-bytes B | --latency-s S | --throughput T)``,
 ``puzzle realize RUN``, ``puzzle fuse CHECKPOINT OUT --calibration TOKENS --threshold D``.
 Token files are ``.pt`` / ``.npy`` / ``.json`` integer arrays ``[batch, seq]``.
@@ -47,6 +47,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lib.add_argument("--kv-heads", default=None, help="KV-head counts to pool to (default: divisors of the parent's)")
     lib.add_argument("--force", action="store_true", help="rebuild even when the library exists")
     lib.set_defaults(func=run_library)
+
+    bld = sub.add_parser("bld", help="stage 2: decoupled blockwise local distillation of the library")
+    bld.add_argument("run", help="run directory (after `puzzle library`)")
+    bld.add_argument("--tokens", required=True, help="training token ids (kept apart from the held-out ones)")
+    bld.add_argument("--epochs", type=int, default=1)
+    bld.add_argument("--batch-size", type=int, default=8)
+    bld.add_argument("--lr", type=float, default=1e-3)
+    bld.add_argument("--force", action="store_true")
+    bld.set_defaults(func=run_bld)
 
     score = sub.add_parser("score", help="stage 3: replace-1-block KL to the parent and per-block cost")
     score.add_argument("run", help="run directory (after `puzzle library`)")
@@ -223,6 +232,29 @@ def run_library(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bld(args: argparse.Namespace) -> int:
+    """Stage 2."""
+    from nemotron_plugins.puzzle.search.bld import blockwise_distill
+    from nemotron_plugins.puzzle.search.rundir import load_library, load_tokens, save_library, write_json
+
+    run = Path(args.run)
+    if (run / "library_bld" / "library.json").is_file() and not args.force:
+        print(f"{run / 'library_bld'} exists; reusing it (--force retrains)")
+        return 0
+    cfg, weights = _load_parent(_run_meta(run)["parent"])
+    try:
+        tokens = load_tokens(args.tokens, what="--tokens")
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    trained, losses = blockwise_distill(
+        cfg, weights, load_library(run / "library"), tokens, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr
+    )
+    save_library(trained, run / "library_bld")
+    write_json(run / "bld.json", {"normalized_mse_first_last": losses, "tokens": tokens.numel()})
+    print(f"bld: {len(losses)} blocks trained on {tokens.numel()} tokens -> {run / 'library_bld'}")
+    return 0
+
+
 def run_score(args: argparse.Namespace) -> int:
     """Stage 3."""
     from nemotron_plugins.puzzle.search.rundir import load_library, load_tokens, write_json
@@ -237,10 +269,12 @@ def run_score(args: argparse.Namespace) -> int:
         held_out = load_tokens(args.held_out, what="--held-out")
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
+    lib_dir = run / "library_bld" if (run / "library_bld" / "library.json").is_file() else run / "library"
+    print(f"scoring {lib_dir.name}")
     scores = score_variants(
         cfg,
         weights,
-        load_library(run / "library"),
+        load_library(lib_dir),
         held_out,
         metric=args.metric,
         batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
@@ -327,7 +361,8 @@ def run_realize(args: argparse.Namespace) -> int:
     names = result["solutions"][args.solution]["names"]
     parent = _run_meta(run)["parent"]
     cfg, weights = _load_parent(parent)
-    report = realize(cfg, weights, load_library(run / "library"), names, run / "child", tokenizer_dir=None)
+    lib_dir = run / "library_bld" if (run / "library_bld" / "library.json").is_file() else run / "library"
+    report = realize(cfg, weights, load_library(lib_dir), names, run / "child", tokenizer_dir=None)
     write_json(run / "child" / "report.json", report)
     print(
         f"child: {report['child']['total_params']:,} params ({report['param_fraction']:.1%} of the parent) -> "

@@ -31,7 +31,10 @@ def test_search_pipeline_cli(tmp_path: Path, capsys) -> None:
     assert main(["puzzle", "library", str(parent), str(run), "--calibration", calib]) == 0
     assert main(["puzzle", "library", str(parent), str(run), "--calibration", calib]) == 0  # resumes
     assert "reusing" in capsys.readouterr().out
+    assert main(["puzzle", "bld", str(run), "--tokens", calib, "--batch-size", "2"]) == 0
+    assert json.loads((run / "bld.json").read_text())["normalized_mse_first_last"]
     assert main(["puzzle", "score", str(run), "--held-out", held, "--seq-len", "8"]) == 0
+    assert "scoring library_bld" in capsys.readouterr().out
     assert main(["puzzle", "search", str(run), "--param-fraction", "0.6", "--num-solutions", "2"]) == 0
     result = json.loads((run / "search.json").read_text())
     assert len(result["solutions"]) == 2 and all(s["proven_optimal"] for s in result["solutions"])
@@ -42,7 +45,9 @@ def test_search_pipeline_cli(tmp_path: Path, capsys) -> None:
     # the written checkpoint (FFN widths zero-padded to multiples of 256 for DeciLM readers) computes the searched
     # child: the parent with the chosen library variants swapped in
     names = result["solutions"][0]["names"]
-    searched_cfg, searched_w = child_from_names(cfg, read_hf_state_dict(parent), load_library(run / "library"), names)
+    searched_cfg, searched_w = child_from_names(
+        cfg, read_hf_state_dict(parent), load_library(run / "library_bld"), names
+    )
     ids = torch.load(held)
     got = forward(load_hf_config(run / "child"), read_hf_state_dict(run / "child"), ids)
     torch.testing.assert_close(got, forward(searched_cfg, searched_w, ids), rtol=1e-5, atol=1e-5)

@@ -10,6 +10,8 @@ from nemotron_plugins.puzzle.search.library import build_library, channel_contri
 from nemotron_plugins.puzzle.search.score import build_problem, score_variants
 from tests.reference.tiny_checkpoints import random_hf_weights
 
+torch.set_num_threads(1)
+
 
 def _parent():
     blocks = [BlockConfig(attention=AttentionConfig.gqa(4), ffn=FFNConfig.swiglu(64)) for _ in range(3)]
