@@ -16,7 +16,7 @@ from nemotron_plugins.rewards.base import RewardSample, RewardStatus, build_rewa
 pytestmark = pytest.mark.timeout(120)
 
 STEP = 72 * 16
-TIMEOUT_S = 3.0
+TIMEOUT_S = 5.0
 
 
 @pytest.fixture()
@@ -36,7 +36,7 @@ def step_samples() -> list[RewardSample]:
 
 
 def test_dead_judge_step_is_bounded_and_unavailable(dead_judge):
-    # The recipe's judge with the defaults (3 retries, 32 in flight, breaker after 5 failures), a 3 s request timeout.
+    # The recipe's judge with the defaults (3 retries, 32 in flight, breaker after 5 failures), a 5 s request timeout.
     reward = build_reward("llm_judge", base_url=dead_judge, model="judge", timeout_s=TIMEOUT_S)
     start = time.monotonic()
     results = reward.score(step_samples())
@@ -64,8 +64,11 @@ def test_dead_judge_through_trl_is_none_not_zero(dead_judge):
     assert elapsed < 2 * TIMEOUT_S, f"a dead judge cost {elapsed:.1f} s for one step"
 
 
-def test_dead_judge_through_verl_and_openrlhf_is_flagged_not_nan(dead_judge):
-    spec = {"reward": "llm_judge", "base_url": dead_judge, "timeout_s": TIMEOUT_S, "breaker_failures": 1}
+def test_dead_judge_through_verl_and_openrlhf_is_flagged_not_nan():
+    with socket.socket() as s:  # a closed port: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    spec = {"reward": "llm_judge", "base_url": refused, "max_retries": 0, "breaker_failures": 1}
     out = make_verl_compute_score(spec)("science", "<think>x</think>42", "42")
     assert out["status_ok"] == 0.0 and out["score"] == 0.0 and out["judged"] == 0.0
     rewards = make_openrlhf_reward_func(spec, return_dict=True)(["q a", "q b"], ["q", "q"], ["a", "b"])
