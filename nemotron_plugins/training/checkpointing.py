@@ -21,7 +21,11 @@ What is saved:
   data-parallel group and reshaped to the model parameters' shapes (a regular optimizer's layout, sharded over TP /
   PP like the model), at load every rank reads the pieces of its parameters and keeps its DP slice, so a checkpoint
   loads at any TP / PP / DP. (In megatron-core 0.16 ``fully_sharded_model_space`` is refused, "flattened_range is
-  not supported"; the ``dp_*`` formats reshard only over DP.)
+  not supported"; the ``dp_*`` formats reshard only over DP.) Two megatron-core 0.16 defects of that load with torch
+  Adam (no TE / apex: every CPU run) are worked around here: a ``KeyError: 'step'`` and one step tensor shared by
+  every parameter (see :func:`_torch_adam_step_passthrough`, :func:`_unshare_step_tensors`). A checkpoint of the
+  distributed optimizer loads only into a distributed optimizer (and a plain one into a plain one): the error says
+  so and how to proceed.
 * **scheduler**: megatron ``OptimizerParamScheduler.state_dict()``.
 * **state**: the caller's plain-Python dict (data / sampler position, metrics); rank 0's copy is saved.
 * **rng**: Python, NumPy, torch (CPU, CUDA when present) and megatron's tensor-parallel RNG tracker states, one
