@@ -12,7 +12,15 @@ from tests.reference.tiny_checkpoints import random_hf_weights
 
 def test_bld_lowers_normalized_mse_on_held_out_tokens() -> None:
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        _check_bld()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_bld() -> None:
     blocks = [BlockConfig(attention=AttentionConfig.gqa(2), ffn=FFNConfig.swiglu(64)) for _ in range(2)]
     cfg = make_config(hidden_size=32, num_attention_heads=4, vocab_size=40, blocks=blocks, rms_norm_eps=1e-5)
     w = random_hf_weights(cfg, seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nemotron_plugins.puzzle.block_config import AttentionConfig, BlockConfig, FFNConfig, make_config
@@ -10,7 +11,13 @@ from nemotron_plugins.puzzle.search.library import build_library, channel_contri
 from nemotron_plugins.puzzle.search.score import build_problem, score_variants
 from tests.reference.tiny_checkpoints import random_hf_weights
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _parent():
