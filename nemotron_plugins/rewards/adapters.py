@@ -242,6 +242,7 @@ def make_verl_compute_score(
         prompt = extra.pop("prompt", None)
         return _verl_dict(reward.score([make_sample(solution_str, ground_truth, prompt, extra)])[0])
 
+    compute_score.reward = reward  # type: ignore[attr-defined] - lets callers close() it
     return compute_score
 
 
@@ -400,6 +401,7 @@ def make_openrlhf_reward_func(
         results = reward.score(samples)
         return _openrlhf_output(results, return_dict)
 
+    reward_func.reward = reward  # type: ignore[attr-defined] - lets callers close() it
     return reward_func
 
 
