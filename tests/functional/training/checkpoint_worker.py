@@ -295,23 +295,13 @@ def retention(rank: int, root: str) -> dict[str, Any]:
     return seen
 
 
-def kill_child(root: str) -> None:
-    """Child process of the kill test: save steps 1 and 2, then for every crash point fork a process that saves
-    (a new step 3, or step 2 again for ``between_renames``) with ``NEMOTRON_CHECKPOINT_CRASH_AT`` set, so it
-    SIGKILLs itself there; after each death check that ``latest`` names a complete checkpoint that loads. Prints
-    one JSON line per crash point."""
-    import json
+def kill_child(root: str, point: str) -> None:
+    """Child process of the kill test: save steps 1 and 2, then save again (a new step 3, or step 2 again for
+    ``between_renames``) with ``NEMOTRON_CHECKPOINT_CRASH_AT=point``, so the process SIGKILLs itself there."""
     import os
-    import signal
-    from pathlib import Path
 
-    from nemotron_plugins.runtime.checkpoint import CRASH_ENV, CRASH_POINTS
-    from nemotron_plugins.training.checkpointing import (
-        latest_checkpoint,
-        list_checkpoints,
-        load_checkpoint,
-        save_checkpoint,
-    )
+    from nemotron_plugins.runtime.checkpoint import CRASH_ENV
+    from nemotron_plugins.training.checkpointing import save_checkpoint
 
     run = build({"arch": "recipe"})
     state = {"step": 0, "sample": 0}
@@ -319,42 +309,46 @@ def kill_child(root: str) -> None:
         train_step(run, state)
         state["step"] = step
         save_checkpoint(root, step, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=2)
-    digest_2 = param_digest(run)
-    for point in CRASH_POINTS:
-        step = 2 if point == "between_renames" else 3
-        pid = os.fork()
-        if pid == 0:  # the process that dies inside the save
-            os.environ[CRASH_ENV] = point
-            save_checkpoint(root, step, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=1)
-            os._exit(3)  # not reached when the crash point fires
-        _, status = os.waitpid(pid, 0)
-        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        latest = latest_checkpoint(root)
-        steps = list_checkpoints(root)
-        entries = sorted(p.name for p in Path(root).iterdir())
-        train_step(run, dict(state))  # perturb, then load what latest names
-        info = load_checkpoint(root, model=run["model"], optimizer=run["optimizer"])
-        record = {
-            "point": point,
-            "killed": killed,
-            "latest": latest,
-            "steps": steps,
-            "entries": entries,
-            "loaded_step": info["step"],
-            "loaded_equals_step2": param_digest(run) == digest_2,
+    os.environ[CRASH_ENV] = point
+    step = 2 if point == "between_renames" else 3
+    save_checkpoint(root, step, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=1)
+    raise SystemExit(3)  # not reached when the crash point fires
+
+
+def verify_killed(rank: int, roots: dict[str, str]) -> dict[str, Any]:
+    """After the kill children died: in each save root, what ``latest`` names, which checkpoints are complete, what
+    loads (step, weight digest), and what a clean save afterwards leaves."""
+    from pathlib import Path
+
+    from nemotron_plugins.training.checkpointing import (
+        latest_checkpoint,
+        list_checkpoints,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    run = build({"arch": "recipe", "init_seed": 99})
+    out = {}
+    for point, root in roots.items():
+        record: dict[str, Any] = {
+            "latest": latest_checkpoint(root),
+            "steps": list_checkpoints(root),
+            "entries": sorted(p.name for p in Path(root).iterdir()),
         }
-        # A clean save (of the step just loaded) afterwards removes the leftovers.
-        save_checkpoint(
-            root, info["step"], model=run["model"], optimizer=run["optimizer"], state=info["state"], keep_last=1
-        )
+        info = load_checkpoint(root, model=run["model"], optimizer=run["optimizer"])
+        record["loaded_step"] = info["step"]
+        record["loaded_state_step"] = info["state"]["step"]
+        record["digest"] = param_digest(run)
+        save_checkpoint(root, info["step"], model=run["model"], optimizer=run["optimizer"], state=info["state"])
         record["entries_after_clean_save"] = sorted(p.name for p in Path(root).iterdir())
-        print("RESULT " + json.dumps(record), flush=True)
+        out[point] = record
+    return out
 
 
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1:2] == ["kill"]:
-        kill_child(sys.argv[2])
+        kill_child(sys.argv[2], sys.argv[3])
     else:
-        raise SystemExit("usage: python -m tests.functional.training.checkpoint_worker kill ROOT")
+        raise SystemExit("usage: python -m tests.functional.training.checkpoint_worker kill ROOT POINT")
