@@ -113,7 +113,8 @@ def _forbidden_words(r: str, *, forbidden_words: Sequence[str]) -> bool:
 
 
 def _keyword_frequency(r: str, *, keyword: str, frequency: int, relation: str) -> bool:
-    return _compare(len(re.findall(re.escape(keyword), r, re.IGNORECASE)), relation, int(frequency))
+    # The keyword is stripped, as the reference checker does ("  keyword " counts "keyword").
+    return _compare(len(re.findall(re.escape(keyword.strip()), r, re.IGNORECASE)), relation, int(frequency))
 
 
 def _letter_frequency(r: str, *, letter: str, let_frequency: int, let_relation: str) -> bool:

@@ -39,7 +39,7 @@ def test_trl_accuracy_reward_cases(case):
 
 
 def test_ifeval_reference_checker_cases():
-    assert len(IFEVAL) == 30
+    assert len(IFEVAL) == 49
     misses = []
     for case in IFEVAL:
         gt = {"instruction_id_list": [case["instruction_id"]], "kwargs": [case["kwargs"]]}
