@@ -25,6 +25,13 @@ two rounds of requests and scaled to the step: without the breaker every round o
 The judge is a socket that accepts connections and never answers. The last rows project both to the defaults' 30 s
 timeout (with the breaker: one timeout plus the measured overhead; without: every round pays 4 attempts and the
 backoffs).
+
+Table 5 (``--agreement``, or alone with ``--only reference``): the other public suites, vendored in
+``tests/unit/rewards/data``: TRL's accuracy-reward tests (``math`` vs the expected rows, TRL's own ``accuracy_reward``
+in the same run when trl is installed; ``None`` = the sample is skipped, our ``invalid_input``), Google's IFEval
+checker tests at instruction level (``ifeval``'s verifiers vs the reference checker's expected verdicts), and
+Math-Verify's own ``parse``/``verify`` on its regression cases with each test's settings (the reference itself, for
+scale).
 """
 
 from __future__ import annotations
@@ -139,6 +146,67 @@ def math_verify_agreement() -> None:
         )
 
 
+DATA = CASES.parent
+
+
+def reference_suites() -> None:
+    """Table 5: TRL's accuracy-reward tests, Google's IFEval checker tests, Math-Verify on its own cases."""
+    import json
+
+    from nemotron_plugins.rewards.ifeval import VERIFIERS, parse_instructions
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    table = []
+    trl_rows = rows("trl_accuracy_cases.jsonl")
+    ours = MathReward()
+    agree = 0
+    for row in trl_rows:
+        [r] = ours.score([RewardSample(completion=row["completion"], ground_truth=row["solution"])])
+        agree += (r.score if r.ok else None) == row["expected"]
+    table.append(("math vs TRL accuracy-reward tests", agree, len(trl_rows)))
+    try:
+        from trl.rewards import accuracy_reward, reasoning_accuracy_reward
+    except ImportError:
+        table.append(("TRL accuracy_reward itself (trl not installed)", 0, 0))
+    else:
+        agree = 0
+        for row in trl_rows:
+            fn = reasoning_accuracy_reward if "Reasoning" in row["source"] else accuracy_reward
+            got = fn([[{"content": row["completion"]}]], [row["solution"]])[0]
+            agree += got == row["expected"]
+        table.append(("TRL's own rewards on the same rows", agree, len(trl_rows)))
+    ifeval_rows = rows("ifeval_cases.jsonl")
+    agree = 0
+    for row in ifeval_rows:
+        gt = {"instruction_id_list": [row["instruction_id"]], "kwargs": [row["kwargs"]]}
+        [(iid, kwargs)] = parse_instructions(gt)
+        agree += bool(VERIFIERS[iid].check(row["response"], **kwargs)) == row["expected"]
+    table.append(("ifeval vs Google's checker tests (instr.)", agree, len(ifeval_rows)))
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    mv_rows = rows(CASES.name)
+    agree = 0
+    for row in mv_rows:
+        targets = [
+            LatexExtractionConfig(boxed_match_priority=0) if t == "latex" else ExprExtractionConfig()
+            for t in row.get("match_types", ["latex", "expr"])
+        ]
+        got = verify(
+            parse(row["gold"], targets),
+            parse(row["pred"], targets),
+            float_rounding=row.get("float_rounding", 6),
+            allow_set_relation_comp=row.get("allow_set_relation_comp", False),
+        )
+        agree += int(got) == row["expected"]
+    table.append(("Math-Verify itself on its cases (installed)", agree, len(mv_rows)))
+    print("\nTable 5: agreement with other public suites (cases vendored in tests/unit/rewards/data)")
+    print(f"{'checker vs suite':<46} {'agree':>7} {'cases':>6} {'rate':>7}")
+    for name, agreed, total in table:
+        print(f"{name:<46} {agreed:>7} {total:>6} {agreed / total if total else float('nan'):>7.1%}")
+
+
 def dead_judge_cost(samples: int, timeout_s: float) -> None:
     """Table 4: one step's wall time against a judge that never answers, with and without the circuit breaker."""
     import socket
@@ -207,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples; skip the baseline on the adversarial mix")
     parser.add_argument("--agreement", action="store_true", help="add table 3 (Math-Verify's regression cases)")
     parser.add_argument("--judge", action="store_true", help="add table 4 (a dead judge's cost per step)")
-    parser.add_argument("--only", choices=("agreement", "judge"), help="run only that table")
+    parser.add_argument("--only", choices=("agreement", "judge", "reference"), help="run only that table")
     parser.add_argument("--judge-samples", type=int, default=72 * 16, help="samples in the dead-judge step")
     parser.add_argument("--judge-timeout", type=float, default=2.0, help="judge request timeout for table 4 (s)")
     args = parser.parse_args(argv)
@@ -216,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min)")
         if args.only == "agreement":
             math_verify_agreement()
+        elif args.only == "reference":
+            reference_suites()
         else:
             dead_judge_cost(args.judge_samples, args.judge_timeout)
         return 0
@@ -287,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.agreement:
         math_verify_agreement()
+        reference_suites()
     if args.judge:
         dead_judge_cost(args.judge_samples, args.judge_timeout)
     return 0
