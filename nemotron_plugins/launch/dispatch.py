@@ -10,7 +10,6 @@ import importlib
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from nemotron_plugins.launch.recipe_config import RecipeConfig, init_stage_output_dir
@@ -58,15 +57,14 @@ def resolve_trainer(task: str) -> Any:
 
 
 def checkpoint_exists(path: str | None) -> bool:
-    """Whether ``path`` holds a complete checkpoint (the runtime's ``latest`` marker, else any file)."""
+    """Whether ``path`` holds a complete training checkpoint (a committed distributed checkpoint, or a per-rank
+    checkpoint of the runtime's older format)."""
     if not path or not os.path.isdir(path):
         return False
-    try:
-        from nemotron_plugins.runtime.checkpoint import latest_step
+    from nemotron_plugins.runtime.checkpoint import latest_step
+    from nemotron_plugins.training.checkpointing import latest_checkpoint
 
-        return latest_step(path) is not None
-    except ImportError:  # pragma: no cover - runtime always ships with the package
-        return any(Path(path).iterdir())
+    return latest_checkpoint(path) is not None or latest_step(path) is not None
 
 
 def prerequisite(config: RecipeConfig) -> RecipeConfig | None:

@@ -951,8 +951,8 @@ def run_grpo(config: RecipeConfig) -> GRPOResult:
 def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear training procedure
     from nemotron_plugins.data.sources import SYNTHETIC, prepare_synthetic_data
     from nemotron_plugins.puzzle.block_config import to_hf_config
-    from nemotron_plugins.runtime.checkpoint import latest_step, load_training_state, save_training_state
     from nemotron_plugins.runtime.metrics import MetricsLogger
+    from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
     from nemotron_plugins.training.setup import (
         build_model,
         build_optimizer,
@@ -1021,7 +1021,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
         "seed": config.seed,
         "template": config.data.chat_template,
     }
-    resumed = latest_step(load_dir) if load_dir.exists() else None
+    resumed = latest_checkpoint(load_dir) if load_dir.exists() else None
     if resumed is not None and not config.checkpoint.resume:
         raise ValueError(
             f"checkpoint.resume=false but {load_dir} holds checkpoints; delete them or set checkpoint.save_dir elsewhere"
@@ -1045,20 +1045,18 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
 
     try:
         if resumed is not None:
-            state = load_training_state(load_dir, step=resumed, restore_rng=True)
-            model.load_state_dict(state.model_state)
-            optimizer.load_state_dict(state.optimizer_state)
-            if state.scheduler_state is not None:
-                scheduler.load_state_dict(state.scheduler_state)
-            pass_rates = state.extra.get("pass_rates")
-            result.before = dict(state.extra.get("before", {}))
-            if ref_model is not None and "ref_model" in state.extra:
-                ref_model.load_state_dict(state.extra["ref_model"])
+            # The reference policy stays the initial one (built above); model, optimizer (the distributed
+            # optimizer's sharded moments and fp32 main params included), scheduler, RNG and the data position
+            # come from the checkpoint, at the saved layout or another one.
+            loaded = load_checkpoint(load_dir, model=[ddp], optimizer=optimizer, scheduler=scheduler)
+            state = loaded["state"]
+            pass_rates = state.get("pass_rates")
+            result.before = dict(state.get("before", {}))
             kept_rates = apply_curriculum_filter(pass_rates) if pass_rates is not None else None
             sampler = _build_sampler(config, kept_rates, len(rows))
-            sampler.load_state_dict(state.sampler_state)
-            step = resumed
-            say(f"resumed from step {resumed} ({state.path})")
+            sampler.load_state_dict(state["sampler"])
+            step = int(loaded["step"])
+            say(f"resumed from step {step} ({loaded['path']})")
         else:
             if heldout and evaluation.at_start:
                 t = time.perf_counter()
@@ -1109,22 +1107,15 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
         )
 
         def save(at: int) -> None:
-            extra: dict[str, Any] = {
-                "pass_rates": pass_rates,
-                "before": result.before,
-                "puzzle_config": to_hf_config(model_config),
-            }
-            if ref_model is not None:
-                extra["ref_model"] = ref_model.state_dict()
-            save_training_state(
+            save_checkpoint(
                 ckpt_dir,
-                step=at,
-                model_state=model.state_dict(),
-                optimizer_state=optimizer.state_dict(),
-                scheduler_state=scheduler.state_dict(),
-                sampler_state=sampler.state_dict(),
-                extra=extra,
+                at,
+                model=[ddp],
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state={"pass_rates": pass_rates, "before": result.before, "sampler": sampler.state_dict()},
                 keep_last=config.checkpoint.keep_last,
+                config={"recipe": config.name, "task": config.task, "puzzle_config": to_hf_config(model_config)},
             )
 
         end_step = config.stop_after_steps or config.train_steps

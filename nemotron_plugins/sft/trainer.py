@@ -473,9 +473,9 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     from nemotron_plugins.data.sft import build_sft_examples
     from nemotron_plugins.data.sources import SYNTHETIC, iter_training_rows, prepare_synthetic_data, sft_row_source
     from nemotron_plugins.puzzle.block_config import to_hf_config
-    from nemotron_plugins.runtime.checkpoint import CheckpointManager, latest_step, load_training_state
     from nemotron_plugins.runtime.distributed import barrier
     from nemotron_plugins.runtime.metrics import MetricsLogger
+    from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
     from nemotron_plugins.training.setup import (
         build_model,
         build_optimizer,
@@ -545,7 +545,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     model = build_model(cfg, puzzle)
     save_dir = cfg.checkpoint.save_dir
     load_dir = cfg.checkpoint.load_dir or save_dir
-    resuming = bool(load_dir and latest_step(load_dir) is not None)
+    resuming = bool(load_dir and latest_checkpoint(load_dir) is not None)
     if not resuming:
         source_of_weights = initialise_weights(cfg, model, puzzle)
         if is_rank0:
@@ -554,7 +554,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     scheduler = build_scheduler(cfg, optimizer)
     device = model_device(model)
 
-    # ---- resume
+    # ---- resume (at the saved layout or another one: megatron's distributed checkpoints reshard)
     start_step = 0
     if resuming:
         if not cfg.checkpoint.resume:
@@ -562,28 +562,25 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
                 f"checkpoint.resume=false but {load_dir} holds checkpoints; delete them or set checkpoint.save_dir "
                 "elsewhere"
             )
-        state = load_training_state(load_dir, restore_rng=True)
-        model.load_state_dict(state.model_state)
-        optimizer.load_state_dict(state.optimizer_state)
-        scheduler.load_state_dict(state.scheduler_state)
-        start_step = state.step
+        loaded = load_checkpoint(load_dir, model=[ddp], optimizer=optimizer, scheduler=scheduler)
+        start_step = int(loaded["step"])
         if is_rank0:
-            print(f"[sft] resumed from {state.path} at step {start_step}", flush=True)
-    manager = CheckpointManager(save_dir, keep_last=cfg.checkpoint.keep_last) if save_dir else None
-    if manager is not None and is_rank0:
+            print(f"[sft] resumed from {loaded['path']} at step {start_step}", flush=True)
+    if save_dir and is_rank0:
         write_checkpoint_metadata(save_dir, puzzle, tokenizer)
-    extra = {"puzzle_config": to_hf_config(puzzle), "tokenizer": cfg.data.tokenizer}
 
     def save(step: int) -> None:
-        if manager is None:
+        if not save_dir:
             return
-        manager.save(
+        save_checkpoint(
+            save_dir,
             step,
-            model_state=model.state_dict(),
-            optimizer_state=optimizer.state_dict(),
-            scheduler_state=scheduler.state_dict(),
-            sampler_state={"step": step, "seed": cfg.seed},
-            extra=extra,
+            model=[ddp],
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state={"step": step, "seed": cfg.seed},
+            keep_last=cfg.checkpoint.keep_last,
+            config={"recipe": cfg.name, "task": cfg.task, "puzzle_config": to_hf_config(puzzle)},
         )
 
     result = SFTResult(start_step=start_step, steps_done=start_step, checkpoint_dir=save_dir)
@@ -695,7 +692,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         log.close()
     steps_run = result.steps_done - start_step
     result.seconds_per_step = (time.perf_counter() - t_loop) / max(1, steps_run)
-    if result.steps_done > start_step or manager is not None and latest_step(save_dir) is None:
+    if result.steps_done > start_step or save_dir and latest_checkpoint(save_dir) is None:
         save(result.steps_done)
     result.stopped_early = result.steps_done < cfg.train_steps
     if is_rank0 and save_dir:

@@ -241,7 +241,14 @@ def initialise_weights(config: RecipeConfig, model: Any, arch: PuzzleModelConfig
     from nemotron_plugins.puzzle.model import init_weights_layout_invariant_
 
     if config.init_checkpoint:
-        initial = read_init_checkpoint(config.init_checkpoint)
+        from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint
+
+        root = Path(config.init_checkpoint)
+        if root.name.startswith("iter_") or latest_checkpoint(root) is not None:
+            # A distributed training checkpoint of an earlier stage: the weights only, at this run's layout.
+            loaded = load_checkpoint(root, model=[model], load_rng=False)
+            return f"init_checkpoint {loaded['path']} (step {loaded['step']})"
+        initial = read_init_checkpoint(root)  # a per-rank .pt checkpoint or a single state-dict file
         load_state_into(model, initial, arch)
         return f"init_checkpoint {initial.path}"
     if config.model.checkpoint:

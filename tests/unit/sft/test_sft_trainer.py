@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from nemotron_plugins.chat.tokenizer import load_tokenizer
 from nemotron_plugins.data.packing import pack_examples
 from nemotron_plugins.data.sft import SFTExample
 from nemotron_plugins.launch.validation import RecipeValidationError
-from nemotron_plugins.sft.trainer import _batch_order, _RowTensors, load_sft_checkpoint, run_sft
+from nemotron_plugins.puzzle.block_config import load_hf_config
+from nemotron_plugins.sft.trainer import _batch_order, _RowTensors, run_sft
+from nemotron_plugins.training.checkpointing import latest_checkpoint, read_checkpoint_metadata
 from tests.run_configs import tiny_sft
 
 
@@ -39,10 +43,12 @@ def test_loss_falls_and_checkpoint_reloads(tmp_path) -> None:
     assert result.steps_done == 6 and not result.stopped_early
     assert result.eval is not None and result.eval["num_prompts"] == 2
     assert set(result.eval) >= {"on/think_format", "on/accuracy", "off/no_think", "off/accuracy"}
-    ckpt = load_sft_checkpoint(cfg.checkpoint.save_dir)
-    assert ckpt.step == 6 and ckpt.model_config.num_hidden_layers == 6
-    assert len(ckpt.tokenizer) == 106
-    assert any(k.endswith("linear_qkv.weight") for k in ckpt.model_state)
+    root = Path(cfg.checkpoint.save_dir)
+    assert latest_checkpoint(root) == 6
+    metadata = read_checkpoint_metadata(root / "iter_0000006")
+    assert metadata["config"]["task"] == "sft" and metadata["layout"]["tp"] == 1
+    assert load_hf_config(root).num_hidden_layers == 6  # the architecture and tokenizer beside the steps
+    assert len(load_tokenizer(root / "tokenizer")) == 106
 
 
 def test_kill_and_resume_reproduces_losses_exactly(tmp_path) -> None:
