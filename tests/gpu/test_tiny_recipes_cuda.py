@@ -11,13 +11,13 @@ from nemotron_plugins.launch.dispatch import run_recipe
 
 pytestmark = pytest.mark.gpu
 
-SFT_STEPS = 400
-GRPO_STEPS = 30
+SFT_STEPS = 800  # the recipes' own schedules (400 SFT steps leave a policy too weak for 30 GRPO steps to lift)
+GRPO_STEPS = 80
 
 
 def test_sft_then_grpo_on_cuda(tmp_path) -> None:
     assert torch.cuda.is_available()
-    common = ["cluster.device=cuda", "evaluation.num_samples=200", "logging.log_interval=50"]
+    common = ["cluster.device=cuda", "logging.log_interval=100"]
     sft = build_recipe(
         "tiny_puzzle_sft_cpu", [*common, f"output_dir={tmp_path / 'tiny_puzzle_sft_cpu'}", f"train_steps={SFT_STEPS}"]
     )
@@ -39,5 +39,5 @@ def test_sft_then_grpo_on_cuda(tmp_path) -> None:
     result = run_recipe(grpo)
     assert result.steps == GRPO_STEPS
     print(f"[gpu] SFT eval {sft_result.eval}; GRPO before {result.before}; after {result.after}", flush=True)
-    assert result.after["accuracy_sampled"] > result.before["accuracy_sampled"] + 0.05
+    assert result.after["accuracy_sampled"] > result.before["accuracy_sampled"] + 0.1
     assert torch.cuda.max_memory_allocated() > 0
