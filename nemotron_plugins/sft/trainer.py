@@ -16,27 +16,20 @@ on Post-Training-Dataset rows (by default the synthetic addition task with reaso
   so the loss is the token mean over the whole global batch, independent of the micro-batch split and of DP.
   Gradients are summed over DP with an all-reduce; the global gradient norm counts TP-replicated parameters once.
   ``optimizer.bf16`` runs forward and backward under ``torch.autocast(bfloat16)`` (fp32 master weights).
-* **Optimizer.** ``torch.optim.AdamW`` with the warmup + constant / linear / cosine schedule of
-  :class:`~nemotron_plugins.runtime.config.OptimizerConfig`. megatron's ``get_megatron_optimizer`` is not used: it
-  needs megatron's DDP wrapper with contiguous gradient buffers, which the CPU path does not build; plain AdamW on
-  each rank's shards is exact for TP / PP (every parameter shard lives on exactly one model-parallel rank).
-* **Checkpoints.** :class:`~nemotron_plugins.runtime.checkpoint.CheckpointManager` (atomic, per rank, with RNG
-  states) every ``checkpoint.save_interval`` steps and at the end. A run whose ``load_dir`` (or ``save_dir``) holds a
-  checkpoint resumes from it and reproduces the uninterrupted run's losses exactly (same layout, same machine).
+* **Optimizer.** The shared training stack (:mod:`nemotron_plugins.training.setup`): megatron DDP, megatron's
+  optimizer (the distributed optimizer with ``parallel.use_distributed_optimizer``; global-norm clipping) and its LR
+  scheduler (warmup, then constant / linear / cosine decay to ``optimizer.min_lr``).
+* **Checkpoints.** megatron distributed checkpoints (:mod:`nemotron_plugins.training.checkpointing`: model,
+  optimizer state, scheduler, data position, RNG; atomic; keep-last-N) every ``checkpoint.save_interval`` steps and
+  at the end. A run whose ``load_dir`` (or ``save_dir``) holds one resumes from it (same layout: exactly; another
+  layout: resharded).
 * **Evaluation** (PP=1): the held-out problems are asked with ``detailed thinking on`` and ``off``; greedy decoding
   (a plain no-cache loop, fine for short answers) and per mode the rate of well-formed think blocks (on), the rate
   of replies without think tags (off) and the answer accuracy, printed and returned.
 
-Final checkpoint format (for the GRPO stage, :func:`load_sft_checkpoint`)::
-
-    <checkpoint.save_dir>/
-      latest                 "step_000300"
-      step_000300/           rank_XXXXX.pt per rank (model_state = GPTModel.state_dict() of that rank's shard,
-                             optimizer / scheduler / RNG states, extra.puzzle_config = the HF config dict)
-      config.json            the model's HF config (block_configs)
-      tokenizer/             the tokenizer (save_pretrained)
-
-Run the demo: ``python -m nemotron_plugins.sft.trainer --demo`` (300 steps, ~few minutes on 2 CPU cores).
+Checkpoint root: ``iter_XXXXXXX/`` directories (megatron torch_dist), a ``latest`` marker, and beside them the
+model's HF ``config.json`` and ``tokenizer/`` so a later stage (``init_checkpoint``) and ``nemotron-plugins export``
+find the architecture and tokenizer.
 """
 
 from __future__ import annotations
