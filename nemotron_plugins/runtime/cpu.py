@@ -20,9 +20,8 @@ Rather than forking those modules, :func:`activate` installs three things, all u
    ``tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state`` (so ``get_cuda_rng_tracker().fork()``
    forks the CPU generator and tensor-parallel dropout stays rank-specific exactly as on GPU), and gradient
    clipping's ``clip_grad_by_total_norm_fp32`` (whose ``'torch.cuda.FloatTensor'`` assertion rejects CPU grads),
-   and megatron's ``DistributedOptimizer``: its constructor runs with ``Tensor.type()`` reporting CUDA names (it
-   sorts parameters by ``param.type()`` and rejects ``torch.FloatTensor``), its reduce-scatter / all-gather run on
-   gloo, and three fixes of its checkpoint code for torch's Adam (the no-Apex / TE path) make save / load exact.
+   and the ``DistributedOptimizer`` constructor, run with ``Tensor.type()`` reporting CUDA names (it sorts
+   parameters by ``param.type()`` and rejects ``torch.FloatTensor``); its reduce-scatter / all-gather run on gloo.
 
 With those, ``megatron.core.tensor_parallel.model_parallel_cuda_manual_seed`` seeds the CPU generator with the
 data-parallel seed and the tracker holds the tensor-parallel seeds, as on GPU.
@@ -355,73 +354,23 @@ class _CudaTypeNamesMode(TorchFunctionMode):
 
 
 def _patch_distributed_optimizer(state: _AdapterState) -> None:
-    """Let megatron's ``DistributedOptimizer`` run, save and load on CPU.
-
-    * Its constructor sorts parameters into fp32 / fp16 / bf16 groups by ``param.type()`` and rejects anything but
-      ``torch.cuda.*Tensor``; under the adapter CPU tensors stand in for CUDA ones, so the constructor runs with
-      :class:`_CudaTypeNamesMode` pushed. Its gradient reduce-scatter and parameter all-gather run on gloo as they are.
-    * Without Apex / Transformer Engine (always so on CPU) the inner optimizer is torch's Adam, which keeps a
-      per-parameter ``step`` tensor that megatron-core 0.16's checkpoint code mishandles in three places, fixed here
-      only on that path (``HAVE_APEX_OR_TE`` false): a fresh optimizer cannot build its loading template
-      (``state_dict()`` asserts on empty state: the state is initialised first, zero moments and step 0, as
-      megatron's ``init_state_fn`` does for the moments); the ``fully_reshardable`` load copies every state key of
-      the destination, ``step`` included, from tensors that never hold it (``KeyError: 'step'``; the step already
-      loaded from the param groups is kept); and ``load_state_dict`` gives every parameter the SAME step tensor, which
-      torch's Adam then increments once per parameter (wrong bias correction after a resume; each parameter gets its
-      own copy).
-    """
+    """Let megatron's ``DistributedOptimizer`` wrap CPU parameters: its constructor sorts parameters into fp32 /
+    fp16 / bf16 groups by ``param.type()`` and rejects anything but ``torch.cuda.*Tensor``; under the adapter CPU
+    tensors stand in for CUDA ones, so the constructor runs with :class:`_CudaTypeNamesMode` pushed. Nothing else of
+    the optimizer changes (its gradient reduce-scatter and parameter all-gather run on gloo)."""
     try:
-        from megatron.core.optimizer import distrib_optimizer
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
     except ImportError:  # pragma: no cover - megatron-core is a dependency
         return
-    cls = distrib_optimizer.DistributedOptimizer
-    torch_adam_path = not getattr(distrib_optimizer, "HAVE_APEX_OR_TE", True)
-    original_init = cls.__dict__["__init__"]
-    original_sharded = cls.__dict__["sharded_state_dict"]
-    original_set = cls.__dict__["_set_main_param_and_optimizer_states"]
-    original_load = cls.__dict__["load_state_dict"]
+    original = DistributedOptimizer.__dict__["__init__"]
 
-    @functools.wraps(original_init)
+    @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807 - replaces the constructor
         with _CudaTypeNamesMode():
-            original_init(self, *args, **kwargs)
+            original(self, *args, **kwargs)
 
-    @functools.wraps(original_sharded)
-    def sharded_state_dict(self: Any, *args: Any, **kwargs: Any) -> Any:
-        is_loading = kwargs.get("is_loading", args[1] if len(args) > 1 else False)
-        if is_loading and len(self.optimizer.state) == 0 and self.init_state_fn is not None:
-            self.init_state_fn(self.optimizer, self.config)
-            for group in self.optimizer.param_groups:
-                for param in group["params"]:
-                    self.optimizer.state[param].setdefault("step", torch.zeros((), dtype=torch.float32))
-        return original_sharded(self, *args, **kwargs)
-
-    @functools.wraps(original_set)
-    def _set_main_param_and_optimizer_states(self: Any, model_param: Any, tensors: dict[str, Any]) -> None:
-        if "step" not in tensors and not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
-            group_index, group_order = self.model_param_group_index_map[model_param]
-            current = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
-            if "step" in current:
-                tensors = {**tensors, "step": current["step"]}
-        original_set(self, model_param, tensors)
-
-    @functools.wraps(original_load)
-    def load_state_dict(self: Any, state_dict: Any) -> None:
-        original_load(self, state_dict)
-        for param_state in self.optimizer.state.values():
-            if isinstance(param_state.get("step"), torch.Tensor):
-                param_state["step"] = param_state["step"].clone()
-
-    patches: dict[str, Any] = {"__init__": (original_init, __init__)}
-    if torch_adam_path:
-        patches.update(
-            sharded_state_dict=(original_sharded, sharded_state_dict),
-            _set_main_param_and_optimizer_states=(original_set, _set_main_param_and_optimizer_states),
-            load_state_dict=(original_load, load_state_dict),
-        )
-    for name, (original, replacement) in patches.items():
-        state.saved.append((cls, name, original))
-        setattr(cls, name, replacement)
+    state.saved.append((DistributedOptimizer, "__init__", original))
+    DistributedOptimizer.__init__ = __init__
 
 
 def activate(*, force: bool = False) -> bool:

@@ -1,12 +1,9 @@
-"""megatron's DistributedOptimizer on the CPU path (gloo and the CPU adapter's stand-ins in runtime/cpu.py): it
-runs, really shards, and its sharded state (Adam moments, fp32 main params, step) saves and loads exactly through
-megatron's dist_checkpointing in the ``fully_reshardable`` format.
+"""megatron's DistributedOptimizer on the CPU path (gloo, the CPU adapter's constructor stand-in), the optimizer
+whose sharded state (Adam moments, fp32 main params) the distributed-optimizer checkpoint tests save and reload.
 
-Two gloo processes (DP2) train copies of the tiny Puzzle model on the same data: under megatron's plain optimizer,
-under the DistributedOptimizer (saving model + optimizer after step 2 with megatron's own API), and a fresh
-DistributedOptimizer run that loads that checkpoint and trains the last step. The distributed run must shard (each
-rank holds about half of the main params and moments), match the plain one to reduction rounding, and the resumed
-run must match it bit for bit (loss, weights, main params, moments).
+Two gloo processes (DP2) train two copies of the tiny Puzzle model for three steps on the same data: one under
+megatron's plain optimizer, one under the DistributedOptimizer. The distributed one must really shard (each rank
+holds about half of the main params and moments) and give the same losses and weights to reduction rounding.
 """
 
 from __future__ import annotations
@@ -21,20 +18,10 @@ from nemotron_plugins.runtime.distributed import run_local_processes
 pytest.importorskip("megatron.core")
 
 STEPS = 3
-SAVE_AT = 2
 SEQ = 16
 
 
-def _sharded(ddp: Any, optimizer: Any, is_loading: bool) -> dict[str, Any]:
-    model_sd = ddp.module.sharded_state_dict()
-    metadata = {"distrib_optim_sharding_type": "fully_reshardable"}
-    return {
-        "model": model_sd,
-        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata),
-    }
-
-
-def _train(rank: int, dist_opt: bool, ckpt: str | None = None, resume: bool = False) -> dict[str, Any]:
+def _train(rank: int, dist_opt: bool) -> dict[str, Any]:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
@@ -60,18 +47,10 @@ def _train(rank: int, dist_opt: bool, ckpt: str | None = None, resume: bool = Fa
         ),
         [ddp],
     )
-    from megatron.core import dist_checkpointing
-
     inner = getattr(optimizer, "chained_optimizers", [optimizer])
     position_ids = torch.arange(SEQ).unsqueeze(0).expand(2, SEQ)
-    losses = {}
-    first = 0
-    if resume:
-        loaded = dist_checkpointing.load(_sharded(ddp, optimizer, True), ckpt)
-        ddp.module.load_state_dict(loaded["model"])
-        optimizer.load_state_dict(loaded["optimizer"])
-        first = SAVE_AT
-    for step in range(first, STEPS):
+    losses = []
+    for step in range(STEPS):
         tokens = torch.randint(1, 128, (4, SEQ + 1), generator=torch.Generator().manual_seed(step))
         mine = tokens[2 * rank : 2 * rank + 2]
 
@@ -88,9 +67,7 @@ def _train(rank: int, dist_opt: bool, ckpt: str | None = None, resume: bool = Fa
         result = optimizer_step([ddp], optimizer, None, [mine], forward_step, seq_length=SEQ, micro_batch_size=2)
         loss = torch.tensor(float(result.reports[0]["loss_sum"]))
         torch.distributed.all_reduce(loss)
-        losses[step] = loss.item() / (4 * SEQ)
-        if ckpt is not None and not resume and step + 1 == SAVE_AT:
-            dist_checkpointing.save(_sharded(ddp, optimizer, False), ckpt, sharded_strategy=("torch_dist", 1))
+        losses.append(loss.item() / (4 * SEQ))
     main_numel = sum(p.numel() for o in inner for g in o.optimizer.param_groups for p in g["params"])
     moments = sum(s["exp_avg"].numel() for o in inner for s in o.optimizer.state.values())
     return {
@@ -101,48 +78,30 @@ def _train(rank: int, dist_opt: bool, ckpt: str | None = None, resume: bool = Fa
         "model_numel": sum(p.numel() for p in model.parameters()),
         "main_numel": main_numel,
         "moment_numel": moments,
-        "state": [(k, t.clone()) for o in inner for st in o.optimizer.state.values() for k, t in sorted(st.items())],
-        "main": [p.detach().clone() for o in inner for g in o.optimizer.param_groups for p in g["params"]],
     }
 
 
-def three_runs(rank: int, ckpt: str) -> dict[str, dict[str, Any]]:
-    """Rank ``rank`` of a DP2 group: the plain run, the distributed run (saving), the resumed distributed run."""
+def both_optimizers(rank: int) -> dict[str, dict[str, Any]]:
+    """Rank ``rank`` of a DP2 group: the plain and the distributed optimizer run, one after the other."""
     from nemotron_plugins.runtime.distributed import init_distributed
 
     init_distributed(seed=1)
-    return {
-        "plain": _train(rank, False),
-        "distributed": _train(rank, True, ckpt),
-        "resumed": _train(rank, True, ckpt, resume=True),
-    }
+    return {"plain": _train(rank, False), "distributed": _train(rank, True)}
 
 
-@pytest.mark.slow  # ~30 s on an idle 2-core runner (two gloo processes, three tiny models)
-def test_distributed_optimizer_runs_on_cpu_sharded_and_resumes_exactly(tmp_path) -> None:
-    ckpt = tmp_path / "dist"
-    ckpt.mkdir()
-    ranks = run_local_processes(three_runs, 2, (str(ckpt),), timeout_s=400)
+@pytest.mark.slow  # ~25 s on an idle 2-core runner (two gloo processes, two tiny models)
+def test_distributed_optimizer_runs_on_cpu_sharded_and_matches_the_plain_one() -> None:
+    ranks = run_local_processes(both_optimizers, 2, timeout_s=400)
     for rank, out in enumerate(ranks):
         plain, dist = out["plain"], out["distributed"]
         assert dist["is_distributed"] and not plain["is_distributed"], (dist["kinds"], plain["kinds"])
         assert plain["main_numel"] == plain["model_numel"]  # the plain optimizer holds every parameter
         assert dist["main_numel"] < 0.75 * dist["model_numel"], rank  # the distributed one about half
         assert dist["moment_numel"] == dist["main_numel"], rank
-        assert plain["losses"].keys() == dist["losses"].keys() == set(range(STEPS))
-        for step, loss in plain["losses"].items():
-            assert abs(loss - dist["losses"][step]) <= 1e-6 * max(1.0, abs(loss)), (rank, plain, dist["losses"])
+        for a, b in zip(plain["losses"], dist["losses"], strict=True):
+            assert abs(a - b) <= 1e-6 * max(1.0, abs(a)), (rank, plain["losses"], dist["losses"])
         for name, p in plain["params"].items():
             assert (p - dist["params"][name]).abs().max().item() <= 1e-6, (rank, name)
-        resumed = out["resumed"]
-        assert resumed["losses"] == {s: dist["losses"][s] for s in range(SAVE_AT, STEPS)}, rank  # bit-exact
-        for name, p in dist["params"].items():
-            assert torch.equal(p, resumed["params"][name]), (rank, name)
-        assert len(resumed["main"]) == len(dist["main"]) and len(resumed["state"]) == len(dist["state"]) > 0
-        for a, b in zip(dist["main"], resumed["main"], strict=True):
-            assert torch.equal(a, b), rank  # fp32 main params
-        for (key_a, a), (key_b, b) in zip(dist["state"], resumed["state"], strict=True):
-            assert key_a == key_b and torch.equal(a, b), (rank, key_a, key_b)  # moments and Adam's step
     shards = [out["distributed"]["main_numel"] for out in ranks]
     assert sum(shards) == ranks[0]["distributed"]["model_numel"]  # the two shards cover the model exactly once
     assert ranks[0]["distributed"]["params"].keys() == ranks[1]["distributed"]["params"].keys()
