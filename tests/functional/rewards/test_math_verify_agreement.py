@@ -37,7 +37,10 @@ def agreement(cases: list[dict]) -> tuple[int, list[tuple[dict, object]]]:
     misses = []
     for case in cases:
         key = (case.get("float_rounding", 6), case.get("allow_set_relation_comp", False))
-        reward = rewards.setdefault(key, MathReward(float_rounding=key[0], allow_set_relation_comp=key[1]))
+        # A generous math-verify timeout: on a loaded machine its alarm must not turn a slow parse into a "no".
+        reward = rewards.setdefault(
+            key, MathReward(float_rounding=key[0], allow_set_relation_comp=key[1], timeout_s=60.0)
+        )
         [result] = reward.score([RewardSample(completion=case["pred"], ground_truth=case["gold"])])
         got = result.score if result.status is RewardStatus.OK else result.status.value
         if got != case["expected"]:
