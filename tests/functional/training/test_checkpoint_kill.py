@@ -25,7 +25,11 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.mark.slow
 def test_kill_inside_save_keeps_a_loadable_checkpoint(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",  # five children at once on a small machine
+    }
     env.pop(CRASH_ENV, None)
     roots = {point: str(tmp_path / point) for point in CRASH_POINTS}
     procs = {
