@@ -8,6 +8,7 @@ then dies inside the third save. One more process then inspects and loads every 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,11 +41,14 @@ def test_kill_inside_save_keeps_a_loadable_checkpoint(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: megatron's writer Manager dies with it below
         )
         for point, root in roots.items()
     }
     for point, proc in procs.items():
         _, err = proc.communicate(timeout=600)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the SIGKILLed saver's orphaned multiprocessing Manager
         assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, err[-3000:])  # died at that stage
 
     (records,) = run_local_processes(verify_killed, 1, (roots,), timeout_s=600)
