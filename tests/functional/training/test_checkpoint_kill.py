@@ -33,22 +33,26 @@ def test_kill_inside_save_keeps_a_loadable_checkpoint(tmp_path: Path) -> None:
     }
     env.pop(CRASH_ENV, None)
     roots = {point: str(tmp_path / point) for point in CRASH_POINTS}
+    logs = {point: open(tmp_path / f"{point}.stderr", "w") for point in CRASH_POINTS}  # noqa: SIM115
     procs = {
         point: subprocess.Popen(
             [sys.executable, "-m", "tests.functional.training.checkpoint_worker", "kill", root, point],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # its own process group: megatron's writer Manager dies with it below
+            stderr=logs[
+                point
+            ],  # a file, not a pipe: megatron's writer Manager outlives the child and keeps pipes open
+            start_new_session=True,  # its own process group, reaped below with that Manager
         )
         for point, root in roots.items()
     }
     for point, proc in procs.items():
-        _, err = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the SIGKILLed saver's orphaned multiprocessing Manager
+        logs[point].close()
+        err = (tmp_path / f"{point}.stderr").read_text()
         assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, err[-3000:])  # died at that stage
 
     (records,) = run_local_processes(verify_killed, 1, (roots,), timeout_s=600)
