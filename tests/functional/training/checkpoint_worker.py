@@ -311,6 +311,7 @@ def kill_child(root: str, point: str) -> None:
         save_checkpoint(root, step, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=2)
     os.environ[CRASH_ENV] = point
     step = 2 if point == "between_renames" else 3
+    state["step"] = step
     save_checkpoint(root, step, model=run["model"], optimizer=run["optimizer"], state=state, keep_last=1)
     raise SystemExit(3)  # not reached when the crash point fires
 
