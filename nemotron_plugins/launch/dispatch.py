@@ -61,10 +61,15 @@ def checkpoint_exists(path: str | None) -> bool:
     checkpoint of the runtime's older format)."""
     if not path or not os.path.isdir(path):
         return False
-    from nemotron_plugins.runtime.checkpoint import latest_step
+    from nemotron_plugins.runtime.checkpoint import CheckpointError, latest_step
     from nemotron_plugins.training.checkpointing import latest_checkpoint
 
-    return latest_checkpoint(path) is not None or latest_step(path) is not None
+    if latest_checkpoint(path) is not None:
+        return True
+    try:
+        return latest_step(path) is not None
+    except CheckpointError:  # a marker of the distributed format without a complete checkpoint
+        return False
 
 
 def prerequisite(config: RecipeConfig) -> RecipeConfig | None:

@@ -96,14 +96,14 @@ def test_sft_then_grpo_then_export_reloads_to_the_same_logits(tmp_path: Path) ->
     from nemotron_plugins.puzzle.model import build_puzzle_model
     from nemotron_plugins.runtime.config import ParallelConfig
     from nemotron_plugins.runtime.distributed import distributed_context
-    from nemotron_plugins.training.setup import read_init_checkpoint
+    from nemotron_plugins.training.checkpointing import load_checkpoint
 
     arch = load_hf_config(hf)
     tokens = torch.randint(0, arch.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(24).expand(2, 24)
     with distributed_context(ParallelConfig(), seed=0):
         trained = build_puzzle_model(arch, seq_length=256, perform_initialization=False)
-        trained.load_state_dict(read_init_checkpoint(runs / "grpo" / "checkpoints").state)
+        load_checkpoint(runs / "grpo" / "checkpoints", model=[trained], load_rng=False)
         reloaded = build_puzzle_model(arch, seq_length=256, perform_initialization=False)
         load_hf_checkpoint(reloaded, hf, progress=False)
         with torch.no_grad():

@@ -96,7 +96,9 @@ def test_hostile_inputs_through_every_adapter(tmp_path, monkeypatch, short_pool_
     env = adapters.NemoRLRewardEnvironment(pooled)
     ret = env.step([[{"role": "assistant", "content": t}] for t in texts], [{"ground_truth": g} for g in gts])
     assert ret.rewards.tolist() == [0.0] * (n - 1) + [1.0]
-    assert pooled.started == pooled.workers + pooled.killed  # every adapter used the one pool: no worker started in-process
+    assert (
+        pooled.started == pooled.workers + pooled.killed
+    )  # every adapter used the one pool: no worker started in-process
 
     monkeypatch.setenv("NEMOTRON_REWARD", "math")
     entry = adapters.reward_func(queries, ["q "] * n, gts)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nemotron_plugins.runtime.checkpoint import latest_step
 from nemotron_plugins.runtime.metrics import read_jsonl
+from nemotron_plugins.training.checkpointing import latest_checkpoint as latest_step
 
 SCRIPT = Path(__file__).with_name("grpo_kill_resume_run.py")
 STEPS = 6
