@@ -28,6 +28,7 @@ def _start(out: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group: megatron's checkpoint-writer process goes down with it
     )
 
 
@@ -48,7 +49,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and proc.poll() is None:
         if (run / "checkpoints").exists() and (latest_step(run / "checkpoints") or 0) >= KILL_AFTER:
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and its checkpoint-writer process, as a node failure would
             break
         time.sleep(0.02)
     proc.communicate(timeout=60)
