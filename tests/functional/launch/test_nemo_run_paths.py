@@ -41,7 +41,7 @@ def test_local_executor_runs_tiny_sft(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stderr
     ckpt = out_dir / "checkpoints"
-    assert (ckpt / "latest").read_text().strip() == "step_000002"
+    assert (ckpt / "latest").read_text().strip() == "iter_0000002"  # a megatron distributed checkpoint
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert rows, "the trainer wrote no metrics"
 
