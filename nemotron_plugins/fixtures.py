@@ -161,15 +161,10 @@ def fixture_model_config(vocab_size: int) -> PuzzleModelConfig:
         BlockConfig(attention=AttentionConfig.gqa(4), ffn=ffn(2.625)),
     ]
     ids = {t: i for i, t in enumerate(FIXTURE_SPECIAL_TOKENS)}
+    from nemotron_plugins.puzzle.block_config import _DECILM_HF_EXTRA
+
     extra = {
-        "architectures": ["DeciLMForCausalLM"],
-        "model_type": "nemotron-nas",
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
-        "intermediate_size": None,
-        "num_key_value_heads": None,
-        "torch_dtype": "bfloat16",
+        **_DECILM_HF_EXTRA,  # the nemotron-nas / DeciLM top-level keys every export writes
         "bos_token_id": ids["<|begin_of_text|>"],
         "eos_token_id": ids["<|eot_id|>"],
         "initializer_range": 0.02,

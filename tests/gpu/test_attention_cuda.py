@@ -4,8 +4,6 @@ engine's cached bf16 log-probs against a full forward. Run on a GPU machine: ``p
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -18,17 +16,6 @@ from nemotron_plugins.puzzle.block_config import AttentionConfig, BlockConfig, F
 from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")]
-
-
-@pytest.fixture(scope="module")
-def dist():
-    from nemotron_plugins.runtime.distributed import distributed_context
-
-    assert torch.cuda.is_available()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with distributed_context(seed=1) as ctx:
-            yield ctx
 
 
 def every_kind_config(hidden: int = 256, heads: int = 8, vocab: int = 512):

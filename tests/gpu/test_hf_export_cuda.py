@@ -5,7 +5,6 @@ Run on a GPU machine: ``pytest -m gpu tests/gpu``."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -16,17 +15,6 @@ from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layou
 transformers = pytest.importorskip("transformers")
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")]
-
-
-@pytest.fixture(scope="module")
-def dist():
-    from nemotron_plugins.runtime.distributed import distributed_context
-
-    assert torch.cuda.is_available()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with distributed_context(seed=1) as ctx:
-            yield ctx
 
 
 def plain_llama(layers: int = 4):

@@ -5,8 +5,6 @@ Run on a GPU machine: ``pytest -m gpu tests/gpu``."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -20,17 +18,6 @@ OPTIONS = {
     "selective recompute": {"recompute_granularity": "selective"},
     "full recompute": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
 }
-
-
-@pytest.fixture(scope="module")
-def dist():
-    from nemotron_plugins.runtime.distributed import distributed_context
-
-    assert torch.cuda.is_available()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with distributed_context(seed=1) as ctx:
-            yield ctx
 
 
 def _loss_and_grads(overrides: dict) -> tuple[float, torch.Tensor]:
