@@ -44,6 +44,25 @@ class RLAlgorithm:
         """Advantages of ``[num_prompts, num_generations]`` rewards (or flat rewards grouped consecutively)."""
         return advantages_from_config(torch.as_tensor(rewards, dtype=torch.float32), cfg)
 
+    def shape_rewards(
+        self, rewards: torch.Tensor, completion_lengths: torch.Tensor, finished: torch.Tensor, cfg: GRPOConfig
+    ) -> torch.Tensor:
+        """Rewards after length shaping (flat, one per sample), before advantages; the base returns them unchanged.
+
+        Args:
+            rewards: ``[num_samples]`` weighted reward totals.
+            completion_lengths: ``[num_samples]`` generated token counts.
+            finished: ``[num_samples]`` bool, False where the completion hit the length limit.
+            cfg: The algorithm config.
+        """
+        del completion_lengths, finished, cfg
+        return rewards
+
+    def loss_sample_mask(self, finished: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
+        """``[num_samples]`` bool: which samples' tokens enter the loss (all, in the base)."""
+        del cfg
+        return torch.ones_like(torch.as_tensor(finished), dtype=torch.bool)
+
     def loss(self, *args: Any, cfg: GRPOConfig, **kwargs: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """:func:`~nemotron_plugins.rl.loss.compute_policy_loss` with this config."""
         return compute_policy_loss(*args, cfg=cfg, **kwargs)

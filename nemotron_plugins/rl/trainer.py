@@ -776,11 +776,14 @@ def train_step(
     t1 = time.perf_counter()
     total, per = distributed_score(rewards, texts, sample_rows)
     t_reward = time.perf_counter() - t1
-    adv = algorithm.advantages(total.float().view(len(batch), g), cfg)
+    lengths = torch.tensor([len(c) for c in samples.completion_ids], dtype=torch.float64)
+    finished = torch.tensor(samples.finished, dtype=torch.bool)
+    shaped = algorithm.shape_rewards(total, lengths, finished, cfg)
+    adv = algorithm.advantages(shaped.float().view(len(batch), g), cfg)
     flat_adv = adv.flat()
     keep_groups = ~adv.zero_std_groups if cfg.skip_uniform_groups else torch.ones(len(batch), dtype=torch.bool)
-    keep = keep_groups.repeat_interleave(g).nonzero().flatten().tolist()
-    lengths = torch.tensor([len(c) for c in samples.completion_ids], dtype=torch.float64)
+    keep_samples = keep_groups.repeat_interleave(g) & algorithm.loss_sample_mask(finished, cfg)
+    keep = keep_samples.nonzero().flatten().tolist()
     metrics: dict[str, float] = {
         "reward/total": float(total.mean()),
         "accuracy": float(per[accuracy_reward_name(config)].nanmean()),
