@@ -8,7 +8,8 @@ rundir``; an existing artefact is reused unless ``--force``):
 
 ``puzzle library PARENT RUN --calibration TOKENS``, ``puzzle bld RUN --tokens TOKENS``, ``puzzle score RUN --held-out TOKENS``,
 ``puzzle search RUN (--param-fraction F | --memory-bytes B | --latency-s S | --throughput T)``,
-``puzzle realize RUN``, ``puzzle fuse CHECKPOINT OUT --calibration TOKENS --threshold D``.
+``puzzle realize RUN``, ``puzzle distill RUN --tokens TOKENS [--steps N --tensor-parallel T ...]``,
+``puzzle fuse CHECKPOINT OUT --calibration TOKENS --threshold D``.
 Token files are ``.pt`` / ``.npy`` / ``.json`` integer arrays ``[batch, seq]``.
 """
 
@@ -86,6 +87,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     real.add_argument("--solution", type=int, default=0, help="which solution (0: the best)")
     real.add_argument("--force", action="store_true")
     real.set_defaults(func=run_realize)
+
+    dist = sub.add_parser(
+        "distill",
+        help="stage 6: global knowledge distillation of the child from the parent (hidden-state cosine + logit KL)",
+        description="Train the realized child to imitate the parent on the megatron training stack (TP / DP; gloo "
+        "processes on CPU) and write it as an HF checkpoint.",
+    )
+    dist.add_argument("run", help="run directory (after `puzzle realize`)")
+    dist.add_argument("--tokens", required=True, help="training token ids (kept apart from the held-out ones)")
+    dist.add_argument("--child", default=None, help="child HF checkpoint (default RUN/child)")
+    dist.add_argument("--out", default=None, help="distilled checkpoint directory (default RUN/child_distilled)")
+    dist.add_argument("--steps", type=int, default=100)
+    dist.add_argument("--global-batch-size", type=int, default=8)
+    dist.add_argument("--micro-batch-size", type=int, default=4)
+    dist.add_argument("--lr", type=float, default=1e-4)
+    dist.add_argument("--min-lr", type=float, default=0.0)
+    dist.add_argument("--warmup-steps", type=int, default=0)
+    dist.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="cosine")
+    dist.add_argument("--clip-grad", type=float, default=1.0, help="global gradient-norm clip (0: off)")
+    dist.add_argument("--kl-weight", type=float, default=1.0, help="weight of KL(parent || child) on the logits")
+    dist.add_argument("--cosine-weight", type=float, default=1.0, help="weight of 1 - cos on every layer's output")
+    dist.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the KL term")
+    dist.add_argument("--tensor-parallel", type=int, default=1, help="TP size")
+    dist.add_argument("--data-parallel", type=int, default=1, help="DP size (TP x DP local processes)")
+    dist.add_argument("--sequence-parallel", action="store_true", help="megatron sequence parallelism (TP > 1)")
+    dist.add_argument("--seed", type=int, default=0)
+    dist.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    dist.add_argument("--force", action="store_true")
+    dist.set_defaults(func=run_distill)
 
     fuse = sub.add_parser("fuse", help="stage 7: FFN Fusion plan (dependency metric) and the fused checkpoint")
     fuse.add_argument("checkpoint", help="HF checkpoint to fuse")
@@ -370,6 +400,66 @@ def run_realize(args: argparse.Namespace) -> int:
     )
     for row in report["layers"]:
         print(f"  layer {row['layer']:>3}: {row['choice']}")
+    return 0
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """Stage 6."""
+    from nemotron_plugins.puzzle.search.distill import DistillError, DistillSettings
+    from nemotron_plugins.puzzle.search.distill import run_distill as distill_child
+    from nemotron_plugins.puzzle.search.rundir import load_tokens, write_json
+    from nemotron_plugins.runtime.distributed import DistributedError
+    from nemotron_plugins.training.setup import RunSetupError
+
+    run = Path(args.run)
+    child = Path(args.child) if args.child else run / "child"
+    out = Path(args.out) if args.out else run / "child_distilled"
+    if (out / "config.json").is_file() and (run / "distill.json").is_file() and not args.force:
+        print(f"{out} exists; reusing it (--force retrains)")
+        return 0
+    if not (child / "config.json").is_file():
+        fail(f"--child: {child} holds no config.json: run `nemotron-plugins puzzle realize {run}` first")
+    parent = _run_meta(run)["parent"]
+    settings = DistillSettings(
+        steps=args.steps,
+        global_batch_size=args.global_batch_size,
+        micro_batch_size=args.micro_batch_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
+        clip_grad=args.clip_grad,
+        kl_weight=args.kl_weight,
+        cosine_weight=args.cosine_weight,
+        temperature=args.temperature,
+        tensor_model_parallel_size=args.tensor_parallel,
+        data_parallel_size=args.data_parallel,
+        sequence_parallel=args.sequence_parallel,
+        seed=args.seed,
+        torch_threads=args.threads,
+    )
+    try:
+        tokens = load_tokens(args.tokens, what="--tokens")
+        result = distill_child(parent, child, tokens, out, settings)
+    except (DistillError, RunSetupError, DistributedError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    write_json(
+        run / "distill.json",
+        {
+            "parent": parent,
+            "child": str(child),
+            "out": str(out),
+            "layout": result.layout,
+            "tokens": tokens.numel(),
+            "settings": {f: getattr(settings, f) for f in settings.__slots__},
+            "losses": result.losses,
+        },
+    )
+    first, last = result.losses[0], result.losses[-1]
+    print(
+        f"distill ({result.layout}): loss {first['loss']:.4f} -> {last['loss']:.4f} (kl {first['kl']:.4f} -> "
+        f"{last['kl']:.4f}, cosine {first['cosine']:.4f} -> {last['cosine']:.4f}) over {settings.steps} steps -> {out}"
+    )
     return 0
 
 

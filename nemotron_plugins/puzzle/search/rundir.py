@@ -6,6 +6,7 @@ Layout (``RUN/``)::
     scores.json                                          stage 3: replace-1-block scores and costs per variant
     search.json                                          stage 4: the MIP solutions per scenario
     child/  child/report.json                            stage 5: the realized child (HF checkpoint) and its report
+    child_distilled/, distill.json                       stage 6: the distilled child (HF checkpoint) and its losses
     fusion_plan.json, fused/                             stage 7: the FFN Fusion plan and the fused checkpoint
 
 A stage whose artefact exists is skipped (``--force`` recomputes it).

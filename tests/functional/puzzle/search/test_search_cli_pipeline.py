@@ -1,10 +1,11 @@
-"""`nemotron-plugins puzzle library -> score -> search -> realize -> fuse` on a tiny parent checkpoint, on CPU."""
+"""`nemotron-plugins puzzle library -> bld -> score -> search -> realize -> distill -> fuse` on a tiny parent, on CPU."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from nemotron_plugins.cli.main import main
@@ -52,6 +53,17 @@ def test_search_pipeline_cli(tmp_path: Path, capsys) -> None:
     got = forward(load_hf_config(run / "child"), read_hf_state_dict(run / "child"), ids)
     torch.testing.assert_close(got, forward(searched_cfg, searched_w, ids), rtol=1e-5, atol=1e-5)
 
+    # stage 6: global distillation on the megatron stack, written as an HF checkpoint of the same architecture
+    distill = ["puzzle", "distill", str(run), "--tokens", calib, "--steps", "3", "--global-batch-size", "4"]
+    assert main([*distill, "--micro-batch-size", "2", "--lr", "1e-3"]) == 0
+    record = json.loads((run / "distill.json").read_text())
+    assert len(record["losses"]) == 3 and record["layout"] == "TP1 DP1"
+    assert load_hf_config(run / "child_distilled").blocks == load_hf_config(run / "child").blocks
+    assert main(distill) == 0 and "reusing" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*distill, "--force", "--micro-batch-size", "3"])
+    assert "global_batch_size 4 must split" in capsys.readouterr().err
+
     # an impossible budget is explained, naming the limit and the best achievable value
     assert main(["puzzle", "search", str(run), "--param-fraction", "0.01", "--force"]) == 1
     out = capsys.readouterr().out
@@ -62,7 +74,7 @@ def test_search_pipeline_cli(tmp_path: Path, capsys) -> None:
             [
                 "puzzle",
                 "fuse",
-                str(run / "child"),
+                str(run / "child_distilled"),
                 str(tmp_path / "fused"),
                 "--calibration",
                 calib,
