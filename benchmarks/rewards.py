@@ -32,6 +32,11 @@ in the same run when trl is installed; ``None`` = the sample is skipped, our ``i
 checker tests at instruction level (``ifeval``'s verifiers vs the reference checker's expected verdicts), and
 Math-Verify's own ``parse``/``verify`` on its regression cases with each test's settings (the reference itself, for
 scale).
+
+Table 6 (``--agreement``, or alone with ``--only ifeval``): ``ifeval`` against Google's IFEval reference checker on
+Google's published GPT-4 sample responses (541 prompts, 834 instructions; reference verdicts vendored in
+``tests/unit/rewards/data/ifeval_gpt4_sample_reference.jsonl.gz``, provenance in that folder's README): instruction-
+and prompt-level agreement, per instruction type, each disagreement listed.
 """
 
 from __future__ import annotations
@@ -207,6 +212,47 @@ def reference_suites() -> None:
         print(f"{name:<46} {agreed:>7} {total:>6} {agreed / total if total else float('nan'):>7.1%}")
 
 
+def ifeval_gpt4_agreement() -> None:
+    """Table 6: ``ifeval`` vs Google's reference checker on Google's GPT-4 sample responses."""
+    import gzip
+    import json
+    from collections import Counter
+
+    from nemotron_plugins.rewards.ifeval import IFEvalReward
+
+    path = DATA / "ifeval_gpt4_sample_reference.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    samples = [
+        RewardSample(
+            completion=row["response"],
+            ground_truth={"instruction_id_list": row["instruction_id_list"], "kwargs": row["kwargs"]},
+        )
+        for row in rows
+    ]
+    results, seconds = timed(IFEvalReward().score, samples)
+    total, agree, differ = Counter(), Counter(), []
+    prompts_agree = 0
+    for row, result in zip(rows, results, strict=True):
+        ours = [v == 1.0 for v in result.components.values()] if result.ok else [None] * len(row["reference"])
+        prompts_agree += (all(ours) if result.ok else None) == all(row["reference"])
+        for iid, got, ref in zip(row["instruction_id_list"], ours, row["reference"], strict=True):
+            total[iid] += 1
+            if got == ref:
+                agree[iid] += 1
+            else:
+                differ.append((row["key"], iid, got, ref))
+    n, k = sum(total.values()), sum(agree.values())
+    print(f"\nTable 6: ifeval vs Google's IFEval checker on its GPT-4 sample responses ({path.name})")
+    print(f"instruction level: {k}/{n} = {k / n:.2%}; prompt level (all followed): {prompts_agree}/{len(rows)}")
+    print(f"scored {len(rows)} samples in {seconds:.2f} s in this process")
+    print(f"{'instruction type':<46} {'agree':>6} {'of':>5}")
+    for iid in sorted(total):
+        print(f"{iid:<46} {agree[iid]:>6} {total[iid]:>5}")
+    for key, iid, got, ref in differ:
+        print(f"  differs: prompt {key} {iid}: ours {got}, reference {ref}")
+
+
 def dead_judge_cost(samples: int, timeout_s: float) -> None:
     """Table 4: one step's wall time against a judge that never answers, with and without the circuit breaker."""
     import socket
@@ -275,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples; skip the baseline on the adversarial mix")
     parser.add_argument("--agreement", action="store_true", help="add table 3 (Math-Verify's regression cases)")
     parser.add_argument("--judge", action="store_true", help="add table 4 (a dead judge's cost per step)")
-    parser.add_argument("--only", choices=("agreement", "judge", "reference"), help="run only that table")
+    parser.add_argument("--only", choices=("agreement", "judge", "reference", "ifeval"), help="run only that table")
     parser.add_argument("--judge-samples", type=int, default=72 * 16, help="samples in the dead-judge step")
     parser.add_argument("--judge-timeout", type=float, default=2.0, help="judge request timeout for table 4 (s)")
     args = parser.parse_args(argv)
@@ -286,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             math_verify_agreement()
         elif args.only == "reference":
             reference_suites()
+        elif args.only == "ifeval":
+            ifeval_gpt4_agreement()
         else:
             dead_judge_cost(args.judge_samples, args.judge_timeout)
         return 0
@@ -358,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.agreement:
         math_verify_agreement()
         reference_suites()
+        ifeval_gpt4_agreement()
     if args.judge:
         dead_judge_cost(args.judge_samples, args.judge_timeout)
     return 0

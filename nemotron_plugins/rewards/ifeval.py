@@ -17,7 +17,10 @@ signal) or 1.0 only when all are (``aggregate="all"``, IFEval's prompt-level str
 The supported instruction ids are the keys of :data:`VERIFIERS`: all 25 of IFEval's instruction types, plus
 ``startend:start_checker``.
 ``language:response_language`` uses langdetect (the detector Google's reference checker uses, seeded so a verdict is
-reproducible; text langdetect cannot classify, such as digits only, counts as followed, as in the reference). An
+reproducible; text langdetect cannot classify, such as digits only, counts as followed, as in the reference), and so do
+``change_case:english_lowercase`` / ``english_capital``, which, as in the reference, also require the text to be
+detected as English. Each check follows the reference checker's rules (agreement on Google's published GPT-4 sample
+responses: ``tests/unit/rewards/test_rewards_ifeval_reference.py``). An
 unknown id or a missing argument makes the sample invalid input with a message naming the instruction.
 """
 
@@ -57,8 +60,12 @@ _ABBREVIATIONS = frozenset({"mr", "ms", "mrs", "dr", "st", "vs", "etc", "e.g", "
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences: text split after ``.``, ``!`` or ``?`` runs followed by whitespace or the end. A single ``.``
-    after a common abbreviation (``Mr.``, ``e.g.``) or a one-letter initial does not end a sentence."""
+    """Sentences: text split after ``.``, ``!`` or ``?`` runs followed by whitespace or the end.
+
+    A single ``.`` does not end a sentence after a common abbreviation (``Mr.``, ``e.g.``) or a one-letter initial,
+    nor after a number when the next word starts in lower case (``1. affordable kits``: a list marker), as NLTK's
+    Punkt model (the reference checker's sentence splitter) decides for numbers.
+    """
     parts, start = [], 0
     for m in _SENTENCE_END.finditer(text):
         if m.group(0) == ".":
@@ -66,6 +73,8 @@ def split_sentences(text: str) -> list[str]:
             if word and (
                 word.group(1).lower() in _ABBREVIATIONS or (len(word.group(1)) == 1 and word.group(1).isupper())
             ):
+                continue
+            if word and word.group(1).isdigit() and re.match(r"\s+[a-z]", text[m.end() : m.end() + 8]):
                 continue
         parts.append(text[start : m.end()])
         start = m.end()
@@ -94,14 +103,20 @@ def _number_paragraphs(r: str, *, num_paragraphs: int) -> bool:
 
 
 def _nth_paragraph_first_word(r: str, *, num_paragraphs: int, nth_paragraph: int, first_word: str) -> bool:
-    paragraphs = [p for p in re.split(r"\n\n", r) if p.strip()]
-    if len(paragraphs) != int(num_paragraphs) or not 1 <= int(nth_paragraph) <= len(paragraphs):
+    # The reference checker's rules: paragraphs split on "\n\n" and counted when non-blank, the nth taken from the
+    # split itself; the first word is the first whitespace token less leading quotes, cut at the first of . , ? ! ' "
+    # (so "Summary:" is "summary:", not "summary").
+    paragraphs = r.split("\n\n")
+    count = sum(1 for p in paragraphs if p.strip())
+    nth = int(nth_paragraph)
+    if not 1 <= nth <= count:
         return False
-    words = paragraphs[int(nth_paragraph) - 1].strip().split()
-    if not words:
+    paragraph = paragraphs[nth - 1].strip()
+    if not paragraph:
         return False
-    word = re.sub(r"^[\W_]+|[\W_]+$", "", words[0]).lower()
-    return word == first_word.strip().lower()
+    word = paragraph.split()[0].lstrip("'").lstrip('"')
+    word = re.split(r"[.,?!'\"]", word, maxsplit=1)[0].lower()
+    return count == int(num_paragraphs) and word == first_word.strip().lower()
 
 
 def _keywords_existence(r: str, *, keywords: Sequence[str]) -> bool:
@@ -162,16 +177,45 @@ def _constrained_response(r: str) -> bool:
     return any(option in r.strip() for option in _CONSTRAINED)
 
 
+def _detect_language(text: str) -> str | None:
+    """The language langdetect sees in ``text`` (seeded, so a verdict is reproducible; the first 20,000 characters),
+    or ``None`` when it cannot classify the text (digits or punctuation only)."""
+    try:
+        from langdetect import DetectorFactory, detect
+        from langdetect.lang_detect_exception import LangDetectException
+    except ImportError as exc:
+        raise ImportError(
+            "ifeval: language and English-case checks need langdetect: pip install 'nemotron-plugins[rewards]'"
+        ) from exc
+
+    DetectorFactory.seed = 0
+    try:
+        return detect(text[:20_000]).lower()
+    except LangDetectException:
+        return None
+
+
+def _is_english(text: str) -> bool:
+    # Text langdetect cannot classify counts as English, as in the reference checker.
+    return _detect_language(text) in (None, "en")
+
+
 def _english_lowercase(r: str) -> bool:
-    return bool(r.strip()) and r == r.lower()
+    # As the reference: all cased characters lower case, at least one, and the text detected as English.
+    return r.islower() and _is_english(r)
 
 
 def _english_capital(r: str) -> bool:
-    return bool(r.strip()) and r == r.upper()
+    return r.isupper() and _is_english(r)
+
+
+# Word tokens as NLTK's word_tokenize cuts them for counting capitalised words: punctuation apart, hyphenated
+# words one token, a contraction two ("IT'S" -> "IT" "'S"), letters and digits together ("B5" is a capital word).
+_WORD_TOKEN = re.compile(r"[^\W_]+(?:-[^\W_]+)*")
 
 
 def _capital_word_frequency(r: str, *, capital_frequency: int, capital_relation: str) -> bool:
-    capitals = [w for w in re.findall(r"\b[^\W\d_]+\b", r) if w.isupper()]
+    capitals = [w for w in _WORD_TOKEN.findall(r) if w.isupper()]
     return _compare(len(capitals), capital_relation, int(capital_frequency))
 
 
@@ -180,7 +224,8 @@ def _no_comma(r: str) -> bool:
 
 
 def _end_checker(r: str, *, end_phrase: str) -> bool:
-    return r.strip().lower().endswith(end_phrase.strip().lower())
+    # Surrounding double quotes are ignored, as in the reference checker.
+    return r.strip().strip('"').lower().endswith(end_phrase.strip().lower())
 
 
 def _start_checker(r: str, *, start_phrase: str) -> bool:
@@ -215,14 +260,8 @@ def _repeat_prompt(r: str, *, prompt_to_repeat: str) -> bool:
 def _response_language(r: str, *, language: str) -> bool:
     if not isinstance(language, str) or not re.fullmatch(r"[a-z]{2,3}(?:-[a-z]{2})?", language.strip().lower()):
         raise InstructionError(f"language must be an ISO 639-1 code such as 'en' or 'de', got {language!r}")
-    from langdetect import DetectorFactory, detect
-    from langdetect.lang_detect_exception import LangDetectException
-
-    DetectorFactory.seed = 0
-    try:
-        return detect(r[:20_000]).lower() == language.strip().lower()
-    except LangDetectException:
-        return True  # nothing to classify (digits, punctuation): the reference checker counts it as followed
+    # Nothing to classify (digits, punctuation) counts as followed, as in the reference checker.
+    return _detect_language(r) in (None, language.strip().lower())
 
 
 def _two_responses(r: str) -> bool:

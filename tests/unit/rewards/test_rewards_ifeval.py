@@ -159,3 +159,24 @@ def test_split_sentences():
         "Fine!",
         "J. R. R. Tolkien wrote e.g. books.",
     ]
+
+
+def test_reference_checker_rules_found_on_googles_gpt4_samples():
+    """The rules that made ``ifeval`` differ from Google's checker on its GPT-4 sample responses (8 of 834 before)."""
+    # A number then a lower-case word is a list marker, not a sentence end (NLTK Punkt's rule for numbers).
+    assert len(split_sentences("1. affordable kits: these help.\n2. mobile clinics: these help too.")) == 2
+    assert len(split_sentences("We counted to 3. Then we stopped.")) == 2
+    # The first word is cut at . , ? ! ' " only: "Summary:" is not "summary".
+    nth = VERIFIERS["length_constraints:nth_paragraph_first_word"].check
+    assert not nth("One.\n\nSummary: two.", num_paragraphs=2, nth_paragraph=2, first_word="summary")
+    assert nth('One.\n\n"Summary, two.', num_paragraphs=2, nth_paragraph=2, first_word="summary")
+    # Letters with digits are capital words ("B5"), as NLTK's tokens are.
+    cap = VERIFIERS["change_case:capital_word_frequency"].check
+    assert cap("vitamins B5, B6 and D", capital_frequency=3, capital_relation="at least")
+    # English case checks also need the text detected as English (langdetect, seeded), as in the reference.
+    lower = VERIFIERS["change_case:english_lowercase"].check
+    assert lower("this is a plain sentence written in english, all in lower case.")
+    assert not lower("dies ist ein deutscher satz, der ganz in kleinbuchstaben geschrieben ist.")
+    assert not VERIFIERS["change_case:english_capital"].check("DIES IST EIN DEUTSCHER SATZ IN GROSSBUCHSTABEN.")
+    # Surrounding double quotes do not hide the end phrase.
+    assert VERIFIERS["startend:end_checker"].check('"... Any other questions?"', end_phrase="Any other questions?")
