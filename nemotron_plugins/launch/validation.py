@@ -56,6 +56,37 @@ class ValidationReport:
             raise RecipeValidationError(self.name, self.errors)
 
 
+def _context_parallel_errors(recipe: RecipeConfig) -> list[str]:
+    """Context parallelism: SFT splits its sequences over CP (``nemotron_plugins.sft.trainer``); RL does not yet."""
+    p, d, m = recipe.parallel, recipe.data, recipe.model
+    cp = p.context_parallel_size
+    if cp <= 1:
+        return []
+    if recipe.is_rl:
+        return [
+            f"parallel.context_parallel_size={cp}: the {recipe.task} trainer does not split sequences over a "
+            "context-parallel group yet (only SFT does); use 1 (or a layout with more TP / PP)"
+        ]
+    errors: list[str] = []
+    if m.layer_spec == "puzzle_local":
+        errors.append(
+            f"parallel.context_parallel_size={cp} with model.layer_spec='puzzle_local': megatron's local attention "
+            "has no context parallelism; use the default spec (SDPA without TE, TE with it)"
+        )
+    multiple = math.lcm(2 * cp, cp * p.tensor_model_parallel_size if p.sequence_parallel else 1)
+    if not d.pack_sequences and d.max_seq_length % multiple:
+        errors.append(
+            f"data.max_seq_length={d.max_seq_length} must be a multiple of {multiple} with "
+            f"parallel.context_parallel_size={cp} (2 x CP chunks"
+            + (
+                f", each rank's share split over TP={p.tensor_model_parallel_size} by sequence parallelism)"
+                if p.sequence_parallel
+                else ")"
+            )
+        )
+    return errors
+
+
 def load_model_config(recipe: RecipeConfig) -> PuzzleModelConfig:
     """The architecture the run builds (``model.checkpoint``'s config, an earlier stage's, or
     ``model.config_path``), with ``model.overrides`` applied.
@@ -279,11 +310,7 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
             "data.pack_sequences with model.layer_spec='puzzle_local': megatron's local attention takes no "
             "PackedSeqParams; use the default spec (SDPA without TE, TE with it)"
         )
-    if p.context_parallel_size > 1:
-        errors.append(
-            f"parallel.context_parallel_size={p.context_parallel_size}: the trainers do not split sequences over a "
-            "context-parallel group yet; use 1 (or a layout with more TP / PP)"
-        )
+    errors.extend(_context_parallel_errors(recipe))
     if recipe.checkpoint.keep_last < 1:
         errors.append(f"checkpoint.keep_last={recipe.checkpoint.keep_last} must be >= 1")
     if recipe.checkpoint.save_interval < 0:

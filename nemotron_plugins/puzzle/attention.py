@@ -13,7 +13,8 @@ megatron's contract and calls SDPA instead (flash / memory-efficient kernels on 
 - megatron's softmax scale (``softmax_scale`` or ``1/sqrt(hn)``; ``apply_query_key_layer_scaling`` cancels out) and
   attention dropout (inside megatron's model-parallel RNG fork unless sequence parallel, as megatron does);
 - context parallelism without TE (:mod:`nemotron_plugins.puzzle.context_parallel`: K/V all-gathered over the CP
-  group, megatron's load-balanced chunks, causal mask from each rank's global positions);
+  group, megatron's load-balanced chunks, causal mask from each rank's global positions; packed batches in megatron's
+  ``thd`` CP layout, every document split in ``2 * cp`` chunks, masked to their own document);
 - packed sequences through megatron's ``PackedSeqParams`` (``cu_seqlens_q`` / ``cu_seqlens_kv``): a block-diagonal
   causal mask on CPU; on CUDA FlexAttention's document mask (compiled) where available, else one SDPA call per
   document (flash kernels each).
@@ -112,6 +113,29 @@ def block_diagonal_causal_mask(cu_seqlens: torch.Tensor, total: int | None = Non
         raise ValueError(f"cu_seqlens ends at {doc.numel()} but the packed batch has {total} tokens")
     index = torch.arange(total, device=cu_seqlens.device)
     return (doc[:, None] == doc[None, :]) & (index[:, None] >= index[None, :])
+
+
+_CP_MASK_CACHE: list[Any] = []
+"""The last packed context-parallel mask ``(cu_seqlens, rank, cp, mask)``: built once per batch, read by every
+layer of the forward (and backward recompute)."""
+
+
+def _packed_context_parallel_mask(cu_seqlens_padded: torch.Tensor, cp_rank: int, cp_size: int) -> torch.Tensor:
+    """``[t / cp, t]`` boolean mask (``True`` = may attend) of this CP rank's packed queries over the keys of every
+    rank in gathered order (rank 0's local tokens, then rank 1's, ...): same segment and not later."""
+    from nemotron_plugins.puzzle.context_parallel import packed_document_ids, packed_local_positions
+
+    if _CP_MASK_CACHE:
+        cu, rank, cp, mask = _CP_MASK_CACHE[0]
+        same = (rank, cp) == (cp_rank, cp_size) and cu.device == cu_seqlens_padded.device
+        if same and cu.shape == cu_seqlens_padded.shape and torch.equal(cu, cu_seqlens_padded):
+            return mask
+    q_pos = packed_local_positions(cu_seqlens_padded, cp_rank, cp_size)
+    k_pos = torch.cat([packed_local_positions(cu_seqlens_padded, r, cp_size) for r in range(cp_size)])
+    q_doc, k_doc = packed_document_ids(cu_seqlens_padded, q_pos), packed_document_ids(cu_seqlens_padded, k_pos)
+    mask = (q_doc[:, None] == k_doc[None, :]) & (q_pos[:, None] >= k_pos[None, :])
+    _CP_MASK_CACHE[:] = [(cu_seqlens_padded.clone(), cp_rank, cp_size, mask)]
+    return mask
 
 
 class _FlexDocumentAttention:
@@ -303,14 +327,12 @@ class SDPACoreAttention(MegatronModule):
     def _context_parallel(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, packed: Any
     ) -> torch.Tensor:
-        """CP: keys / values all-gathered over the CP group, causal mask from this rank's global query positions."""
+        """CP: keys / values all-gathered over the CP group, causal mask from this rank's global query positions
+        (packed: and from the documents' boundaries)."""
         from nemotron_plugins.puzzle.context_parallel import gather_sequence, local_positions
 
-        if packed is not None or attention_mask is not None:
-            raise ValueError(
-                "SDPACoreAttention with context parallelism takes causal batches only (no packed_seq_params or "
-                "attention_mask)"
-            )
+        if attention_mask is not None:
+            raise ValueError("SDPACoreAttention with context parallelism takes no attention_mask (causal only)")
         if not self.causal:
             raise ValueError("SDPACoreAttention with context parallelism needs causal attention")
         group = self._cp_group
@@ -318,6 +340,8 @@ class SDPACoreAttention(MegatronModule):
             from megatron.core import parallel_state
 
             group = parallel_state.get_context_parallel_group()
+        if packed is not None:
+            return self._context_parallel_packed(query, key, value, packed, group)
         sq, b, heads, hn = query.shape
         key, value = gather_sequence(key, group), gather_sequence(value, group)
         rank = torch.distributed.get_rank(group)
@@ -326,6 +350,34 @@ class SDPACoreAttention(MegatronModule):
         q, k, v = query.permute(1, 2, 0, 3), key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
         out = self._sdpa(q, k, v, mask=mask, causal=False)
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * hn)
+
+    def _context_parallel_packed(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, params: Any, group: Any
+    ) -> torch.Tensor:
+        """CP over a packed (``thd``) batch in megatron's layout (every segment split in ``2 * cp`` chunks, see
+        :func:`~nemotron_plugins.puzzle.context_parallel.split_packed_batch_for_context_parallel`): ``[t / cp, np,
+        hn]`` queries attend to the all-gathered keys of their own segment at earlier or equal positions."""
+        from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+        if params.qkv_format not in (None, "thd"):
+            raise ValueError(f"SDPACoreAttention: packed qkv_format={params.qkv_format!r}; use 'thd'")
+        cu = params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
+        cu_kv = params.cu_seqlens_kv_padded if params.cu_seqlens_kv_padded is not None else params.cu_seqlens_kv
+        if cu is None or cu_kv is None or not torch.equal(cu.cpu(), cu_kv.cpu()):
+            raise ValueError("SDPACoreAttention: packed self-attention needs cu_seqlens_q == cu_seqlens_kv")
+        t = query.shape[0]
+        mask = _packed_context_parallel_mask(cu.to(query.device), torch.distributed.get_rank(group), self.cp_size)
+        if mask.shape[0] != t:
+            raise ValueError(
+                f"SDPACoreAttention: {t} local packed tokens but cu_seqlens_q_padded gives {mask.shape[0]} per CP rank"
+            )
+        kv = gather_from_sequence_parallel_region(
+            torch.cat([key, value], dim=-1), tensor_parallel_output_grad=True, group=group
+        )
+        key, value = kv.split(key.shape[-1], dim=-1)  # [t, ng, hn], ranks' local orders concatenated
+        q, k, v = (x.permute(1, 0, 2).unsqueeze(0) for x in (query, key, value))  # [1, heads, tokens, hn]
+        out = self._sdpa(q, k, v, mask=mask, causal=False)
+        return out.squeeze(0).permute(1, 0, 2).reshape(t, -1)
 
     # -------------------------------------------------------------------------------------------------- forward
     def forward(

@@ -29,7 +29,17 @@ global-batch token count as at CP=1 (counted over the whole sequences, not the l
 ``average_over_dp_cp=False`` semantics; DDP's sum over the DP x CP group then gives the CP=1 gradient, and the loss
 to log is that value all-reduced (summed) over the CP group.
 
-Packed sequences (``PackedSeqParams``) with CP need Transformer Engine and are refused here.
+Packed sequences (``PackedSeqParams``, megatron's ``thd`` layout) follow megatron's CP convention for ``thd``:
+every segment (document) is padded to a multiple of ``2 * cp`` and split into ``2 * cp`` chunks of its own, rank
+``r`` holding chunks ``r`` and ``2 * cp - 1 - r`` of *each* segment (what megatron's ``thd`` RoPE slices, and what
+TE's ``thd_get_partitioned_indices`` computes). :func:`split_packed_batch_for_context_parallel` pads and splits a
+flattened ``[1, t]`` batch and returns the ``PackedSeqParams`` with the real (``cu_seqlens_q``) and padded
+(``cu_seqlens_q_padded``) boundaries; the attention gathers K/V over CP and masks each local query against the
+keys of its own document that precede it (:func:`packed_local_positions` gives every rank's global positions).
+
+For a trainer that only needs the batch split and the loss reduced, :func:`split_for_context_parallel` (or
+:func:`split_packed_batch_for_context_parallel`) and :func:`context_parallel_loss` are the whole interface; the SFT
+trainer (``nemotron_plugins.sft.trainer``) uses them through the shared training stack.
 """
 
 from __future__ import annotations
@@ -46,8 +56,11 @@ __all__ = [
     "gather_kv_for_context_parallel",
     "gather_sequence",
     "local_positions",
+    "packed_document_ids",
+    "packed_local_positions",
     "split_batch_for_context_parallel",
     "split_for_context_parallel",
+    "split_packed_batch_for_context_parallel",
 ]
 
 
@@ -145,6 +158,143 @@ def local_positions(
     first, second = context_parallel_chunk_ids(cp_rank, cp_size)
     offsets = torch.arange(chunk, device=device)
     return torch.cat([first * chunk + offsets, second * chunk + offsets])
+
+
+def packed_local_positions(cu_seqlens_padded: torch.Tensor, cp_rank: int, cp_size: int) -> torch.Tensor:
+    """Positions in the padded packed batch of CP rank ``cp_rank``'s tokens, in its local order.
+
+    Every segment ``[cu[i], cu[i + 1])`` (length divisible by ``2 * cp_size``) is cut into ``2 * cp_size`` chunks;
+    the rank holds chunks ``cp_rank`` and ``2 * cp_size - 1 - cp_rank`` of each segment, segment after segment.
+
+    Args:
+        cu_seqlens_padded: ``[n + 1]`` integer segment boundaries of the padded packed batch (global, not per rank).
+        cp_rank: This rank in the CP group.
+        cp_size: CP group size.
+
+    Returns:
+        ``[cu[-1] / cp_size]`` long tensor on ``cu_seqlens_padded``'s device.
+
+    Raises:
+        ContextParallelError: A segment whose length is not divisible by ``2 * cp_size`` (naming it).
+
+    Example:
+        >>> packed_local_positions(torch.tensor([0, 4, 8]), 1, 2).tolist()
+        [1, 2, 5, 6]
+    """
+    first, second = context_parallel_chunk_ids(cp_rank, cp_size)
+    cu = cu_seqlens_padded.long()
+    lengths = cu[1:] - cu[:-1]
+    bad = torch.nonzero(lengths % (2 * cp_size)).flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise ContextParallelError(
+            f"packed segment {i} (tokens {int(cu[i])}..{int(cu[i + 1])}) has length {int(lengths[i])}, not a "
+            f"multiple of 2 * context_parallel_size = {2 * cp_size}; pad it (split_packed_batch_for_context_parallel)"
+        )
+    chunk = lengths // (2 * cp_size)
+    segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu.device), 2 * chunk)
+    starts = torch.cumsum(2 * chunk, 0) - 2 * chunk  # where each segment's local tokens start
+    j = torch.arange(segment.numel(), device=cu.device) - starts[segment]  # offset within the segment's 2 chunks
+    c = chunk[segment]
+    within = torch.where(j < c, first * c + j, second * c + (j - c))
+    return cu[:-1][segment] + within
+
+
+def packed_document_ids(cu_seqlens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The segment index of each packed position (``positions`` in ``[0, cu[-1])``).
+
+    >>> packed_document_ids(torch.tensor([0, 2, 6]), torch.tensor([0, 1, 2, 5])).tolist()
+    [0, 0, 1, 1]
+    """
+    return torch.searchsorted(cu_seqlens.long().contiguous(), positions.long(), right=True) - 1
+
+
+def split_packed_batch_for_context_parallel(
+    tensors: Mapping[str, Any],
+    cu_seqlens: torch.Tensor,
+    cp_rank: int,
+    cp_size: int,
+    *,
+    length: int | None = None,
+    pad_values: Mapping[str, int | float] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """Pad every segment of a flattened packed batch to a multiple of ``2 * cp_size`` and keep this rank's part.
+
+    Padding goes at the end of each segment (after its last real token, so causal attention keeps the real tokens'
+    outputs unchanged); a padded token gets ``pad_values[name]`` (default 0: no loss with a zero loss mask). With
+    ``length`` the padded batch is filled up to ``length`` tokens by one more segment of padding (the same length on
+    every micro-batch, as pipeline P2P buffers need).
+
+    Args:
+        tensors: Name -> ``[1, t]`` tensor of the packed batch (non-tensors pass through).
+        cu_seqlens: ``[n + 1]`` segment boundaries over the ``t`` tokens (a padding run may be its own segment).
+        cp_rank: This rank in the CP group.
+        cp_size: CP group size.
+        length: Total padded length (a multiple of ``2 * cp_size``, at least the padded segments' sum).
+        pad_values: Fill value per tensor name for the added positions (default 0).
+
+    Returns:
+        ``(local tensors [1, length / cp_size], PackedSeqParams)`` where ``cu_seqlens_q`` / ``_kv`` are the real
+        boundaries (a filler segment has length 0) and ``cu_seqlens_q_padded`` / ``_kv_padded`` the padded ones
+        (int32), ``max_seqlen_q`` / ``_kv`` the longest padded segment.
+
+    Raises:
+        ContextParallelError: ``length`` too short or not a multiple of ``2 * cp_size``; a tensor that is not
+            ``[1, t]`` (naming it).
+
+    Example:
+        >>> batch = {"tokens": torch.tensor([[10, 11, 12, 20, 21]])}
+        >>> local, params = split_packed_batch_for_context_parallel(batch, torch.tensor([0, 3, 5]), 0, 2)
+        >>> local["tokens"].tolist(), params.cu_seqlens_q_padded.tolist()
+        ([[10, 0, 20, 0]], [0, 4, 8])
+    """
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    multiple = 2 * cp_size
+    cu = cu_seqlens.long()
+    device = cu.device
+    lengths = cu[1:] - cu[:-1]
+    padded = (lengths + multiple - 1) // multiple * multiple
+    total = int(padded.sum())
+    if length is not None:
+        if length < total or length % multiple:
+            raise ContextParallelError(
+                f"packed length {length} must be a multiple of {multiple} and at least the padded segments' {total}"
+            )
+        if length > total:
+            lengths = torch.cat([lengths, lengths.new_zeros(1)])
+            padded = torch.cat([padded, padded.new_tensor([length - total])])
+            cu = torch.cat([cu, cu[-1:]])
+            total = length
+    cu_padded = torch.cat([padded.new_zeros(1), torch.cumsum(padded, 0)])
+    segment = torch.repeat_interleave(torch.arange(padded.numel(), device=device), padded)
+    offset = torch.arange(total, device=device) - cu_padded[:-1][segment]
+    source = torch.where(offset < lengths[segment], cu[:-1][segment] + offset, torch.full_like(offset, -1))
+    local = source[packed_local_positions(cu_padded, cp_rank, cp_size)]
+    is_pad = local < 0
+    take = local.clamp(min=0)
+    out: dict[str, Any] = {}
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            out[name] = value
+            continue
+        if value.dim() != 2 or value.shape[0] != 1 or value.shape[1] != int(cu_seqlens[-1]):
+            raise ContextParallelError(
+                f"{name}: a packed batch tensor must be [1, {int(cu_seqlens[-1])}], got {tuple(value.shape)}"
+            )
+        fill = (pad_values or {}).get(name, 0)
+        picked = value[:, take.to(value.device)]
+        out[name] = picked.masked_fill(is_pad.to(value.device).unsqueeze(0), fill)
+    params = PackedSeqParams(
+        qkv_format="thd",
+        cu_seqlens_q=cu.to(torch.int32),
+        cu_seqlens_kv=cu.to(torch.int32),
+        cu_seqlens_q_padded=cu_padded.to(torch.int32),
+        cu_seqlens_kv_padded=cu_padded.to(torch.int32),
+        max_seqlen_q=int(padded.max()),
+        max_seqlen_kv=int(padded.max()),
+    )
+    return out, params
 
 
 def gather_sequence(x: torch.Tensor, group: Any = None) -> torch.Tensor:

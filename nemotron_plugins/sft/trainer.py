@@ -35,6 +35,7 @@ find the architecture and tokenizer.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -177,14 +178,32 @@ class _RowTensors:
         longest = int(self.lengths[indices].max()) if len(indices) else 1
         return min(self.max_length, -(-longest // multiple) * multiple)
 
-    def collate(self, indices: torch.Tensor, length: int, *, device: torch.device | None = None) -> dict[str, Any]:
-        """The megatron batch of rows ``indices``, cut to ``length`` positions.
+    def collate(
+        self,
+        indices: torch.Tensor,
+        length: int,
+        *,
+        device: torch.device | None = None,
+        context_parallel: tuple[int, int] = (0, 1),
+        packed_length: int | None = None,
+        pad_id: int = 0,
+    ) -> dict[str, Any]:
+        """The megatron batch of rows ``indices``, cut to ``length`` positions (this CP rank's part with CP).
 
         Cutting only removes trailing padding (``length`` >= the rows' real content): padding has no loss and,
         with causal (or per-document) attention, no real position attends to it, so the loss is unchanged. Packed
         rows are flattened into one ``[1, rows * length]`` sequence whose document boundaries reach attention as
         megatron ``PackedSeqParams`` (``packed_seq_params``; never a dense mask).
+
+        With context parallelism (``context_parallel = (cp_rank, cp_size)``, ``cp_size > 1``) every tensor keeps
+        this rank's ``1 / cp_size`` of the sequence in megatron's load-balanced layout
+        (:mod:`nemotron_plugins.puzzle.context_parallel`): unpacked rows are cut into ``2 * cp_size`` chunks
+        (``length`` must be a multiple of it); packed rows have every document padded to a multiple of
+        ``2 * cp_size`` (``pad_id``, no loss) and cut into chunks of its own, filled up to ``packed_length``
+        tokens (:meth:`packed_context_parallel_length`), with real and padded boundaries in the
+        ``PackedSeqParams``.
         """
+        cp_rank, cp_size = context_parallel
         batch: dict[str, Any] = {
             "tokens": self.tokens[indices, :length],
             "labels": self.labels[indices, :length],
@@ -196,15 +215,54 @@ class _RowTensors:
             from nemotron_plugins.puzzle.attention import packed_seq_params_from_segment_ids
 
             segments = self.segment_ids[indices, :length]
-            if device is not None:
-                segments = segments.to(device)
             batch = {k: (v.reshape(1, -1) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            batch["packed_seq_params"] = packed_seq_params_from_segment_ids(segments)
+            params = packed_seq_params_from_segment_ids(segments)
+            if cp_size > 1:
+                from nemotron_plugins.puzzle.context_parallel import split_packed_batch_for_context_parallel
+
+                batch, params = split_packed_batch_for_context_parallel(
+                    batch,
+                    params.cu_seqlens_q,
+                    cp_rank,
+                    cp_size,
+                    length=packed_length,
+                    pad_values={"tokens": pad_id, "labels": pad_id},
+                )
+            if device is not None:
+                for name in ("cu_seqlens_q", "cu_seqlens_kv", "cu_seqlens_q_padded", "cu_seqlens_kv_padded"):
+                    value = getattr(params, name)
+                    if value is not None:
+                        setattr(params, name, value.to(device))
+            batch["packed_seq_params"] = params
+        elif cp_size > 1:
+            from nemotron_plugins.puzzle.context_parallel import split_batch_for_context_parallel
+
+            batch = split_batch_for_context_parallel(batch, cp_rank, cp_size)
         if device is not None:
             batch = {
                 k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
         return batch
+
+    def packed_context_parallel_length(
+        self, micro_batches: Sequence[torch.Tensor], length: int, cp_size: int, multiple: int
+    ) -> int:
+        """The padded length of packed micro-batches under CP: the longest of ``micro_batches`` (every row cut
+        to ``length``, every segment padded to a multiple of ``2 * cp_size``), rounded up to ``multiple``.
+
+        Computed over all micro-batches of the global batch it is the same on every rank (pipeline P2P shapes).
+        """
+        from nemotron_plugins.puzzle.attention import packed_seq_params_from_segment_ids
+
+        if self.segment_ids is None:
+            raise ValueError("packed_context_parallel_length needs packed rows")
+        step = 2 * cp_size
+        longest = step
+        for indices in micro_batches:
+            cu = packed_seq_params_from_segment_ids(self.segment_ids[indices, :length]).cu_seqlens_q.long()
+            lengths = cu[1:] - cu[:-1]
+            longest = max(longest, int(((lengths + step - 1) // step * step).sum()))
+        return -(-longest // multiple) * multiple
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -486,6 +544,9 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     dp_rank = parallel_state.get_data_parallel_rank()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    cp = parallel_state.get_context_parallel_world_size()
+    cp_rank = parallel_state.get_context_parallel_rank()
     is_last_stage = parallel_state.is_pipeline_last_stage()
     output_dir = Path(cfg.output_dir or os.path.join("runs", cfg.name))
 
@@ -577,9 +638,9 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         )
 
     result = SFTResult(start_step=start_step, steps_done=start_step, checkpoint_dir=save_dir)
-    can_eval = bool(eval_rows) and pp == 1
-    if eval_rows and pp > 1 and is_rank0:
-        print("[sft] held-out evaluation skipped: greedy generation here needs PP=1", flush=True)
+    can_eval = bool(eval_rows) and pp == 1 and cp == 1
+    if eval_rows and not can_eval and is_rank0:
+        print("[sft] held-out evaluation skipped: greedy generation here needs PP=1 and CP=1", flush=True)
     eval_kwargs = {
         "max_new_tokens": evaluation.max_new_tokens or 64,
         "batch_size": evaluation.batch_size,
@@ -605,6 +666,9 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         progress_keys=["loss", "lr"],
         resume_step=start_step,
     )
+    # Sequence lengths under CP: 2 * cp load-balanced chunks; with sequence parallelism each rank's s / cp tokens
+    # split over TP as well.
+    cp_multiple = math.lcm(2 * cp, cp * tp if cfg.parallel.sequence_parallel else 1) if cp > 1 else 1
     ddp.train()
     t_loop = t_step = time.perf_counter()
     try:
@@ -612,10 +676,29 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
             order = torch.tensor(_batch_order(len(rows), step, gbs, cfg.seed), dtype=torch.long)
             global_tokens = float(row_tensors.loss_mask[order].sum())
             # One length for the whole global batch: identical on every rank, so pipeline P2P shapes agree.
-            seq_length = row_tensors.batch_length(order) if cfg.data.dynamic_padding else row_tensors.max_length
+            seq_length = (
+                row_tensors.batch_length(order, math.lcm(PAD_MULTIPLE, cp_multiple))
+                if cfg.data.dynamic_padding
+                else row_tensors.max_length
+            )
+            # Packed micro-batches travel as one flattened sequence of mbs rows (pipeline buffers: [mbs * s, 1]);
+            # under CP every document is padded to 2 * cp and all micro-batches to the step's longest.
+            schedule_length = seq_length * mbs if cfg.data.pack_sequences else seq_length
+            if cfg.data.pack_sequences and cp > 1:
+                schedule_length = row_tensors.packed_context_parallel_length(
+                    [order[i : i + mbs] for i in range(0, gbs, mbs)], seq_length, cp, cp_multiple
+                )
             mine = order[dp_rank * per_rank : (dp_rank + 1) * per_rank]
             micro = [
-                row_tensors.collate(mine[i * mbs : (i + 1) * mbs], seq_length, device=device) for i in range(num_micro)
+                row_tensors.collate(
+                    mine[i * mbs : (i + 1) * mbs],
+                    seq_length,
+                    device=device,
+                    context_parallel=(cp_rank, cp),
+                    packed_length=schedule_length if cfg.data.pack_sequences else None,
+                    pad_id=pad_id,
+                )
+                for i in range(num_micro)
             ]
 
             def forward_step(
@@ -632,19 +715,20 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
                 mask = batch["loss_mask"]
 
                 def loss_func(output_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+                    # This rank's tokens (its 1 / cp of the sequence under CP) over the global batch's token count:
+                    # DDP sums gradients over DP x CP, so the sum of the ranks' terms is the CP1 / DP1 gradient.
                     loss_sum = (output_tensor.float() * mask).sum()
                     return loss_sum / global_tokens, mask.sum().long(), {"loss_sum": loss_sum.detach()}
 
                 return output, loss_func
 
-            # Packed micro-batches travel as one flattened sequence of mbs rows (pipeline buffers: [mbs * s, 1]).
             stepped = optimizer_step(
                 [ddp],
                 optimizer,
                 scheduler,
                 micro,
                 forward_step,
-                seq_length=seq_length * mbs if cfg.data.pack_sequences else seq_length,
+                seq_length=schedule_length,  # the whole sequence: megatron divides by CP for its buffers
                 micro_batch_size=1 if cfg.data.pack_sequences else mbs,
             )
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -698,11 +782,12 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
 
 
 def world_size_str() -> str:
-    """``TPxPPxDP`` of the current megatron layout."""
+    """``TP.. PP.. CP.. DP..`` of the current megatron layout."""
     from megatron.core import parallel_state
 
     return (
         f"TP{parallel_state.get_tensor_model_parallel_world_size()} "
         f"PP{parallel_state.get_pipeline_model_parallel_world_size()} "
+        f"CP{parallel_state.get_context_parallel_world_size()} "
         f"DP{parallel_state.get_data_parallel_world_size()}"
     )

@@ -238,9 +238,19 @@ def test_balanced_layout_rejects_too_many_stages() -> None:
         ("tiny_puzzle_sft_cpu", ["model.checkpoint=/x"], "model.checkpoint is set but model.init='random'"),
         ("tiny_puzzle_sft_cpu", ["model.params_dtype=bfloat16"], "model.params_dtype='bfloat16' with optimizer.bf16"),
         (
-            "tiny_puzzle_sft_cpu",
+            "tiny_puzzle_grpo_cpu",
             ["parallel.context_parallel_size=2", "cluster.devices_per_node=2"],
-            "context_parallel_size=2",
+            "context_parallel_size=2: the grpo trainer does not split sequences",
+        ),
+        (
+            "tiny_puzzle_sft_cpu",
+            ["parallel.context_parallel_size=2", "cluster.devices_per_node=2", "data.max_seq_length=90"],
+            "data.max_seq_length=90 must be a multiple of 4",
+        ),
+        (
+            "tiny_puzzle_sft_cpu",
+            ["parallel.context_parallel_size=2", "cluster.devices_per_node=2", "model.layer_spec=puzzle_local"],
+            "megatron's local attention has no context parallelism",
         ),
         ("tiny_puzzle_grpo_cpu", ["data.pack_sequences=true"], "data.pack_sequences is an SFT setting"),
         (

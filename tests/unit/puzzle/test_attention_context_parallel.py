@@ -55,3 +55,63 @@ def test_loss_without_context_parallel_is_the_token_mean() -> None:
     assert reported.item() == pytest.approx(7.0 / 3.0)
     loss.backward()
     torch.testing.assert_close(per_token.grad, torch.tensor([[1.0, 1.0, 0.0, 1.0]]) / 3)
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_packed_split_pads_each_document_and_covers_it_once(cp: int) -> None:
+    """megatron's ``thd`` CP layout: every segment padded to 2 x CP and cut into chunks of its own; the ranks'
+    parts together hold every real token once, padding carries the fill value, and the filler segment reaches
+    the requested length."""
+    from nemotron_plugins.puzzle.context_parallel import (
+        packed_document_ids,
+        packed_local_positions,
+        split_packed_batch_for_context_parallel,
+    )
+
+    cu = torch.tensor([0, 5, 6, 13, 16], dtype=torch.int32)
+    tokens = torch.arange(100, 116).reshape(1, -1)
+    mask = torch.ones(1, 16)
+    length = 64
+    seen: list[int] = []
+    for rank in range(cp):
+        local, params = split_packed_batch_for_context_parallel(
+            {"tokens": tokens, "loss_mask": mask, "attention_mask": None},
+            cu,
+            rank,
+            cp,
+            length=length,
+            pad_values={"tokens": -1},
+        )
+        assert local["attention_mask"] is None
+        assert local["tokens"].shape == (1, length // cp)
+        padded = params.cu_seqlens_q_padded
+        assert padded[-1] == length and torch.all((padded[1:] - padded[:-1]) % (2 * cp) == 0)
+        assert params.cu_seqlens_q.tolist() == [0, 5, 6, 13, 16, 16]  # the filler has no real tokens
+        assert params.max_seqlen_q == int((padded[1:] - padded[:-1]).max())
+        real = local["tokens"][0] >= 0
+        assert torch.equal(local["loss_mask"][0] == 1, real)  # padding has no loss
+        # Each real token sits in its own document, at the position megatron's thd RoPE gives it.
+        positions = packed_local_positions(padded, rank, cp)
+        docs = packed_document_ids(padded, positions)
+        for token, pos, doc in zip(local["tokens"][0].tolist(), positions.tolist(), docs.tolist(), strict=True):
+            if token >= 0:
+                source = token - 100
+                assert packed_document_ids(cu, torch.tensor([source])).item() == doc
+                assert pos - int(padded[doc]) == source - int(cu[doc])
+        seen += [t - 100 for t in local["tokens"][0].tolist() if t >= 0]
+    assert sorted(seen) == list(range(16))
+
+
+def test_packed_split_errors_name_the_problem() -> None:
+    from nemotron_plugins.puzzle.context_parallel import (
+        packed_local_positions,
+        split_packed_batch_for_context_parallel,
+    )
+
+    cu = torch.tensor([0, 3, 8])
+    with pytest.raises(ContextParallelError, match="packed length 6 must be a multiple of 4 and at least"):
+        split_packed_batch_for_context_parallel({"tokens": torch.zeros(1, 8)}, cu, 0, 2, length=6)
+    with pytest.raises(ContextParallelError, match=r"tokens: a packed batch tensor must be \[1, 8\]"):
+        split_packed_batch_for_context_parallel({"tokens": torch.zeros(2, 4)}, cu, 0, 2)
+    with pytest.raises(ContextParallelError, match="packed segment 0 .* has length 3"):
+        packed_local_positions(cu, 0, 2)
