@@ -232,8 +232,15 @@ class RecipeConfig:
     """Curriculum sampler (RL); ``None`` samples prompts uniformly at random."""
     rewards: list[RewardSpec] | None = None
     """Weighted rewards (RL only)."""
-    reward_workers: int = 0
-    """RL: worker processes scoring rewards (bounded time and memory per sample); 0 scores in the trainer."""
+    reward_workers: int | None = None
+    """RL: worker processes per reward pool on each rank; every reward is scored in a pool with a hard per-sample
+    time bound (``reward_timeout_s``) and memory cap (server-backed rewards keep their own deadlines). ``None`` = 1."""
+    reward_timeout_s: float = 10.0
+    """RL: a sample still being scored after this many seconds has its worker killed and gets status ``timeout``."""
+    max_reward_failure_rate: float = 0.1
+    """RL: the run stops when a reward gives no verdict (timeout / error / unavailable) on more than this fraction
+    of the samples it applies to in one step (or in an evaluation); below it, such samples leave the advantage
+    computation and are counted in ``reward_failures/*``. 0 stops at the first failure."""
     algorithm: GRPOConfig | None = None
     """RL algorithm: advantages and the clipped policy-gradient loss (RL only)."""
     generation: GenerationConfig | None = None

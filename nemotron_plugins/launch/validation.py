@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -319,8 +320,12 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
         errors.append(f"logging.log_interval={recipe.logging.log_interval} must be >= 1")
     if ev.num_samples < 0 or ev.interval < 0:
         errors.append("evaluation.num_samples and evaluation.interval must be >= 0")
-    if recipe.reward_workers < 0:
-        errors.append(f"reward_workers={recipe.reward_workers} must be >= 0")
+    if recipe.reward_workers is not None and recipe.reward_workers < 1:
+        errors.append(f"reward_workers={recipe.reward_workers} must be >= 1 (or null: one worker per reward)")
+    if not recipe.reward_timeout_s > 0:
+        errors.append(f"reward_timeout_s={recipe.reward_timeout_s} must be > 0")
+    if not 0 <= recipe.max_reward_failure_rate <= 1:
+        errors.append(f"max_reward_failure_rate={recipe.max_reward_failure_rate} must be in [0, 1]")
     defaults_eval = EvalConfig()
     if recipe.is_rl:
         if d.pack_sequences:
@@ -357,8 +362,12 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
         if gen is not None and gen.engine not in ("megatron", "vllm"):
             errors.append(f"generation.engine={gen.engine!r}: the trainer drives 'megatron' or 'vllm'")
     else:
-        if recipe.reward_workers:
+        if recipe.reward_workers is not None:
             errors.append("reward_workers is an RL setting; SFT scores no rewards")
+        defaults = {f.name: f.default for f in dataclass_fields(type(recipe))}
+        for name in ("reward_timeout_s", "max_reward_failure_rate"):
+            if getattr(recipe, name) != defaults[name]:
+                errors.append(f"{name} is an RL setting; SFT scores no rewards")
         if not ev.greedy:
             errors.append("evaluation.greedy=false: SFT evaluation is always greedy (an RL setting)")
         for key in ("accuracy_reward", "format_reward"):

@@ -73,6 +73,12 @@ class GRPOConfig:
     importance_sampling_cap: float | None = 2.0
     """Upper truncation of the importance-sampling weight; ``None`` leaves it unbounded."""
 
+    # ---- trainer side (issue 17): dynamic sampling ----------------------------------------------------------------
+    max_refill_rounds: int = 2
+    """With ``skip_uniform_groups``: extra rollouts (each of ``num_prompts_per_rollout`` new prompts from the
+    sampler) drawn at most to refill the optimizer batch to ``num_prompts_per_rollout`` groups with signal (DAPO's
+    dynamic sampling); the surplus of the last round is dropped. 0 trains on the groups left after skipping."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -116,6 +122,10 @@ class GRPOConfig:
             raise bad("loss_aggregation", self.loss_aggregation, "use 'token' or 'sequence'")
         if self.importance_sampling_cap is not None and not self.importance_sampling_cap > 0:
             raise bad("importance_sampling_cap", self.importance_sampling_cap, "must be > 0 or None")
+        if not isinstance(self.max_refill_rounds, int) or isinstance(self.max_refill_rounds, bool):
+            raise bad("max_refill_rounds", self.max_refill_rounds, "must be an integer >= 0")
+        if self.max_refill_rounds < 0:
+            raise bad("max_refill_rounds", self.max_refill_rounds, "must be an integer >= 0")
 
     def replace(self, **changes: Any) -> GRPOConfig:
         """Return a validated copy with ``changes`` applied; unknown names raise with the list of valid fields."""

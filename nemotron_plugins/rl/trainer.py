@@ -11,11 +11,17 @@ megatron-core's ``DistributedDataParallel`` with megatron's optimizer, at any TP
    the rollout engine (``megatron``: megatron-core's static KV cache on the policy itself; every TP rank of a replica
    draws the same tokens from the same seed), seeded per step and replica so a resumed run draws the same samples;
    the replicas' rollouts are all-gathered;
-3. rewards: every rank scores a 1/world slice of the samples (in a worker pool when ``reward_workers > 0``) and the
-   scores are all-gathered; the weighted sum is the reward;
+3. rewards: every rank scores a 1/world slice of the samples, each reward in a pool of worker processes with a hard
+   per-sample time bound (``reward_workers``, ``reward_timeout_s``); the scores are all-gathered; the weighted sum
+   is the reward. A sample whose reward gave no verdict (timeout / error / unavailable) is NaN, not 0: it leaves
+   the advantages and the update, is counted in ``reward_failures/*``, and past ``max_reward_failure_rate`` the
+   run stops naming the reward and its last error (a reward routed to other rows is "not applicable", not a
+   failure);
 4. group-relative advantages (:mod:`nemotron_plugins.rl.advantages`); groups whose rewards are all equal carry no
-   signal and are skipped (``skip_uniform_groups``);
-5. update: the kept samples are split into ``updates_per_rollout`` global batches (per epoch); each global batch is
+   signal and are skipped (``skip_uniform_groups``), and up to ``algorithm.max_refill_rounds`` extra rollouts on
+   the sampler's next prompts refill the update to ``num_prompts_per_rollout`` groups (dynamic sampling);
+5. update: the kept samples are split into ``updates_per_rollout / epochs_per_rollout`` global batches, run once
+   per epoch (the LR schedule of ``optimizer`` advances once per optimizer step); each global batch is
    split over the data-parallel replicas and run through megatron's ``forward_backward_func`` (1F1B pipelining when
    PP > 1) with the clipped loss (:func:`nemotron_plugins.rl.loss.compute_policy_loss`, token-level mean over the
    GLOBAL batch: each micro-batch's loss is already divided by the global token count, so
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -121,24 +128,79 @@ def _output_dir(config: RecipeConfig) -> Path:
 
 
 def build_rewards(config: RecipeConfig) -> dict[str, tuple[float, Any]]:
-    """``name -> (weight, Reward)``; pooled in worker processes when ``reward_workers > 0``."""
-    from nemotron_plugins.rewards.base import build_reward
+    """``name -> (weight, Reward)``, every reward bounded in time and memory per sample.
 
+    Each reward goes through :func:`~nemotron_plugins.rewards.pool.bounded_reward`: a pool of ``reward_workers``
+    worker processes (default 1) with a hard per-sample kill after ``reward_timeout_s`` seconds (the sample gets
+    status ``timeout``); rewards bounded by construction (server-backed judges with deadlines) stay as they are.
+    """
+    from nemotron_plugins.rewards.base import build_reward
+    from nemotron_plugins.rewards.pool import bounded_reward
+
+    workers = config.reward_workers if config.reward_workers is not None else 1
     out: dict[str, tuple[float, Any]] = {}
     for term in config.rewards or []:
-        reward = build_reward(term.name, **term.options)
-        if config.reward_workers > 0:
-            from nemotron_plugins.rewards.pool import PooledReward
-
-            reward = PooledReward(reward, workers=config.reward_workers)
+        reward = bounded_reward(
+            build_reward(term.name, **term.options), workers=workers, timeout_s=config.reward_timeout_s
+        )
         out[term.name] = (float(term.weight), reward)
     return out
 
 
+#: Reward statuses that mean "no verdict" (the sample leaves the advantage computation), as opposed to a score.
+FAILED_STATUSES = ("timeout", "error", "unavailable")
+
+
+@dataclass(kw_only=True, slots=True)
+class RewardScores:
+    """Scores of a batch of completions, keeping "not applicable" and "failed" apart.
+
+    A reward routed to other rows (``data``'s ``reward`` column) does not apply to a row: its score there is NaN and
+    it is not a failure. A reward that applies but gave no verdict (status ``timeout`` / ``error`` /
+    ``unavailable``) is a failure: its score is NaN too, ``failed`` marks it, and the sample's ``total`` is NaN so
+    it leaves the advantage computation (never scored as 0).
+    """
+
+    total: torch.Tensor
+    """``[N]`` float64 weighted sum over the rewards that apply; NaN where one of them failed."""
+    per: dict[str, torch.Tensor]
+    """``name -> [N]`` float64 scores; NaN where the reward does not apply or failed."""
+    applies: dict[str, torch.Tensor]
+    """``name -> [N]`` bool: the reward scores this row."""
+    failed: dict[str, torch.Tensor]
+    """``name -> [N]`` bool: the reward applies but gave no verdict."""
+    last_error: dict[str, str]
+    """``name -> message`` of the last failure in the batch (only rewards that failed)."""
+
+    @property
+    def any_failed(self) -> torch.Tensor:
+        """``[N]`` bool: some reward failed on the sample."""
+        out = torch.zeros(self.total.shape[0], dtype=torch.bool)
+        for mask in self.failed.values():
+            out |= mask
+        return out
+
+
+def _combine(
+    rewards: Mapping[str, tuple[float, Any]],
+    per: dict[str, torch.Tensor],
+    applies: dict[str, torch.Tensor],
+    failed: dict[str, torch.Tensor],
+    last_error: dict[str, str],
+) -> RewardScores:
+    n = next(iter(per.values())).shape[0] if per else 0
+    total = torch.zeros(n, dtype=torch.float64)
+    for name, (weight, _) in rewards.items():
+        total += weight * torch.where(applies[name], per[name], torch.zeros_like(per[name]))
+    scores = RewardScores(total=total, per=per, applies=applies, failed=failed, last_error=last_error)
+    scores.total = torch.where(scores.any_failed, torch.full_like(total, float("nan")), total)
+    return scores
+
+
 def score_completions(
     rewards: Mapping[str, tuple[float, Any]], texts: Sequence[str], rows: Sequence[Mapping[str, Any]]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Score ``texts`` (one per row) with every reward; ``(weighted total, {name: scores})``."""
+) -> RewardScores:
+    """Score ``texts`` (one per row) with every reward (see :class:`RewardScores`)."""
     from nemotron_plugins.rewards.base import RewardSample
 
     samples = [
@@ -151,20 +213,29 @@ def score_completions(
         for text, row in zip(texts, rows, strict=True)
     ]
     per: dict[str, torch.Tensor] = {}
-    total = torch.zeros(len(samples), dtype=torch.float64)
+    applies: dict[str, torch.Tensor] = {}
+    failed: dict[str, torch.Tensor] = {}
+    last_error: dict[str, str] = {}
     routed = {str(row["reward"]) for row in rows if row.get("reward") is not None}
-    for name, (weight, reward) in rewards.items():
+    for name, (_, reward) in rewards.items():
         # A reward named in some rows' ``reward`` column scores only those rows (NaN elsewhere: not applicable);
         # the others (format rewards) score every row.
-        applies = [name not in routed or row.get("reward") == name for row in rows]
+        applies[name] = torch.tensor(
+            [name not in routed or row.get("reward") == name for row in rows], dtype=torch.bool
+        )
         scores = torch.full((len(samples),), float("nan"), dtype=torch.float64)
-        chosen = [i for i, ok in enumerate(applies) if ok]
+        failed[name] = torch.zeros(len(samples), dtype=torch.bool)
+        chosen = applies[name].nonzero().flatten().tolist()
         if chosen:
-            results = reward.score([samples[i] for i in chosen])
-            scores[chosen] = torch.tensor([float(r.score) for r in results], dtype=torch.float64)
+            for i, result in zip(chosen, reward.score([samples[i] for i in chosen]), strict=True):
+                status = getattr(result.status, "value", result.status)
+                if status in FAILED_STATUSES or not math.isfinite(float(result.score)):
+                    failed[name][i] = True
+                    last_error[name] = f"{status}: {result.message or f'score {result.score}'}"
+                else:
+                    scores[i] = float(result.score)
         per[name] = scores
-        total += weight * torch.nan_to_num(scores, nan=0.0)
-    return total, per
+    return _combine(rewards, per, applies, failed, last_error)
 
 
 def encode_prompts(
@@ -351,23 +422,66 @@ def distributed_rollout(
 
 def distributed_score(
     rewards: Mapping[str, tuple[float, Any]], texts: Sequence[str], rows: Sequence[Mapping[str, Any]]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> RewardScores:
     """:func:`score_completions` with the work split over all ranks (rank r scores samples r, r + world, ...) and
     the scores all-gathered; every rank returns all scores."""
     world, rank, _, _ = _layout()
     if world == 1:
         return score_completions(rewards, texts, rows)
     mine = list(range(rank, len(texts), world))
-    _, per = score_completions(rewards, [texts[i] for i in mine], [rows[i] for i in mine]) if mine else (None, {})
-    local = {name: (mine, per[name].tolist() if mine else []) for name in rewards}
-    per_all = {name: torch.zeros(len(texts), dtype=torch.float64) for name in rewards}
-    for part in _all_gather(local):
-        for name, (idx, scores) in part.items():
-            per_all[name][idx] = torch.tensor(scores, dtype=torch.float64)
-    total = torch.zeros(len(texts), dtype=torch.float64)
-    for name, (weight, _) in rewards.items():
-        total += weight * torch.nan_to_num(per_all[name], nan=0.0)
-    return total, per_all
+    part = score_completions(rewards, [texts[i] for i in mine], [rows[i] for i in mine]) if mine else None
+    local = {
+        name: (
+            mine,
+            part.per[name].tolist() if part else [],
+            part.applies[name].tolist() if part else [],
+            part.failed[name].tolist() if part else [],
+            part.last_error.get(name) if part else None,
+        )
+        for name in rewards
+    }
+    per = {name: torch.full((len(texts),), float("nan"), dtype=torch.float64) for name in rewards}
+    applies = {name: torch.zeros(len(texts), dtype=torch.bool) for name in rewards}
+    failed = {name: torch.zeros(len(texts), dtype=torch.bool) for name in rewards}
+    last_error: dict[str, str] = {}
+    for gathered in _all_gather(local):
+        for name, (idx, scores, app, fail, error) in gathered.items():
+            if idx:
+                per[name][idx] = torch.tensor(scores, dtype=torch.float64)
+                applies[name][idx] = torch.tensor(app, dtype=torch.bool)
+                failed[name][idx] = torch.tensor(fail, dtype=torch.bool)
+            if error is not None:
+                last_error[name] = error
+    return _combine(rewards, per, applies, failed, last_error)
+
+
+def reward_failure_metrics(scores: RewardScores) -> dict[str, float]:
+    """``reward_failures/<name>`` (failed samples) and ``reward_failures/rate`` (samples with any failure)."""
+    out = {f"reward_failures/{name}": float(mask.sum()) for name, mask in scores.failed.items()}
+    n = scores.total.shape[0]
+    out["reward_failures/rate"] = float(scores.any_failed.sum()) / n if n else 0.0
+    return out
+
+
+def check_reward_failures(scores: RewardScores, max_rate: float, where: str) -> None:
+    """Stop the run when a reward failed on more than ``max_rate`` of the samples it applies to.
+
+    Raises:
+        RewardFailureError: Naming the reward, its failure count and its last error.
+    """
+    for name, failed in scores.failed.items():
+        applicable = int(scores.applies[name].sum())
+        count = int(failed.sum())
+        if applicable and count / applicable > max_rate:
+            raise RewardFailureError(
+                f"{where}: reward {name!r} gave no verdict on {count} of {applicable} samples "
+                f"({count / applicable:.1%} > max_reward_failure_rate = {max_rate:g}); last error: "
+                f"{scores.last_error.get(name, '?')}"
+            )
+
+
+class RewardFailureError(RuntimeError):
+    """A reward failed on more samples than ``max_reward_failure_rate`` allows."""
 
 
 @torch.no_grad()
@@ -385,12 +499,17 @@ def evaluate_policy(
     greedy: bool = True,
     seed: int = 0,
     template: str = "llama-nemotron-super",
+    max_reward_failure_rate: float = 1.0,
 ) -> dict[str, float]:
     """Held-out accuracy with one sample per prompt at ``temperature`` and, with ``greedy``, the arg-max decode.
 
+    A sample whose reward gave no verdict (timeout / error / unavailable) is left out of the means and counted in
+    ``reward_failures_<label>``; past ``max_reward_failure_rate`` the evaluation stops (:class:`RewardFailureError`).
+
     Returns:
-        ``n``, ``accuracy_sampled``, ``format_sampled``, ``response_length_sampled``, the same ``*_greedy`` keys and,
-        when the rows carry both reasoning modes, ``accuracy_<label>_on`` / ``accuracy_<label>_off``.
+        ``n``, ``accuracy_sampled``, ``format_sampled``, ``response_length_sampled``, ``reward_failures_sampled``,
+        the same ``*_greedy`` keys and, when the rows carry both reasoning modes, ``accuracy_<label>_on`` /
+        ``accuracy_<label>_off``.
     """
     if not rows:
         return {}
@@ -403,7 +522,10 @@ def evaluate_policy(
             engine, prompt_ids, n=1, temperature=temp, top_p=p, max_new_tokens=max_new_tokens, seed=seed + 17
         )
         texts = decode_completions(tokenizer, samples.completion_ids)
-        _, per = distributed_score(rewards, texts, rows)
+        scores = distributed_score(rewards, texts, rows)
+        check_reward_failures(scores, max_reward_failure_rate, f"held-out evaluation ({label})")
+        per = scores.per
+        result[f"reward_failures_{label}"] = float(scores.any_failed.sum())
         acc = per[accuracy_reward]
         result[f"accuracy_{label}"] = float(acc.nanmean())
         if format_reward is not None:
@@ -430,8 +552,15 @@ def estimate_pass_rates(
     temperature: float,
     seed: int,
     template: str = "llama-nemotron-super",
+    max_reward_failure_rate: float = 1.0,
 ) -> list[float]:
-    """Fraction of ``samples_per_prompt`` sampled completions per prompt that the accuracy reward scores > 0.5."""
+    """Fraction of ``samples_per_prompt`` sampled completions per prompt that the accuracy reward scores > 0.5,
+    over the samples it gave a verdict on.
+
+    Raises:
+        RewardFailureError: The accuracy reward failed on more than ``max_reward_failure_rate`` of the samples, or on
+            every sample of a prompt (naming the prompt).
+    """
     samples = distributed_rollout(
         engine,
         encode_prompts(tokenizer, rows, template=template),
@@ -443,9 +572,19 @@ def estimate_pass_rates(
     )
     texts = decode_completions(tokenizer, samples.completion_ids)
     only = {accuracy_reward: rewards[accuracy_reward]}
-    _, per = distributed_score(only, texts, [rows[i] for i in samples.prompt_index])
-    passed = (per[accuracy_reward] > 0.5).double().view(len(rows), samples_per_prompt)
-    return passed.mean(1).tolist()
+    scores = distributed_score(only, texts, [rows[i] for i in samples.prompt_index])
+    check_reward_failures(scores, max_reward_failure_rate, "curriculum pass-rate estimate")
+    acc = scores.per[accuracy_reward].view(len(rows), samples_per_prompt)
+    passed = torch.where(acc.isnan(), acc, (acc > 0.5).double())
+    rates = passed.nanmean(1)
+    for i, rate in enumerate(rates.tolist()):
+        if math.isnan(rate):
+            raise RewardFailureError(
+                f"curriculum pass-rate estimate: reward {accuracy_reward!r} gave no verdict on any of the "
+                f"{samples_per_prompt} samples of prompt id {rows[i].get('id', i)!r}; last error: "
+                f"{scores.last_error.get(accuracy_reward, '?')}"
+            )
+    return rates.tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -634,20 +773,21 @@ def policy_update(
     cfg = config.algorithm
     temp = config.generation.temperature
     micro = config.micro_batch_size
-    updates_per_rollout = cfg.updates_per_rollout(config.global_batch_size)
+    # ``updates_per_rollout`` counts every epoch's steps; one epoch is that many over the epochs.
+    updates_per_epoch = max(1, cfg.updates_per_rollout(config.global_batch_size) // cfg.epochs_per_rollout)
     _, _, dp, dp_rank = _layout()
     pad_rows = ps.get_pipeline_model_parallel_world_size() > 1
     width = int(batch.input_ids.shape[1])
     reports_rank = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     n = len(batch)
-    chunks = [c for c in torch.arange(n).tensor_split(updates_per_rollout) if c.numel()]
+    chunks = [c for c in torch.arange(n).tensor_split(updates_per_epoch) if c.numel()]
     plans = [_micro_batches(batch, chunk[dp_rank::dp], micro, pad_rows) for chunk in chunks]
 
     # Log-probs of the policy before any update ("old") and of the reference, attached to the micro-batches (on the
     # last pipeline stage, the only one that computes the loss).
     module = model.module if hasattr(model, "module") else model
     module.eval()
-    if not (updates_per_rollout == 1 and cfg.epochs_per_rollout == 1):
+    if not (len(chunks) == 1 and cfg.epochs_per_rollout == 1):
         for plan in plans:
             for mb, lp in zip(plan, _forward_logprobs(model, plan, width, micro, temp, vocab_size), strict=False):
                 mb["old_logprobs"] = lp
@@ -691,8 +831,10 @@ def policy_update(
                         total_sequences_in_global_batch=gs,
                     )
                     tokens_here = float(mask.sum())
+                    # The generator's log-probs against the policy that generated them (the old policy, before
+                    # this rollout's updates), not the one being updated.
                     metrics["generator_trainer_logprob_diff"] = (
-                        float(((gen - lp.detach()) * mask).sum()) / tokens_here if tokens_here else 0.0
+                        float(((gen - old) * mask).sum()) / tokens_here if tokens_here else 0.0
                     )
                     report = {key: float(metrics.get(key, 0.0)) * tokens_here for key in _TOKEN_METRICS}
                     report["_tokens"] = tokens_here
@@ -733,6 +875,94 @@ def policy_update(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True, slots=True)
+class RolloutRound:
+    """One round of rollouts on ``len(batch)`` prompts, scored, with its advantages and the groups it keeps."""
+
+    batch: list[int]
+    """Prompt indices (into the run's rows) of the round."""
+    samples: Samples
+    """The completions, prompt-major."""
+    scores: RewardScores
+    """Their reward scores (failures kept apart from "not applicable")."""
+    shaped: torch.Tensor
+    """``[N]`` rewards after the algorithm's ``shape_rewards`` (NaN where a reward failed)."""
+    advantages: Any
+    """The algorithm's :class:`~nemotron_plugins.rl.advantages.GroupAdvantages` of ``shaped``."""
+    keep_groups: torch.Tensor
+    """``[len(batch)]`` bool: the group enters the update."""
+    lengths: torch.Tensor
+    """``[N]`` completion lengths."""
+    finished: torch.Tensor
+    """``[N]`` bool: the completion ended (not truncated)."""
+
+
+def select_groups(
+    shaped: torch.Tensor, advantages: Any, group_size: int, *, skip_uniform_groups: bool
+) -> torch.Tensor:
+    """``[num_groups]`` bool: groups that enter the update.
+
+    A group needs at least 2 samples with a reward (a sample whose reward failed has NaN and is not counted; the
+    advantages already leave it out of the group's mean and std); with ``skip_uniform_groups`` its valid rewards
+    must also differ.
+    """
+    valid = torch.isfinite(shaped.view(-1, group_size)).sum(1)
+    keep = valid >= 2
+    if skip_uniform_groups:
+        keep &= ~advantages.zero_std_groups
+    return keep
+
+
+def rollout_round(
+    *,
+    engine: Any,
+    config: RecipeConfig,
+    algorithm: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    prompt_ids: Sequence[Sequence[int]],
+    batch: Sequence[int],
+    rewards: Mapping[str, tuple[float, Any]],
+    seed: int,
+    timings: dict[str, float],
+) -> RolloutRound:
+    """Generate ``num_generations`` completions for each prompt of ``batch``, score them and compute advantages
+    (adds the rollout / reward seconds to ``timings``)."""
+    cfg, gen = config.algorithm, config.generation
+    g = cfg.num_generations
+    t0 = time.perf_counter()
+    samples = distributed_rollout(
+        engine,
+        [prompt_ids[i] for i in batch],
+        n=g,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        max_new_tokens=gen.max_new_tokens,
+        seed=seed,
+    )
+    timings["rollout"] += time.perf_counter() - t0
+    sample_rows = [rows[batch[i]] for i in samples.prompt_index]
+    texts = decode_completions(tokenizer, samples.completion_ids)
+    t1 = time.perf_counter()
+    scores = distributed_score(rewards, texts, sample_rows)
+    timings["reward"] += time.perf_counter() - t1
+    lengths = torch.tensor([len(c) for c in samples.completion_ids], dtype=torch.float64)
+    finished = torch.tensor(samples.finished, dtype=torch.bool)
+    shaped = algorithm.shape_rewards(scores.total, lengths, finished, cfg)
+    adv = algorithm.advantages(shaped.float().view(len(batch), g), cfg)
+    keep = select_groups(shaped, adv, g, skip_uniform_groups=cfg.skip_uniform_groups)
+    return RolloutRound(
+        batch=list(batch),
+        samples=samples,
+        scores=scores,
+        shaped=shaped,
+        advantages=adv,
+        keep_groups=keep,
+        lengths=lengths,
+        finished=finished,
+    )
+
+
 def train_step(
     *,
     step: int,
@@ -749,63 +979,97 @@ def train_step(
     ref_model: Any | None = None,
     pass_rates: Sequence[float] | None = None,
     scheduler: Any | None = None,
+    next_batch: Any | None = None,
 ) -> dict[str, float]:
     """One rollout + update on the prompts ``batch`` (every rank calls it); returns the step's metrics.
 
     The advantages and the loss come from the registered algorithm ``algorithm.algorithm`` (``ALGORITHMS``), so a
-    plugin registered under a new name takes effect."""
+    plugin registered under a new name takes effect. Samples whose reward failed leave the advantages (their group
+    is renormalised over the rest; a group left with < 2 scored samples drops out) and the step stops past
+    ``max_reward_failure_rate``. With ``skip_uniform_groups``, groups without signal are dropped and, when
+    ``next_batch`` (a callable returning the sampler's next prompt indices) is given, up to
+    ``algorithm.max_refill_rounds`` extra rollouts refill the update to ``num_prompts_per_rollout`` groups."""
     from nemotron_plugins.registry import ALGORITHMS
 
     cfg = config.algorithm
     algorithm = ALGORITHMS.get(cfg.algorithm)
-    gen = config.generation
     g = cfg.num_generations
+    wanted = cfg.num_prompts_per_rollout
     t0 = time.perf_counter()
-    samples = distributed_rollout(
-        engine,
-        [prompt_ids[i] for i in batch],
-        n=g,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        max_new_tokens=gen.max_new_tokens,
-        seed=_mix_seed(config.seed, step),
-    )
-    t_rollout = time.perf_counter() - t0
-    sample_rows = [rows[batch[i]] for i in samples.prompt_index]
-    texts = decode_completions(tokenizer, samples.completion_ids)
-    t1 = time.perf_counter()
-    total, per = distributed_score(rewards, texts, sample_rows)
-    t_reward = time.perf_counter() - t1
-    lengths = torch.tensor([len(c) for c in samples.completion_ids], dtype=torch.float64)
-    finished = torch.tensor(samples.finished, dtype=torch.bool)
-    shaped = algorithm.shape_rewards(total, lengths, finished, cfg)
-    adv = algorithm.advantages(shaped.float().view(len(batch), g), cfg)
-    flat_adv = adv.flat()
-    keep_groups = ~adv.zero_std_groups if cfg.skip_uniform_groups else torch.ones(len(batch), dtype=torch.bool)
-    keep_samples = keep_groups.repeat_interleave(g) & algorithm.loss_sample_mask(finished, cfg)
-    keep = keep_samples.nonzero().flatten().tolist()
+    timings = {"rollout": 0.0, "reward": 0.0}
+    common = {
+        "engine": engine,
+        "config": config,
+        "algorithm": algorithm,
+        "tokenizer": tokenizer,
+        "rows": rows,
+        "prompt_ids": prompt_ids,
+        "rewards": rewards,
+        "timings": timings,
+    }
+    rounds = [rollout_round(batch=batch, seed=_mix_seed(config.seed, step), **common)]
+    check_reward_failures(rounds[0].scores, config.max_reward_failure_rate, f"step {step + 1}")
+    refill_rounds = cfg.max_refill_rounds if cfg.skip_uniform_groups and next_batch is not None else 0
+    while len(rounds) <= refill_rounds and sum(int(r.keep_groups.sum()) for r in rounds) < wanted:
+        extra = rollout_round(batch=next_batch(), seed=_mix_seed(config.seed, step, len(rounds)), **common)
+        check_reward_failures(extra.scores, config.max_reward_failure_rate, f"step {step + 1} (refill)")
+        rounds.append(extra)
+
+    # The update's samples: kept groups in draw order, at most ``wanted`` of them; within a group the samples
+    # whose reward failed and those the algorithm masks out are left out.
+    prompts, completions, gen_lps, advs = [], [], [], []
+    kept_groups = 0
+    for r in rounds:
+        sample_ok = torch.isfinite(r.shaped) & algorithm.loss_sample_mask(r.finished, cfg)
+        flat_adv = r.advantages.flat()
+        for grp in r.keep_groups.nonzero().flatten().tolist():
+            if kept_groups >= wanted:
+                break
+            kept_groups += 1
+            for i in range(grp * g, (grp + 1) * g):
+                if sample_ok[i]:
+                    prompts.append(prompt_ids[r.batch[r.samples.prompt_index[i]]])
+                    completions.append(r.samples.completion_ids[i])
+                    gen_lps.append(r.samples.logprobs[i])
+                    advs.append(float(flat_adv[i]))
+
+    lengths = torch.cat([r.lengths for r in rounds])
+    total = torch.cat([r.scores.total for r in rounds])
+    all_adv = torch.cat([r.advantages.flat() for r in rounds])
+    scored = torch.isfinite(torch.cat([r.shaped for r in rounds]))
+    zero_std = torch.cat([r.advantages.zero_std_groups for r in rounds])
+    finished = torch.cat([r.finished for r in rounds])
     metrics: dict[str, float] = {
-        "reward/total": float(total.mean()),
-        "accuracy": float(per[accuracy_reward_name(config)].nanmean()),
-        "advantage/mean": float(flat_adv.mean()),
-        "advantage/std": float(flat_adv.std()),
-        "advantage/abs_max": float(flat_adv.abs().max()),
-        "groups/skipped_fraction": float(adv.zero_std_groups.float().mean()),
+        "reward/total": float(total.nanmean()),
+        "accuracy": float(torch.cat([r.scores.per[accuracy_reward_name(config)] for r in rounds]).nanmean()),
+        "advantage/mean": float(all_adv[scored].mean()) if scored.any() else 0.0,
+        "advantage/std": float(all_adv[scored].std()) if scored.sum() > 1 else 0.0,
+        "advantage/abs_max": float(all_adv.abs().max()),
+        "groups/skipped_fraction": float(zero_std.float().mean()),
+        "groups/kept": float(kept_groups),
+        "dynamic_sampling/extra_rollouts": float(sum(len(r.batch) * g for r in rounds[1:])),
+        "dynamic_sampling/rounds": float(len(rounds) - 1),
         "response_length/mean": float(lengths.mean()),
         "response_length/max": float(lengths.max()),
-        "truncated_fraction": float(1.0 - sum(samples.finished) / len(samples.finished)),
+        "truncated_fraction": float(1.0 - finished.float().mean()),
     }
-    for name, scores in per.items():
-        metrics[f"reward/{name}"] = float(scores.nanmean())
+    for name in rewards:
+        metrics[f"reward/{name}"] = float(torch.cat([r.scores.per[name] for r in rounds]).nanmean())
+    failures: dict[str, float] = {}
+    for r in rounds:
+        for key, value in reward_failure_metrics(r.scores).items():
+            failures[key] = failures.get(key, 0.0) + (value * len(r.scores.total) if key.endswith("/rate") else value)
+    failures["reward_failures/rate"] /= float(len(total))
+    metrics.update(failures)
     if pass_rates is not None:
         metrics["curriculum/batch_pass_rate"] = float(sum(pass_rates[i] for i in batch) / len(batch))
     t2 = time.perf_counter()
-    if keep:
+    if completions:
         packed = pack_policy_batch(
-            [prompt_ids[batch[samples.prompt_index[i]]] for i in keep],
-            [samples.completion_ids[i] for i in keep],
-            [samples.logprobs[i] for i in keep],
-            flat_adv[keep],
+            prompts,
+            completions,
+            gen_lps,
+            torch.tensor(advs, dtype=torch.float32),
             pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         )
         metrics.update(
@@ -820,20 +1084,20 @@ def train_step(
                 loss_fn=algorithm.loss,
             )
         )
-        metrics["train/sequences"] = float(len(keep))
+        metrics["train/sequences"] = float(len(completions))
         metrics["train/tokens"] = float(packed.mask.sum())
-        if gen.engine not in EMBEDDED_ENGINES:
+        if config.generation.engine not in EMBEDDED_ENGINES:
             engine.update_weights(model=model.module if hasattr(model, "module") else model)
     else:
         metrics["train/sequences"] = 0.0
         metrics["train/tokens"] = 0.0
     t_train = time.perf_counter() - t2
     generated = float(lengths.sum())
-    metrics["time/rollout_s"] = t_rollout
-    metrics["time/reward_s"] = t_reward
+    metrics["time/rollout_s"] = timings["rollout"]
+    metrics["time/reward_s"] = timings["reward"]
     metrics["time/train_s"] = t_train
     metrics["time/step_s"] = time.perf_counter() - t0
-    metrics["tokens_per_s/rollout"] = generated / max(t_rollout, 1e-9)
+    metrics["tokens_per_s/rollout"] = generated / max(timings["rollout"], 1e-9)
     metrics["tokens_per_s/train"] = metrics["train/tokens"] / max(t_train, 1e-9)
     return metrics
 
@@ -1023,6 +1287,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
         "greedy": evaluation.greedy,
         "seed": config.seed,
         "template": config.data.chat_template,
+        "max_reward_failure_rate": config.max_reward_failure_rate,
     }
     resumed = latest_checkpoint(load_dir) if load_dir.exists() else None
     if resumed is not None and not config.checkpoint.resume:
@@ -1083,6 +1348,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
                         temperature=gen.temperature,
                         seed=config.seed,
                         template=config.data.chat_template,
+                        max_reward_failure_rate=config.max_reward_failure_rate,
                     )
                     origin = f"{config.sampler.pass_rate_responses} samples per prompt"
                 kept_rates = apply_curriculum_filter(pass_rates)
@@ -1140,6 +1406,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
                     ref_model=ref_model,
                     pass_rates=kept_rates,
                     scheduler=scheduler,
+                    next_batch=lambda: _next_batch(sampler),
                 )
                 step += 1
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
