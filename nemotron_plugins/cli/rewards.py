@@ -2,6 +2,10 @@
 
 Input lines: ``{"completion": str, "ground_truth": any, "prompt"?: str | [messages], "metadata"?: {...}}``.
 Output: one JSON line per input line, in input order: ``{"score", "status", "components", "message"}``.
+
+Scoring is bounded by default: the reward runs through :func:`~nemotron_plugins.rewards.pool.bounded_reward` (a pool
+of ``--workers`` processes, each sample killed after ``--timeout`` seconds and capped in memory; server-backed
+rewards keep their own deadlines). ``--in-process`` scores in this process with no bound, for trusted inputs only.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from typing import Any, TextIO
 from nemotron_plugins.cli.common import fail
 
 _ALLOWED_KEYS = {"completion", "ground_truth", "prompt", "metadata"}
+
+#: Worker processes and per-sample time bound when neither ``--workers`` nor ``--timeout`` is given.
+DEFAULT_WORKERS = 2
+DEFAULT_TIMEOUT_S = 10.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +38,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--options", default=None, help="JSON object of keyword options for a named reward")
     score.add_argument("--input", default="-", help="input JSONL file ('-' or omitted: stdin)")
     score.add_argument("--output", default="-", help="output JSONL file ('-' or omitted: stdout)")
-    score.add_argument("--workers", type=int, default=0, help="worker processes (0: score in this process)")
-    score.add_argument("--timeout", type=float, default=10.0, help="per-sample time bound with --workers (seconds)")
+    score.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"worker processes that score the samples, each sample bounded in time and memory (default {DEFAULT_WORKERS})",
+    )
+    score.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"per-sample time bound in the workers, seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    score.add_argument(
+        "--in-process",
+        action="store_true",
+        help="RISK: score in this process with no time or memory bound. One hostile or pathological completion "
+        "(e.g. \\binom{99999999}{49999999}, 10^{9999*9999}) can hang this command or exhaust memory; math-verify's "
+        "own timeout is not a bound. Only for trusted inputs; --workers / --timeout are refused with it",
+    )
     score.add_argument("--batch-size", type=int, default=256, help="samples scored per call (output is streamed)")
     score.set_defaults(func=run_score)
     listing = sub.add_parser("list", help="list the registered rewards")
@@ -100,15 +125,24 @@ def _build(args: argparse.Namespace) -> Any:
         reward = build_reward(spec, **options)
     except (RewardSpecError, PluginError, ValueError) as exc:
         fail(f"--reward: {exc}")
-    if args.workers < 0:
-        fail(f"--workers must be >= 0, got {args.workers}")
-    if args.workers > 0:
-        from nemotron_plugins.rewards.pool import PooledReward
+    if args.in_process:
+        given = [
+            flag for flag, value in (("--workers", args.workers), ("--timeout", args.timeout)) if value is not None
+        ]
+        if given:
+            fail(
+                f"{' and '.join(given)} bound(s) the worker pool; --in-process scores without one: drop one or the other"
+            )
+        return reward
+    from nemotron_plugins.rewards.pool import bounded_reward
 
-        if args.timeout <= 0:
-            fail(f"--timeout must be > 0, got {args.timeout}")
-        reward = PooledReward(reward, workers=args.workers, timeout_s=args.timeout)
-    return reward
+    workers = DEFAULT_WORKERS if args.workers is None else args.workers
+    timeout_s = DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers} (--in-process scores without workers, unbounded)")
+    if timeout_s <= 0:
+        fail(f"--timeout must be > 0, got {timeout_s}")
+    return bounded_reward(reward, workers=workers, timeout_s=timeout_s)
 
 
 def run_score(args: argparse.Namespace) -> int:

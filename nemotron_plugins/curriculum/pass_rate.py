@@ -66,6 +66,12 @@ class PassRateConfig:
     """Prompts per ``generate`` call (and per journal write)."""
     show_progress: bool = True
     """Show a tqdm progress bar on stderr."""
+    reward_workers: int = 2
+    """Worker processes that score the completions: the reward runs through
+    :func:`~nemotron_plugins.rewards.pool.bounded_reward`, so one pathological completion costs one sample's
+    ``reward_timeout_s``, never the run (server-backed rewards keep their own deadlines)."""
+    reward_timeout_s: float = 10.0
+    """Per-completion time bound in the reward workers (seconds)."""
 
     def validate(self) -> None:
         """Check the fields.
@@ -73,12 +79,15 @@ class PassRateConfig:
         Raises:
             CurriculumInputError: Naming the bad field.
         """
-        for name in ("num_samples", "chunk_size"):
+        for name in ("num_samples", "chunk_size", "reward_workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CurriculumInputError(f"{name} must be an integer >= 1, got {value!r}")
         if isinstance(self.pass_threshold, bool) or not isinstance(self.pass_threshold, int | float):
             raise CurriculumInputError(f"pass_threshold must be a number, got {self.pass_threshold!r}")
+        timeout = self.reward_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise CurriculumInputError(f"reward_timeout_s must be a positive number of seconds, got {timeout!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +254,10 @@ def estimate_pass_rates(
             already holds records from an interrupted run, those prompts are skipped.
         generator: Produces ``k`` completions per prompt.
         reward: A reward name or spec for ``nemotron_plugins.rewards.base.build_reward``, or a built ``Reward``.
-        config: Sample count, threshold, field names, chunking.
+            Either way it scores through :func:`~nemotron_plugins.rewards.pool.bounded_reward` (a worker pool with a
+            per-sample time and memory bound; a composition that holds a server-backed reward has its other parts
+            pooled in place).
+        config: Sample count, threshold, field names, chunking, reward workers.
 
     Returns:
         A summary of the run.
@@ -256,6 +268,7 @@ def estimate_pass_rates(
         GenerationError: If the generator breaks its contract.
     """
     from nemotron_plugins.rewards.base import Reward, build_reward
+    from nemotron_plugins.rewards.pool import bounded_reward
 
     config = config or PassRateConfig()
     config.validate()
@@ -273,12 +286,15 @@ def estimate_pass_rates(
         )
     todo = [p for p in prompts if p.prompt_id not in done]
     built = reward if isinstance(reward, Reward) else build_reward(reward)
+    scorer = bounded_reward(built, workers=config.reward_workers, timeout_s=config.reward_timeout_s)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     rates = list(done.values())
     try:
-        errors = _run_chunks(todo, len(prompts), len(done), output_path, generator, built, config, rates)
-    finally:
-        if built is not reward:  # built here: release its workers / connections
+        errors = _run_chunks(todo, len(prompts), len(done), output_path, generator, scorer, config, rates)
+    finally:  # release the workers / connections made here
+        if scorer is not reward:
+            scorer.close()
+        if built is not reward and built is not scorer:
             built.close()
     return EstimateSummary(
         total=len(prompts),

@@ -147,3 +147,44 @@ def test_pool_made_in_a_short_lived_thread_keeps_its_workers(tmp_path):
         assert pool.started == 2 + pool.killed
     finally:
         pool.close()
+
+
+class _HostileGenerator:
+    """Completions for curriculum pass-rate estimation: the hostile suite for every prompt."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def generate(self, prompts, n):
+        assert n == len(self.texts)
+        return [list(self.texts) for _ in prompts]
+
+
+def test_curriculum_pass_rates_score_through_the_pool(tmp_path):
+    import json
+
+    from nemotron_plugins.curriculum.pass_rate import PassRateConfig, estimate_pass_rates
+
+    marker = tmp_path / "pwned"
+    texts, gts = hostile(marker)
+    # One prompt with ground truth "4"; its k completions are the hostile suite (in process, the expansion ran into
+    # math-verify's own timeout and came back as an OK 0, a wrong answer).
+    src = tmp_path / "prompts.jsonl"
+    src.write_text(json.dumps({"id": "p", "prompt": "q", "ground_truth": "4"}) + "\n")
+    config = PassRateConfig(num_samples=len(texts), reward_workers=1, reward_timeout_s=3.0, show_progress=False)
+    summary = estimate_pass_rates(src, tmp_path / "out.jsonl", _HostileGenerator(texts), "math", config)
+    [row] = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    # The expansion (x+1)^9999 against "4" is killed at the bound and counted as a reward error, not a pass or a 0;
+    # the last completion is the only right answer; no bait ran.
+    assert (row["num_passed"], row["num_samples"], row["num_reward_errors"]) == (1, len(texts), 1)
+    assert summary.reward_errors == 1
+    assert not marker.exists()
+
+
+def test_curriculum_pass_rate_reward_options_are_checked(tmp_path):
+    from nemotron_plugins.curriculum.pass_rate import PassRateConfig
+    from nemotron_plugins.curriculum.records import CurriculumInputError
+
+    for bad, field in (({"reward_workers": 0}, "reward_workers"), ({"reward_timeout_s": 0}, "reward_timeout_s")):
+        with pytest.raises(CurriculumInputError, match=field):
+            PassRateConfig(**bad).validate()

@@ -43,3 +43,43 @@ def test_cli_bad_line_exits_with_line_number():
     assert proc.returncode == 2
     assert "stdin line 3: 'completion' must be a string" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_cli_bounds_scoring_by_default():
+    # No --workers: the default pool still kills the sample that would hang an in-process scorer.
+    rows = [
+        {"completion": "\\boxed{4}", "ground_truth": "4"},
+        {"completion": "\\boxed{(x+1)^{9999}}", "ground_truth": "x^{9999}"},
+        {"completion": "\\boxed{5}", "ground_truth": "4"},
+    ]
+    proc = run_cli(["--reward", "math", "--timeout", "3"], "".join(json.dumps(r) + "\n" for r in rows))
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["status"] for r in out] == ["ok", "timeout", "ok"]
+    assert [out[0]["score"], out[2]["score"]] == [1.0, 0.0]
+
+
+def test_cli_in_process_is_explicit_and_states_the_risk():
+    from nemotron_plugins.cli.main import build_parser
+    from nemotron_plugins.cli.rewards import _build
+    from nemotron_plugins.rewards.math import MathReward
+    from nemotron_plugins.rewards.pool import PooledReward
+
+    parser = build_parser()
+    args = parser.parse_args(["rewards", "score", "--reward", "math"])
+    reward = _build(args)
+    assert isinstance(reward, PooledReward) and reward.workers == 2
+    args = parser.parse_args(["rewards", "score", "--reward", "math", "--in-process"])
+    assert isinstance(_build(args), MathReward)
+    for extra in (["--workers", "2"], ["--timeout", "5"]):
+        with pytest.raises(SystemExit):
+            _build(parser.parse_args(["rewards", "score", "--reward", "math", "--in-process", *extra]))
+    with pytest.raises(SystemExit):
+        _build(parser.parse_args(["rewards", "score", "--reward", "math", "--workers", "0"]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nemotron_plugins.cli.main", "rewards", "score", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "RISK: score in this process with no time or memory bound" in " ".join(proc.stdout.split())
