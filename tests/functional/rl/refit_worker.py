@@ -125,3 +125,44 @@ def worker(rank: int, tp: int, pp: int, jobs: list[dict[str, Any]]) -> list[dict
             }
         )
     return results
+
+
+def engine_worker(rank: int, tp: int, pp: int, gen_tp: int, src: str, bucket_bytes: int) -> dict[str, Any]:
+    """Train-side layout TP x PP, generation at TP ``gen_tp`` through the ``vllm`` engine on the recording stand-in:
+    refit from this rank's Megatron shards, then generate this engine's share of the prompts."""
+    from unittest import mock
+
+    from refit_fake_vllm import fake_vllm
+
+    from nemotron_plugins.puzzle.block_config import load_hf_config
+    from nemotron_plugins.puzzle.hf_checkpoint import load_hf_checkpoint
+    from nemotron_plugins.puzzle.model import build_puzzle_model
+    from nemotron_plugins.rl.engines.vllm_engine import VLLMRolloutEngine
+    from nemotron_plugins.runtime.config import ParallelConfig
+    from nemotron_plugins.runtime.distributed import init_distributed
+
+    init_distributed(ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp), seed=100)
+    cfg = load_hf_config(src)
+    model = build_puzzle_model(cfg, make_vocab_size_divisible_by=PADDED_VOCAB, device="cpu").eval()
+    load_hf_checkpoint(model, src, cfg, progress=False)
+    prompts = [[10 + i, 11 + i, 12 + i] for i in range(5)]
+    with fake_vllm() as llm_cls, mock.patch.object(torch.cuda, "is_available", return_value=True):
+        engine = VLLMRolloutEngine(
+            model_path=src, puzzle_config=cfg, tensor_parallel_size=gen_tp, refit_bucket_bytes=bucket_bytes
+        )
+        report = engine.update_weights(model=model)
+        mine = [prompts[i] for i in engine.layout.shard(len(prompts))]
+        groups = engine.rollout(mine, n=2, max_new_tokens=4)
+    (llm,) = llm_cls.instances
+    return {
+        "layout": (engine.layout.tp_rank, engine.layout.dp_rank, engine.layout.dp_size),
+        "vllm_view": (llm.tp_rank, llm.dp_rank),
+        "kwargs": llm.kwargs,
+        "full": llm.model.full,
+        "shard": llm.model.shard,
+        "bucket_bytes": [e[2] for e in llm.events if e[0] == "load_weights"],
+        "report": (report.tensors, report.buckets, report.max_bucket_bytes),
+        "generated_prompts": [p for e in llm.events if e[0] == "generate" for p in e[1]],
+        "groups": len(groups),
+        "events": [e[0] for e in llm.events],
+    }
