@@ -81,24 +81,28 @@ def test_hostile_inputs_through_every_adapter(tmp_path, monkeypatch, short_pool_
     assert isinstance(adapters.make_verl_compute_score("math").reward, PooledReward)
     assert isinstance(adapters.NemoRLRewardEnvironment("math").reward, PooledReward)
     assert isinstance(adapters.make_openrlhf_reward_func("math").reward, PooledReward)
-    # ... and scores the same hostile samples through that pool (the warm one from above, to keep the test short),
-    # without the one that needs the kill (its cost is the bound itself, shown above and in the thread test below).
+    # ... and scores the same hostile samples, the one that needs the kill included, through that pool (the warm one
+    # from above, to keep the test short): each adapter gets the kill's status in its own form, never a hang.
     pooled = trl.reward
-    texts, gts, n = texts[:2] + texts[3:], gts[:2] + gts[3:], n - 1
     verl = adapters.make_verl_compute_score(pooled)
     verl_out = [verl("math", t, g) for t, g in zip(texts, gts, strict=True)]
-    assert [(d["score"], d["status_ok"]) for d in verl_out] == [(0.0, 1.0)] * (n - 1) + [(1.0, 1.0)]
+    assert [(d["score"], d["status_ok"]) for d in verl_out] == [(0.0, 1.0)] * 2 + [(0.0, 0.0)] + [(0.0, 1.0)] * (
+        n - 4
+    ) + [(1.0, 1.0)]
+    assert pooled.killed == 2
 
     queries = ["q " + t for t in texts]
     res = adapters.make_openrlhf_reward_func(pooled)(queries, ["q "] * n, gts)
-    assert res["rewards"].tolist() == [0.0] * (n - 1) + [1.0] and res["extra_logs"]["status_ok"].tolist() == [1.0] * n
+    assert res["rewards"].tolist() == [0.0] * (n - 1) + [1.0]
+    assert res["extra_logs"]["status_ok"].tolist() == [1.0] * 2 + [0.0] + [1.0] * (n - 3)
+    assert pooled.killed == 3
 
     env = adapters.NemoRLRewardEnvironment(pooled)
     ret = env.step([[{"role": "assistant", "content": t}] for t in texts], [{"ground_truth": g} for g in gts])
     assert ret.rewards.tolist() == [0.0] * (n - 1) + [1.0]
-    assert (
-        pooled.started == pooled.workers + pooled.killed
-    )  # every adapter used the one pool: no worker started in-process
+    assert ["(timeout)" in o["content"] for o in ret.observations] == [False] * 2 + [True] + [False] * (n - 3)
+    assert pooled.killed == 4
+    assert pooled.started == pooled.workers + pooled.killed  # every adapter used the one pool: none scored in-process
 
     monkeypatch.setenv("NEMOTRON_REWARD", "math")
     entry = adapters.reward_func(queries, ["q "] * n, gts)
