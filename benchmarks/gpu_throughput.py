@@ -17,6 +17,10 @@ score FLOPs), x3 for training. The same run measures the matmul peak (``--peak-s
 the benchmark dtype) and reports each model's fraction of it, and prints the FLOP-ratio limit of the child
 (parent FLOPs / child FLOPs per token: the speedup of a purely compute-bound run).
 
+``--with-local`` adds the dense parent on megatron's local attention, ``--without-fusions`` the dense parent with every
+megatron fusion off (a CUDA build turns megatron's torch-only fusions on by default:
+:func:`nemotron_plugins.puzzle.model.fusion_settings`); each prints its ratio to the dense parent.
+
 ``--cpu`` runs tiny sizes on CPU (fp32), then a second table: the tiny SFT recipe's real optimizer step
 (``tiny_puzzle_sft_cpu``: megatron DDP, optimizer and schedules from :mod:`nemotron_plugins.training`) with
 ``puzzle_sdpa`` vs ``puzzle_local`` (megatron's local attention), same weights and batch, side by side.
@@ -27,7 +31,7 @@ Usage::
     python benchmarks/gpu_throughput.py --layers 32 --repeats 5
     python benchmarks/gpu_throughput.py --cpu                # tiny sizes + the tiny SFT step comparison
 
-Measured on one H200 (2026-12-04; torch 2.11 + CUDA 13, megatron-core 0.16.1, no TE; ``bash
+Measured on one H200 (2026-12-04, before the CUDA fusion defaults; torch 2.11 + CUDA 13, megatron-core 0.16.1, no TE; ``bash
 tests/gpu/run_gpu_checks.sh``: ``--with-local --repeats 3``, 80 layers, hidden 2048, forward 8 x 2048, training
 2 x 2048; matmul peak 729.6 TFLOP/s)::
 
@@ -125,11 +129,14 @@ def measure_ours(
     device: torch.device,
     dtype: torch.dtype,
     layer_spec: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[int, float, float]:
-    """(parameters, forward tokens/s, training tokens/s) of ``cfg`` on megatron-core with ``layer_spec``."""
+    """(parameters, forward tokens/s, training tokens/s) of ``cfg`` on megatron-core with ``layer_spec`` (and
+    ``TransformerConfig`` ``overrides``, e.g. fusions off)."""
     from nemotron_plugins.puzzle.model import build_puzzle_model, count_parameters
 
     kwargs: dict[str, Any] = {"layer_spec": layer_spec} if layer_spec else {}
+    kwargs.update(overrides or {})
     model = build_puzzle_model(
         cfg, device=device.type, params_dtype=dtype, seq_length=args.seq_len, init_method_std=0.02, **kwargs
     )
@@ -206,6 +213,7 @@ def measure_transformers(
 
 def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
     """The three models' forward / training throughput, the FLOP-ratio limit and the matmul-peak fractions."""
+    from nemotron_plugins.puzzle.model import FUSION_FIELDS, fusion_settings
     from nemotron_plugins.runtime.distributed import distributed_context
 
     source = load_hf_config(args.config)
@@ -220,12 +228,15 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with distributed_context(seed=0):
-            models = [("dense parent", parent, parent_flops, args.layer_spec)]
-            models.append(("Super-pattern child", child, child_flops, args.layer_spec))
+            models = [("dense parent", parent, parent_flops, args.layer_spec, None)]
+            models.append(("Super-pattern child", child, child_flops, args.layer_spec, None))
             if args.with_local:
-                models.append(("parent, megatron local", parent, parent_flops, "puzzle_local"))
-            for name, cfg, flops, spec in models:
-                params, fwd, train = measure_ours(cfg, args, device, dtype, spec)
+                models.append(("parent, megatron local", parent, parent_flops, "puzzle_local", None))
+            if args.without_fusions:
+                no_fusions = dict.fromkeys(FUSION_FIELDS, False)
+                models.append(("parent, no fusions", parent, parent_flops, args.layer_spec, no_fusions))
+            for name, cfg, flops, spec, overrides in models:
+                params, fwd, train = measure_ours(cfg, args, device, dtype, spec, overrides)
                 rows.append(Row(name, params, flops, fwd, train))
                 _free(device)
         if not args.skip_transformers:
@@ -272,6 +283,13 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
         print(
             f"dense parent / the same with megatron's local attention: forward "
             f"{parent_row.forward_tps / local.forward_tps:.2f}x, training {parent_row.train_tps / local.train_tps:.2f}x"
+        )
+    if args.without_fusions:
+        plain = next(r for r in rows if r.name == "parent, no fusions")
+        fused = [name for name, on in fusion_settings(device.type).items() if on]
+        print(
+            f"dense parent ({', '.join(fused) or 'no fusions on ' + device.type}) / without fusions: forward "
+            f"{parent_row.forward_tps / plain.forward_tps:.2f}x, training {parent_row.train_tps / plain.train_tps:.2f}x"
         )
     if not args.skip_transformers:
         hf = rows[-1]
@@ -410,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         "--with-local", action="store_true", help="add the dense parent with megatron's local attention as a row"
     )
     parser.add_argument("--skip-transformers", action="store_true", help="leave out the transformers model")
+    parser.add_argument(
+        "--without-fusions",
+        action="store_true",
+        help="also the dense parent with every megatron fusion off (CUDA builds turn the torch-only ones on)",
+    )
     parser.add_argument("--sft-only", action="store_true", help="--cpu: only the tiny SFT step comparison")
     parser.add_argument("--skip-sft", action="store_true", help="--cpu: leave out the tiny SFT step comparison")
     parser.add_argument("--threads", type=int, default=2, help="--cpu: torch threads")

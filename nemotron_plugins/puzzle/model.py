@@ -45,6 +45,8 @@ __all__ = [
     "PuzzleModelError",
     "build_puzzle_model",
     "count_parameters",
+    "FUSION_FIELDS",
+    "fusion_settings",
     "global_parameter_name",
     "init_weights_layout_invariant_",
     "padded_vocab_size",
@@ -134,6 +136,89 @@ def _pipeline_layout(cfg: PuzzleModelConfig, parallel: ParallelConfig) -> list[l
     return stages
 
 
+FUSION_FIELDS: dict[str, str] = {
+    "bias_activation_fusion": "SwiGLU (and bias) fused by megatron's jit fuser (torch.compile: Triton on CUDA)",
+    "bias_dropout_fusion": "bias + dropout + residual add fused by megatron's jit fuser (torch.compile)",
+    "cross_entropy_loss_fusion": "megatron's native fused vocab-parallel cross entropy (jit fuser; impl 'native')",
+    "apply_rope_fusion": "RoPE fused by Transformer Engine (needs TE)",
+    "gradient_accumulation_fusion": "weight-gradient accumulation into main_grad (needs TE or apex's CUDA kernel)",
+}
+"""The megatron ``TransformerConfig`` fusion switches a run may set (``model.overrides``), with what each needs.
+``masked_softmax_fusion`` (apex / TE softmax kernels) and ``persist_layer_norm`` (apex) are not offered: the SDPA
+attention has no separate softmax, and apex is not a dependency."""
+
+DEFAULT_CUDA_FUSIONS: tuple[str, ...] = ("bias_activation_fusion", "bias_dropout_fusion")
+"""Fusions on by default on CUDA (when torch.compile's Triton backend is importable): they need no library beyond
+torch, and the GPU suite checks they keep the bf16 loss and gradients (``tests/gpu/test_model_options_cuda.py``)."""
+
+
+def _have_triton() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _have_fused_weight_gradient() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def fusion_settings(device_type: str, overrides: dict[str, Any] | None = None) -> dict[str, bool]:
+    """The megatron fusion switches for a model that runs on ``device_type``, with ``overrides`` applied.
+
+    Defaults: :data:`DEFAULT_CUDA_FUSIONS` on for ``"cuda"`` when Triton (torch.compile's CUDA backend) is
+    importable; everything off on CPU / meta (megatron's jit fuser would compile C++ kernels there for no gain) and
+    for the fusions that need Transformer Engine or apex. An override that asks for a fusion whose library is
+    missing is refused rather than left to fail inside megatron.
+
+    Args:
+        device_type: ``"cuda"``, ``"cpu"`` or ``"meta"``.
+        overrides: Field -> bool for any of :data:`FUSION_FIELDS`.
+
+    Returns:
+        Every :data:`FUSION_FIELDS` name -> bool (``cross_entropy_fusion_impl`` stays megatron's ``"native"``).
+
+    Raises:
+        PuzzleModelError: An unknown field, a non-bool value, or a fusion whose library (or CUDA) is missing.
+
+    Example:
+        >>> fusion_settings("cpu")["bias_activation_fusion"]
+        False
+    """
+    from nemotron_plugins.puzzle.layer_specs import have_transformer_engine
+
+    on_cuda = device_type == "cuda"
+    settings = {name: False for name in FUSION_FIELDS}
+    if on_cuda and _have_triton():
+        settings.update(dict.fromkeys(DEFAULT_CUDA_FUSIONS, True))
+    for name, value in (overrides or {}).items():
+        if name not in FUSION_FIELDS:
+            raise PuzzleModelError(f"unknown fusion {name!r}; valid: {sorted(FUSION_FIELDS)}")
+        if not isinstance(value, bool):
+            raise PuzzleModelError(f"{name} must be true or false, got {value!r}")
+        if value:
+            missing = None
+            if name == "apply_rope_fusion" and not have_transformer_engine():
+                missing = "Transformer Engine"
+            elif name == "gradient_accumulation_fusion" and not (
+                have_transformer_engine() or _have_fused_weight_gradient()
+            ):
+                missing = "Transformer Engine or apex's fused_weight_gradient_mlp_cuda"
+            elif not on_cuda:
+                missing = "CUDA (this model is built for the CPU)"
+            if missing is not None:
+                raise PuzzleModelError(f"{name}=true needs {missing}, which is not available here")
+        settings[name] = value
+    return settings
+
+
 def puzzle_transformer_config(
     cfg: PuzzleModelConfig,
     parallel: ParallelConfig | None = None,
@@ -142,6 +227,7 @@ def puzzle_transformer_config(
     use_cpu_initialization: bool | None = None,
     perform_initialization: bool = True,
     init_method_std: float = 0.02,
+    device_type: str | None = None,
     **overrides: Any,
 ) -> Any:
     """megatron-core's ``HeterogeneousTransformerConfig`` for ``cfg`` with Llama semantics.
@@ -158,7 +244,10 @@ def puzzle_transformer_config(
             when CUDA is absent.
         perform_initialization: Run the weight initialisers (off for meta-device builds and checkpoint loads).
         init_method_std: Std of the normal initialiser (Llama's ``initializer_range``).
-        **overrides: Any other ``TransformerConfig`` field (e.g. ``recompute_granularity``).
+        device_type: Where the model runs (``"cuda"``, ``"cpu"``, ``"meta"``); default CUDA when present. Chooses
+            the fusions (:func:`fusion_settings`: megatron's torch-only fusions on CUDA, none on CPU).
+        **overrides: Any other ``TransformerConfig`` field (e.g. ``recompute_granularity``); fusion fields
+            (:data:`FUSION_FIELDS`) go through :func:`fusion_settings`, which refuses one whose library is missing.
 
     Returns:
         A ``megatron.core.transformer.heterogeneous.heterogeneous_config.HeterogeneousTransformerConfig``.
@@ -180,6 +269,9 @@ def puzzle_transformer_config(
     widths = [b.ffn.intermediate_size for b in cfg.blocks if b.ffn.kind == "swiglu"]
     if use_cpu_initialization is None:
         use_cpu_initialization = not torch.cuda.is_available()
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    fusions = fusion_settings(device_type, {k: overrides.pop(k) for k in list(overrides) if k in FUSION_FIELDS})
     values: dict[str, Any] = {
         "num_layers": cfg.num_hidden_layers,
         "hidden_size": cfg.hidden_size,
@@ -196,12 +288,9 @@ def puzzle_transformer_config(
         "hidden_dropout": 0.0,
         "attention_dropout": 0.0,
         "init_method_std": init_method_std,
-        "bias_activation_fusion": False,
-        "bias_dropout_fusion": False,
+        **fusions,
         "masked_softmax_fusion": False,
-        "apply_rope_fusion": False,
         "persist_layer_norm": False,
-        "gradient_accumulation_fusion": False,
         "tensor_model_parallel_size": tp,
         "pipeline_model_parallel_size": parallel.pipeline_model_parallel_size,
         "context_parallel_size": parallel.context_parallel_size,
@@ -323,10 +412,15 @@ def build_puzzle_model(
         raise PuzzleModelError("device='cuda' but CUDA is not available; use 'cpu' or 'meta'")
     layer_spec = _layer_spec_name(layer_spec, use_transformer_engine, on_meta, have_transformer_engine())
     use_cpu_init = on_meta or (target is not None and target.type == "cpu") or not torch.cuda.is_available()
+    if target is not None:
+        device_type = target.type
+    else:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
     config = puzzle_transformer_config(
         cfg,
         parallel,
         params_dtype=params_dtype,
+        device_type=device_type,
         use_cpu_initialization=use_cpu_init,
         perform_initialization=perform_initialization and not on_meta,
         init_method_std=init_method_std,

@@ -112,7 +112,10 @@ class ModelConfig:
     config_path: str | None = None
     """Architecture file (an HF ``config.json`` with ``block_configs`` or plain Llama, or a directory holding one)."""
     overrides: dict[str, object] = field(default_factory=dict)
-    """Top-level HF config keys to override (e.g. ``max_position_embeddings``); unknown keys are rejected."""
+    """Top-level HF config keys to override (e.g. ``max_position_embeddings``); unknown keys are rejected. The
+    megatron fusion switches (``bias_activation_fusion``, ``bias_dropout_fusion``, ``cross_entropy_loss_fusion``,
+    ``apply_rope_fusion``, ``gradient_accumulation_fusion``: ``nemotron_plugins.puzzle.model.FUSION_FIELDS``) set
+    the ``TransformerConfig`` instead; by default the torch-only ones are on for CUDA and all are off on CPU."""
     seq_length: int = 4096
     """Longest training sequence in tokens (megatron's ``max_sequence_length``)."""
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"

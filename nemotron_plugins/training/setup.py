@@ -95,14 +95,38 @@ def load_architecture(config: RecipeConfig) -> PuzzleModelConfig:
         raise RunSetupError(f"{field_name}: {path} does not exist") from None
     except json.JSONDecodeError as err:
         raise RunSetupError(f"{field_name}: {path} is not valid JSON (line {err.lineno})") from None
-    unknown = sorted(k for k in config.model.overrides if k not in data and k not in _OVERRIDABLE_KEYS)
+    fusions = fusion_overrides(config)
+    architecture = {k: v for k, v in config.model.overrides.items() if k not in fusions}
+    unknown = sorted(k for k in architecture if k not in data and k not in _OVERRIDABLE_KEYS)
     if unknown:
-        raise RunSetupError(f"model.overrides: unknown config keys {unknown}; {path} has {sorted(data)[:40]}")
-    data.update(config.model.overrides)
+        raise RunSetupError(
+            f"model.overrides: unknown config keys {unknown}; {path} has {sorted(data)[:40]} (or a megatron fusion "
+            "switch: see nemotron_plugins.puzzle.model.FUSION_FIELDS)"
+        )
+    data.update(architecture)
     try:
         return parse_hf_config(data, source=str(path))
     except BlockConfigError as exc:
         raise RunSetupError(f"{field_name}: {exc}") from None
+
+
+def fusion_overrides(config: RecipeConfig) -> dict[str, bool]:
+    """The megatron fusion switches in ``model.overrides`` (keys of
+    :data:`~nemotron_plugins.puzzle.model.FUSION_FIELDS`; every other key overrides the HF architecture). The
+    defaults (megatron's torch-only fusions on CUDA, none on CPU) come from
+    :func:`~nemotron_plugins.puzzle.model.fusion_settings` when the model is built; that also refuses a fusion whose
+    library is missing on the machine that runs it.
+
+    Raises:
+        RunSetupError: A fusion switch that is not true / false (naming it).
+    """
+    from nemotron_plugins.puzzle.model import FUSION_FIELDS
+
+    fusions = {k: v for k, v in config.model.overrides.items() if k in FUSION_FIELDS}
+    for name, value in fusions.items():
+        if not isinstance(value, bool):
+            raise RunSetupError(f"model.overrides.{name} must be true or false, got {value!r}")
+    return fusions
 
 
 _OVERRIDABLE_KEYS = frozenset({"max_position_embeddings", "rope_theta", "rope_scaling", "tie_word_embeddings"})
@@ -153,7 +177,7 @@ def load_run_tokenizer(config: RecipeConfig) -> Any:
 def model_settings(config: RecipeConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`~nemotron_plugins.puzzle.model.build_puzzle_model` for this run (besides the
     architecture): layout, sequence length, dtype, layer spec and the ``TransformerConfig`` fields the recipe sets
-    (activation recompute, bf16)."""
+    (activation recompute, bf16, fusion switches from ``model.overrides``)."""
     model = config.model
     settings: dict[str, Any] = {
         "parallel": config.parallel,
@@ -163,6 +187,7 @@ def model_settings(config: RecipeConfig) -> dict[str, Any]:
     }
     if model.layer_spec is not None:
         settings["layer_spec"] = model.layer_spec
+    settings.update(fusion_overrides(config))
     if config.recompute == "selective":
         settings["recompute_granularity"] = "selective"
     elif config.recompute == "full":

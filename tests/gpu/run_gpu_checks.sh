@@ -56,7 +56,7 @@ timeout "${GPU_TEST_TIMEOUT:-900}" "$py" -m pytest -m gpu tests/gpu -q -x -rA -s
 echo "== benchmarks/gpu_throughput.py"
 if "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   # shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of arguments
-  timeout "${GPU_BENCH_TIMEOUT:-420}" "$py" benchmarks/gpu_throughput.py --with-local ${GPU_BENCH_ARGS:-} || status=$?
+  timeout "${GPU_BENCH_TIMEOUT:-420}" "$py" benchmarks/gpu_throughput.py --with-local --without-fusions ${GPU_BENCH_ARGS:-} || status=$?
 else
   # shellcheck disable=SC2086
   timeout "${GPU_BENCH_TIMEOUT:-420}" "$py" benchmarks/gpu_throughput.py --cpu --layers 4 --skip-sft ${GPU_BENCH_ARGS:-} \

@@ -50,3 +50,24 @@ def test_cp2_packed_equals_cp1_packed(tmp_path) -> None:
     a, b = _run(2, tmp_path / "cp2", [*steps, *CP2])
     assert a == b
     assert _close(a, cp1, 1e-5), (a, cp1)
+
+
+@pytest.mark.slow
+def test_tp2_sequence_parallel_with_cp2_equals_tp1_cp1(tmp_path) -> None:
+    from nemotron_plugins.puzzle.block_config import save_hf_config
+    from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
+
+    # KV heads 4 and 2 (every block kind) split over TP2; four processes: TP2 x CP2.
+    config = tmp_path / "tp2.json"
+    save_hf_config(tiny_puzzle_config(128, max_position_embeddings=128), config)
+    steps = [*BASE, "train_steps=2", f"model.config_path={config}"]
+    (ref,) = _run(1, tmp_path / "tp1", steps)
+    layout = [
+        "cluster.devices_per_node=4",
+        "parallel.tensor_model_parallel_size=2",
+        "parallel.sequence_parallel=true",
+        "parallel.context_parallel_size=2",
+    ]
+    results = _run(4, tmp_path / "tp2cp2", [*steps, *layout])
+    assert all(r == results[0] for r in results)
+    assert _close(results[0], ref, 1e-5), (results[0], ref)
