@@ -145,6 +145,10 @@ class StepTimes:
     """Completion tokens sampled (EOS included when sampled)."""
     train_s: float | None = None
     """Ours only: ``time/train_s`` (batch packing + ``policy_update``)."""
+    padded_over_real: float | None = None
+    """Ours only: positions the update ran through the model / real positions (packed micro-batches)."""
+    padded_over_real_rollout_longest: float | None = None
+    """Ours only: the same ratio had every row been padded to the rollout's longest (the update before packing)."""
 
     @property
     def update_s(self) -> float:
@@ -179,8 +183,9 @@ class EngineResult:
         """The table's numbers for this engine."""
         out = {k: self.median(k) for k in ("rollout_s", "reward_s", "update_s", "step_s", "tokens_per_s")}
         out["generated_tokens"] = self.median("generated_tokens")
-        if any(s.train_s is not None for s in self.steps):
-            out["train_s"] = self.median("train_s")
+        for key in ("train_s", "padded_over_real", "padded_over_real_rollout_longest"):
+            if any(getattr(s, key) is not None for s in self.steps):
+                out[key] = self.median(key)
         return out
 
 
@@ -303,6 +308,8 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
                             reward_s=metrics["time/reward_s"],
                             step_s=metrics["time/step_s"],
                             train_s=metrics["time/train_s"],
+                            padded_over_real=metrics["train/padded_over_real"],
+                            padded_over_real_rollout_longest=metrics["train/padded_over_real_rollout_longest"],
                             generated_tokens=round(metrics["response_length/mean"] * settings.sequences),
                         )
                     )
@@ -689,6 +696,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"ours' policy update alone (time/train_s: packing + policy_update): {ours['train_s']:.3f} s; "
         f"generated tokens per step (median): ours {ours['generated_tokens']:.0f}, "
         f"TRL {results[1].summary()['generated_tokens']:.0f} of {settings.sequences * settings.max_new_tokens} max"
+    )
+    print(
+        "ours' update, positions run through the model / real positions (median): "
+        f"{ours['padded_over_real']:.3f} packed (now) vs {ours['padded_over_real_rollout_longest']:.3f} "
+        "padded to the rollout's longest (before)"
     )
     print("columns (median over timed steps, so they need not add up): ")
     print("  rollout  ours: train_step time/rollout_s (engine.rollout on token ids); TRL: wall time inside")

@@ -618,6 +618,8 @@ class PolicyBatch:
     """``[N]`` float advantages."""
     generator_logprobs: torch.Tensor
     """``[N, W]`` the rollout engine's log-probs of the targets (0 outside the mask)."""
+    lengths: torch.Tensor
+    """``[N]`` real positions of each row (prompt + completion - 1); the rest of the row is padding."""
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -650,39 +652,115 @@ def pack_policy_batch(
         mask=mask,
         advantages=advantages.float(),
         generator_logprobs=gen,
+        lengths=torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long),
     )
 
 
-def _micro_batches(batch: PolicyBatch, rows: torch.Tensor, micro: int, pad_rows: bool) -> list[dict[str, Any]]:
-    """``rows`` of ``batch`` cut into micro-batches; with ``pad_rows`` every micro-batch has exactly ``micro`` rows
-    (extra rows are fully masked), as pipeline-parallel communication needs one shape."""
-    out = []
-    for s in range(0, rows.numel(), micro):
-        idx = rows[s : s + micro]
-        mb = {
-            "input_ids": batch.input_ids[idx],
-            "targets": batch.targets[idx],
-            "mask": batch.mask[idx],
-            "advantages": batch.advantages[idx],
-            "generator_logprobs": batch.generator_logprobs[idx],
+@dataclass(kw_only=True, slots=True)
+class UpdatePlan:
+    """The micro-batches of one global batch on this data-parallel rank, and the shapes megatron's schedule needs."""
+
+    micro_batches: list[dict[str, Any]]
+    """Per micro-batch: the model inputs (``input_ids``, ``position_ids``, ``packed_seq_params`` when packed) and
+    the loss tensors cut to the micro-batch's own longest row (``targets``, ``mask``, ``advantages``,
+    ``generator_logprobs``, ``[m, w]``)."""
+    seq_length: int
+    """Sequence length of every micro-batch's model input (pipeline communication shape)."""
+    micro_batch_size: int
+    """Rows of every micro-batch's model input (1 when packed)."""
+    fed_tokens: int
+    """Positions run through the model, padding included."""
+
+
+def plan_micro_batches(
+    batch: PolicyBatch,
+    rows: torch.Tensor,
+    micro: int,
+    *,
+    pack: bool,
+    uniform: bool,
+    multiple: int = 8,
+) -> UpdatePlan:
+    """Cut ``rows`` of ``batch`` into micro-batches of ``micro`` sequences.
+
+    With ``pack`` the sequences of a micro-batch are concatenated into one ``[1, T]`` row whose boundaries reach
+    attention as megatron ``PackedSeqParams`` (each sequence attends only to itself and its positions restart at
+    0), so no padding is computed except the rounding of ``T`` up to ``multiple``; without it each micro-batch is
+    padded to its own longest row (not the rollout's). With ``uniform`` (pipeline parallelism: one communication
+    shape) every micro-batch is padded to the plan's longest, and unpacked ones to ``micro`` rows (extra rows fully
+    masked).
+    """
+    from nemotron_plugins.puzzle.attention import packed_seq_params_from_segment_ids
+
+    def up(x: int) -> int:
+        return max(multiple, -(-x // multiple) * multiple)
+
+    groups = [rows[s : s + micro] for s in range(0, rows.numel(), micro)]
+    out: list[dict[str, Any]] = []
+    for idx in groups:
+        lens = batch.lengths[idx]
+        w = int(lens.max())
+        mb: dict[str, Any] = {
             "rows": idx,
+            "targets": batch.targets[idx, :w],
+            "mask": batch.mask[idx, :w],
+            "advantages": batch.advantages[idx],
+            "generator_logprobs": batch.generator_logprobs[idx, :w],
         }
-        missing = micro - idx.numel()
-        if pad_rows and missing:
-            for key in ("input_ids", "targets", "mask", "advantages", "generator_logprobs"):
-                t = mb[key]
-                mb[key] = torch.cat([t, t.new_zeros(missing, *t.shape[1:])])
+        if pack:
+            seg = torch.repeat_interleave(torch.arange(idx.numel()), lens)
+            starts = torch.cumsum(lens, 0) - lens
+            cols = torch.arange(int(lens.sum())) - torch.repeat_interleave(starts, lens)
+            src = idx[seg]
+            mb["unpack"] = (seg, cols)
+            mb["input_ids"] = batch.input_ids[src, cols].unsqueeze(0)
+            mb["packed_targets"] = batch.targets[src, cols].unsqueeze(0)
+            mb["position_ids"] = cols.unsqueeze(0)
+        else:
+            mb["input_ids"] = batch.input_ids[idx, :w]
         out.append(mb)
-    return out
+    if pack:
+        length = max(up(int(mb["input_ids"].shape[1])) for mb in out) if uniform else None
+        for mb in out:
+            real = int(mb["input_ids"].shape[1])
+            target = length if length is not None else up(real)
+            extra = target - real
+            segments = torch.cat([mb["unpack"][0], torch.full((extra,), -1, dtype=torch.long)]).unsqueeze(0)
+            for key in ("input_ids", "packed_targets", "position_ids"):
+                mb[key] = torch.cat([mb[key], mb[key].new_zeros(1, extra)], dim=1)
+            mb["packed_seq_params"] = packed_seq_params_from_segment_ids(segments)
+        fed = sum(int(mb["input_ids"].numel()) for mb in out)
+        seq_length = max(int(mb["input_ids"].shape[1]) for mb in out) if out else 0
+        return UpdatePlan(micro_batches=out, seq_length=seq_length, micro_batch_size=1, fed_tokens=fed)
+    width = max((int(mb["input_ids"].shape[1]) for mb in out), default=0)
+    for mb in out:
+        w = up(width) if uniform else up(int(mb["input_ids"].shape[1]))
+        missing_rows = micro - mb["rows"].numel() if uniform else 0
+        for key in ("input_ids", "targets", "mask", "generator_logprobs"):
+            t = mb[key]
+            mb[key] = torch.nn.functional.pad(t, (0, w - t.shape[1], 0, missing_rows))
+        if missing_rows:
+            mb["advantages"] = torch.cat([mb["advantages"], mb["advantages"].new_zeros(missing_rows)])
+        n, w = mb["input_ids"].shape
+        mb["position_ids"] = torch.arange(w).unsqueeze(0).expand(n, w)
+    fed = sum(int(mb["input_ids"].numel()) for mb in out)
+    return UpdatePlan(micro_batches=out, seq_length=up(width), micro_batch_size=micro, fed_tokens=fed)
 
 
 def _forward_micro_batch(model: Any, mb: Mapping[str, Any]) -> torch.Tensor:
-    """The model chunk's forward on a micro-batch's ``input_ids`` (causal, positions 0..W-1): logits on the last
-    pipeline stage, hidden states elsewhere (megatron's schedule feeds the previous stage's output in)."""
+    """The model chunk's forward on a micro-batch (causal; packed sequences attend within themselves): logits on
+    the last pipeline stage, hidden states elsewhere (megatron's schedule feeds the previous stage's output in)."""
     device = next(model.parameters()).device
     tokens = mb["input_ids"].to(device)
-    positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
-    return model(tokens, positions, None)
+    positions = mb["position_ids"].to(device)
+    params = mb.get("packed_seq_params")
+    if params is None:
+        return model(tokens, positions, None)
+    for name in ("cu_seqlens_q", "cu_seqlens_kv", "cu_seqlens_q_padded", "cu_seqlens_kv_padded"):
+        value = getattr(params, name, None)
+        if value is not None and value.device != device:
+            setattr(params, name, value.to(device))
+    return model(tokens, positions, None, packed_seq_params=params)
 
 
 def _logprobs(output: torch.Tensor, targets: torch.Tensor, temperature: float, vocab_size: int) -> torch.Tensor:
@@ -699,20 +777,33 @@ def _logprobs(output: torch.Tensor, targets: torch.Tensor, temperature: float, v
     )
 
 
-def _run_schedule(
-    model: Any, micro_batches: list[dict[str, Any]], width: int, micro: int, step_fn: Any, *, forward_only: bool
-) -> list[Any]:
+def _micro_batch_logprobs(
+    output: torch.Tensor, mb: Mapping[str, Any], temperature: float, vocab_size: int
+) -> torch.Tensor:
+    """``[m, w]`` log-probs of the micro-batch's targets (unpacked from the packed row when packed)."""
+    if "unpack" not in mb:
+        return _logprobs(output, mb["targets"].to(output.device), temperature, vocab_size)
+    packed = _logprobs(output, mb["packed_targets"].to(output.device), temperature, vocab_size)[0]
+    seg, cols = mb["unpack"]
+    out = packed.new_zeros(tuple(mb["targets"].shape))
+    return out.index_put((seg.to(out.device), cols.to(out.device)), packed[: seg.numel()])
+
+
+def _run_schedule(model: Any, plan: UpdatePlan, step_fn: Any, *, forward_only: bool) -> list[Any]:
     from nemotron_plugins.training.step import run_schedule
 
     return run_schedule(
-        [model], micro_batches, step_fn, seq_length=width, micro_batch_size=micro, forward_only=forward_only
+        [model],
+        plan.micro_batches,
+        step_fn,
+        seq_length=plan.seq_length,
+        micro_batch_size=plan.micro_batch_size,
+        forward_only=forward_only,
     )
 
 
 @torch.no_grad()
-def _forward_logprobs(
-    model: Any, micro_batches: list[dict[str, Any]], width: int, micro: int, temperature: float, vocab_size: int
-) -> list[torch.Tensor]:
+def _forward_logprobs(model: Any, plan: UpdatePlan, temperature: float, vocab_size: int) -> list[torch.Tensor]:
     """Per-micro-batch target log-probs (on the last pipeline stage; empty elsewhere)."""
 
     def step_fn(data_iterator: Any, model_: Any) -> tuple[torch.Tensor, Any]:
@@ -720,12 +811,12 @@ def _forward_logprobs(
         output = _forward_micro_batch(model_, mb)
 
         def loss_func(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-            lp = _logprobs(out, mb["targets"].to(out.device), temperature, vocab_size)
+            lp = _micro_batch_logprobs(out, mb, temperature, vocab_size)
             return out.new_zeros(()), torch.tensor(0, dtype=torch.int), {"logprobs": lp.detach().cpu()}
 
         return output, loss_func
 
-    reports = _run_schedule(model, micro_batches, width, micro, step_fn, forward_only=True)
+    reports = _run_schedule(model, plan, step_fn, forward_only=True)
     return [r["logprobs"] for r in reports]
 
 
@@ -776,12 +867,17 @@ def policy_update(
     # ``updates_per_rollout`` counts every epoch's steps; one epoch is that many over the epochs.
     updates_per_epoch = max(1, cfg.updates_per_rollout(config.global_batch_size) // cfg.epochs_per_rollout)
     _, _, dp, dp_rank = _layout()
-    pad_rows = ps.get_pipeline_model_parallel_world_size() > 1
-    width = int(batch.input_ids.shape[1])
+    uniform = ps.get_pipeline_model_parallel_world_size() > 1
+    pack = config.model.layer_spec != "puzzle_local"  # megatron's local attention takes no PackedSeqParams
+    tp = ps.get_tensor_model_parallel_world_size()
+    multiple = math.lcm(8, tp) if config.parallel.sequence_parallel else 8
     reports_rank = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     n = len(batch)
     chunks = [c for c in torch.arange(n).tensor_split(updates_per_epoch) if c.numel()]
-    plans = [_micro_batches(batch, chunk[dp_rank::dp], micro, pad_rows) for chunk in chunks]
+    plans = [
+        plan_micro_batches(batch, chunk[dp_rank::dp], micro, pack=pack, uniform=uniform, multiple=multiple)
+        for chunk in chunks
+    ]
 
     # Log-probs of the policy before any update ("old") and of the reference, attached to the micro-batches (on the
     # last pipeline stage, the only one that computes the loss).
@@ -789,16 +885,26 @@ def policy_update(
     module.eval()
     if not (len(chunks) == 1 and cfg.epochs_per_rollout == 1):
         for plan in plans:
-            for mb, lp in zip(plan, _forward_logprobs(model, plan, width, micro, temp, vocab_size), strict=False):
+            for mb, lp in zip(plan.micro_batches, _forward_logprobs(model, plan, temp, vocab_size), strict=False):
                 mb["old_logprobs"] = lp
     if cfg.beta > 0:
         if ref_model is None:
             raise ValueError(f"algorithm.beta = {cfg.beta} > 0 needs ref_model")
         for plan in plans:
-            for mb, lp in zip(plan, _forward_logprobs(ref_model, plan, width, micro, temp, vocab_size), strict=False):
+            for mb, lp in zip(plan.micro_batches, _forward_logprobs(ref_model, plan, temp, vocab_size), strict=False):
                 mb["ref_logprobs"] = lp
     module.train()
 
+    # Positions one epoch runs through the model (this replica's plans) beside the real ones and what padding every
+    # row to the rollout's longest would run; summed over the replicas below.
+    fed = torch.tensor(
+        [
+            float(sum(p.fed_tokens for p in plans)) if reports_rank else 0.0,
+            float(batch.lengths.sum()) if reports_rank and dp_rank == 0 else 0.0,
+            float(batch.input_ids.numel()) if reports_rank and dp_rank == 0 else 0.0,
+        ],
+        dtype=torch.float64,
+    )
     sums = torch.zeros(len(_TOKEN_METRICS) + 2, dtype=torch.float64)  # metrics..., token weight, loss
     ratio_max = torch.zeros((), dtype=torch.float64)
     grad_norms: list[float] = []
@@ -816,7 +922,7 @@ def policy_update(
                 def loss_func(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
                     dev = out.device
                     mask = mb["mask"].to(dev)
-                    lp = _logprobs(out, mb["targets"].to(dev), temp, vocab_size)
+                    lp = _micro_batch_logprobs(out, mb, temp, vocab_size)
                     old = mb["old_logprobs"].to(dev) if "old_logprobs" in mb else lp.detach()
                     gen = mb["generator_logprobs"].to(dev)
                     loss, metrics = loss_fn(
@@ -845,7 +951,13 @@ def policy_update(
                 return output, loss_func
 
             stepped = optimizer_step(
-                [model], optimizer, scheduler, plan, step_fn, seq_length=width, micro_batch_size=micro
+                [model],
+                optimizer,
+                scheduler,
+                plan.micro_batches,
+                step_fn,
+                seq_length=plan.seq_length,
+                micro_batch_size=plan.micro_batch_size,
             )
             reports = stepped.reports
             grad_norms.append(stepped.grad_norm)
@@ -858,6 +970,7 @@ def policy_update(
                     ratio_max = torch.maximum(ratio_max, torch.tensor(report["_ratio_max"], dtype=torch.float64))
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(fed)
         torch.distributed.all_reduce(ratio_max, op=torch.distributed.ReduceOp.MAX)
     steps = max(1, len(grad_norms))
     out = {key: float(sums[i] / sums[-2]) if sums[-2] > 0 else 0.0 for i, key in enumerate(_TOKEN_METRICS)}
@@ -867,6 +980,10 @@ def policy_update(
     out["ratio_max"] = float(ratio_max)
     out["grad_norm"] = sum(grad_norms) / steps
     out["optimizer_steps"] = float(len(grad_norms))
+    out["train/fed_tokens"] = float(fed[0])
+    out["train/real_tokens"] = float(fed[1])
+    out["train/padded_over_real"] = float(fed[0] / fed[1]) if fed[1] > 0 else 0.0
+    out["train/padded_over_real_rollout_longest"] = float(fed[2] / fed[1]) if fed[1] > 0 else 0.0
     return out
 
 

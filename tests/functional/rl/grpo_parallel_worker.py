@@ -95,14 +95,27 @@ def run_updates(parallel_kwargs: dict[str, Any], rollouts: int = 2, full_state_p
         ref.eval()
         batch = fixed_batch()
         ddp, optimizer = build_optimizer(config, model)
-        plan = trainer._micro_batches(batch, torch.arange(len(batch)), 2, parallel.pipeline_model_parallel_size > 1)
-        before = trainer._forward_logprobs(ddp, plan, batch.input_ids.shape[1], 2, 1.0, VOCAB)
+        pp = parallel.pipeline_model_parallel_size > 1
+        before = {}
+        for pack in (True, False):
+            plan = trainer.plan_micro_batches(batch, torch.arange(len(batch)), 2, pack=pack, uniform=pp)
+            per_mb = trainer._forward_logprobs(ddp, plan, 1.0, VOCAB)
+            if per_mb:  # last pipeline stage: back to the batch's [N, W] layout
+                full = torch.zeros(batch.input_ids.shape)
+                for mb, lp in zip(plan.micro_batches, per_mb, strict=True):
+                    rows = mb["rows"]
+                    full[rows] = torch.nn.functional.pad(lp[: rows.numel()], (0, full.shape[1] - lp.shape[1]))
+                before[pack] = full * batch.mask
         metrics = [
             trainer.policy_update(ddp, optimizer, batch, config, vocab_size=VOCAB, ref_model=ref)
             for _ in range(rollouts)
         ]
         last = ctx.is_last_stage and ctx.tp_rank == 0
-        return {"metrics": metrics, "logprobs": torch.cat(before) if last and before else None}
+        return {
+            "metrics": metrics,
+            "logprobs": before[True] if last and before else None,
+            "logprobs_unpacked": before[False] if last and before else None,
+        }
     finally:
         destroy_distributed()
 

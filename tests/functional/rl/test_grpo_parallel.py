@@ -26,6 +26,9 @@ def test_parallel_layouts_reproduce_tp1_update(tmp_path) -> None:
     # the policy drifts from the reference.
     assert first["optimizer_steps"] == 2 and first["ratio_mean"] != pytest.approx(1.0, abs=1e-5)
     assert first["kl"] < second["kl"] and first["grad_norm"] > 0
+    # Packed micro-batches (PackedSeqParams, one row per micro-batch) give the log-probs of padded rows.
+    torch.testing.assert_close(reference["logprobs"], reference["logprobs_unpacked"], rtol=0, atol=1e-5)
+    assert first["train/padded_over_real"] < first["train/padded_over_real_rollout_longest"]
 
     # The single-rank state the resharding case starts from: the same layout-invariant initial weights.
     from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
