@@ -26,9 +26,11 @@ Pipeline, all bounded:
 Agreement with Math-Verify's own regression cases (249 rows, gold as written): 247/249, see
 ``tests/functional/rewards/test_math_verify_agreement.py`` for the two deliberate differences.
 
-When run in a process's main thread, math-verify's own alarm-based timeouts apply as well; off the main thread
-nothing inside this process can bound a symbolic computation, which is why the adapters score through the worker pool
-(:mod:`nemotron_plugins.rewards.pool`, a hard per-sample kill and a memory cap) by default.
+When run in a process's main thread, math-verify's own alarm-based timeouts apply as well; a sample whose check
+ran into one, with no other check matching, has status ``timeout`` (math-verify itself would answer "not equal", a 0
+that reads as a wrong answer). Off the main thread nothing inside this process can bound a symbolic computation, which
+is why the adapters score through the worker pool (:mod:`nemotron_plugins.rewards.pool`, a hard per-sample kill and a
+memory cap) by default.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from nemotron_plugins.rewards.base import RewardResult, RewardSample, SampleReward
+from nemotron_plugins.rewards.base import RewardResult, RewardSample, RewardStatus, SampleReward
 from nemotron_plugins.rewards.text import last_boxed, max_nesting, split_think, truncate
 
 logger = logging.getLogger(__name__)
+
+#: Per thread: math-verify timeouts met while scoring the current sample.
+_TIMEOUTS = threading.local()
 
 _FORBIDDEN = re.compile(
     r"__|\bimport\b|\blambda\b|\beval\b|\bexec\b|\bcompile\b|\bgetattr\b|\bsetattr\b|\bglobals\b|\blocals\b"
@@ -343,6 +348,18 @@ class MathReward(SampleReward):
 
     def score_sample(self, sample: RewardSample) -> RewardResult:
         """Score one sample (see the module docstring)."""
+        _TIMEOUTS.count = 0
+        result = self._score(sample)
+        if result.ok and result.score == 0.0 and _TIMEOUTS.count:
+            return RewardResult(
+                score=0.0,
+                status=RewardStatus.TIMEOUT,
+                components=result.components,
+                message=f"math: math-verify's own timeout ({self.timeout_s:g} s) ran out before a verdict",
+            )
+        return result
+
+    def _score(self, sample: RewardSample) -> RewardResult:
         gold_raw = _ground_truth_text(sample.ground_truth)
         if gold_raw is None:
             return RewardResult.invalid(
@@ -417,8 +434,10 @@ class MathReward(SampleReward):
         return self._math_verify(gold_text, cand_text)
 
     def _math_verify(self, gold: str, cand: str) -> bool:
-        """math-verify's LaTeX-only parse of two texts (math delimiters included) and its ``verify``."""
+        """math-verify's LaTeX-only parse of two texts (math delimiters included) and its ``verify``, pair by pair as
+        math-verify does (an error in one pair is "not equal" for that pair); a timeout is counted, not hidden."""
         from math_verify import verify
+        from math_verify.errors import TimeoutException
 
         timeout = max(1, math.ceil(self.timeout_s)) if _main_thread() else None
         gold_parsed = _parse_latex(gold, timeout)
@@ -427,15 +446,23 @@ class MathReward(SampleReward):
         cand_parsed = _parse_latex(cand, timeout)
         if not cand_parsed:
             return False
-        return bool(
-            verify(
-                list(gold_parsed),
-                list(cand_parsed),
-                float_rounding=self.float_rounding,
-                timeout_seconds=timeout,
-                allow_set_relation_comp=self.allow_set_relation_comp,
-            )
-        )
+        for g in gold_parsed:
+            for c in cand_parsed:
+                try:
+                    if verify(
+                        g,
+                        c,
+                        float_rounding=self.float_rounding,
+                        timeout_seconds=timeout,
+                        allow_set_relation_comp=self.allow_set_relation_comp,
+                        raise_on_error=True,
+                    ):
+                        return True
+                except TimeoutException:
+                    _TIMEOUTS.count = getattr(_TIMEOUTS, "count", 0) + 1
+                except Exception:  # noqa: BLE001 - math-verify's own rule: an error in a comparison is "not equal"
+                    logger.debug("math-verify comparison error", exc_info=True)
+        return False
 
 
 def precheck_region(region: str, *, max_depth: int) -> str | None:
@@ -475,10 +502,19 @@ def _parse_cached(text: str, timeout: int | None) -> tuple[Any, ...]:
     from math_verify import LatexExtractionConfig, parse
 
     config = LatexExtractionConfig(boxed_match_priority=0)
-    return tuple(parse(text, extraction_config=[config], parsing_timeout=timeout))
+    return tuple(parse(text, extraction_config=[config], parsing_timeout=timeout, raise_on_error=True))
 
 
 def _parse_latex(latex: str, timeout: int | None) -> tuple[Any, ...]:
-    """math-verify's LaTeX parse of a pre-checked string (never its ``parse_expr`` path)."""
+    """math-verify's LaTeX parse of a pre-checked string (never its ``parse_expr`` path); nothing when it fails, as in
+    math-verify, and a timeout is counted for the sample."""
+    from math_verify.errors import TimeoutException
+
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    return _parse_cached(latex, timeout)
+    try:
+        return _parse_cached(latex, timeout)
+    except TimeoutException:
+        _TIMEOUTS.count = getattr(_TIMEOUTS, "count", 0) + 1
+    except Exception:  # noqa: BLE001 - math-verify's own rule: a parse error is no parse
+        logger.debug("math-verify parse error", exc_info=True)
+    return ()

@@ -204,3 +204,14 @@ def test_separators_lists_units_intervals_sets_matrices(completion, gt, expected
 @pytest.mark.parametrize("expr", ["10^{9999*9999}", "\\binom{99999999}{49999999}", "10^{999 \\times 9999}"])
 def test_huge_products_in_exponents_and_binomials_are_expensive(expr):
     assert is_expensive(expr)
+
+
+def test_math_verify_timeout_in_process_is_a_timeout_not_a_zero():
+    # In a main thread math-verify's own alarm stops the expansion; math-verify then answers "not equal". Before, that
+    # was an OK 0.0 (a wrong answer); it is a timeout, which the adapters turn into "no reward".
+    reward = MathReward(timeout_s=1.0)
+    [r] = reward.score([RewardSample(completion="\\boxed{(x+1)^{9999}}", ground_truth="x^{9999}")])
+    assert r.status is RewardStatus.TIMEOUT and "math-verify's own timeout" in r.message, r
+    # A timeout in one check does not hide a match found by another, and the next sample starts clean.
+    [r] = reward.score([RewardSample(completion="\\boxed{(x+1)^2}", ground_truth="x^2+2x+1")])
+    assert r.ok and r.score == 1.0, r
