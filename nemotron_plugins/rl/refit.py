@@ -31,6 +31,7 @@ Example (the trainer, after an update; ``engine`` loads one bucket at a time)::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,8 +137,8 @@ class RefitUnit:
     """Dimension a TP engine splits these tensors along (``None``: replicated)."""
     stage: int
     """Pipeline stage that owns the Megatron tensor."""
-    order: tuple[int, int, int]
-    """Position in the canonical (export file) order: ``(layer + 1 or 0 / last, sub-position, index in chunk)``."""
+    order: tuple[int, int, int, int]
+    """Position in the canonical (export file) order: ``(layer + 1 or 0 / last, sub-position, index in chunk, part)``."""
 
     @property
     def nbytes(self) -> int:
@@ -230,6 +231,14 @@ def _check_args(bucket_bytes: Any, tp_shard: Any, dtype: Any) -> torch.dtype | N
     return dtype
 
 
+def _unit_parts(plan: TensorPlan) -> list[tuple[str, ...]]:
+    """The stream's units of one Megatron tensor: SwiGLU ``linear_fc1`` (each TP shard ``[gate shard; up shard]``, as
+    :func:`~nemotron_plugins.puzzle.hf_checkpoint.fc1_from_megatron` splits it) streams gate and up separately, so
+    only one of the two (the largest tensors of a wide FFN) is gathered and held at a time; every other tensor is one
+    unit (q / k / v of a fused QKV together)."""
+    return [(n,) for n in plan.hf_names] if plan.kind == "fc1" else [plan.hf_names]
+
+
 def _local_units(
     chunks: Sequence[tuple[list[TensorPlan], dict[str, torch.Tensor]]],
     cfg: PuzzleModelConfig,
@@ -237,7 +246,7 @@ def _local_units(
     dtype: torch.dtype | None,
     export_shapes: dict[str, tuple[int, ...]],
 ) -> tuple[
-    list[tuple[tuple[int, int, int], tuple[str, ...], tuple[tuple[int, ...], ...], str, int | None]], list[str]
+    list[tuple[tuple[int, int, int, int], tuple[str, ...], tuple[tuple[int, ...], ...], str, int | None]], list[str]
 ]:
     """What this rank's stage owns: ``(order, names, exported shapes, dtype name, tp dim)`` per Megatron tensor, and
     the tensors whose shapes do not match ``cfg`` (checked on meta tensors, before any data moves)."""
@@ -260,8 +269,9 @@ def _local_units(
             if bad:
                 errors.append(f"{plan.megatron_name} ({plan.where()}): " + "; ".join(bad))
             out_dtype = dtype if dtype is not None else local.dtype
-            shapes = tuple(export_shapes[n] for n in plan.hf_names)
-            out.append(((*_order_key(plan, cfg), index), plan.hf_names, shapes, str(out_dtype), _TP_DIM[plan.kind]))
+            for part, names in enumerate(_unit_parts(plan)):
+                shapes = tuple(export_shapes[n] for n in names)
+                out.append(((*_order_key(plan, cfg), index, part), names, shapes, str(out_dtype), _TP_DIM[plan.kind]))
     return out, errors
 
 
@@ -358,14 +368,20 @@ def _plan(
 
 def _owned(
     chunks: Sequence[tuple[list[TensorPlan], dict[str, torch.Tensor]]],
-) -> dict[tuple[str, ...], tuple[TensorPlan, dict[str, torch.Tensor]]]:
-    """This rank's exported plans keyed by their HF names (``TensorPlan.hf_names`` are the names it converts to)."""
-    return {plan.hf_names: (plan, state) for plans, state in chunks for plan in plans if plan.export}
+) -> dict[tuple[str, ...], tuple[TensorPlan, dict[str, torch.Tensor], int]]:
+    """This rank's exported plans keyed by the HF names of each of their units, with the unit's part index."""
+    return {
+        names: (plan, state, part)
+        for plans, state in chunks
+        for plan in plans
+        if plan.export
+        for part, names in enumerate(_unit_parts(plan))
+    }
 
 
 def _materialize(
     unit: RefitUnit,
-    owned: tuple[TensorPlan, dict[str, torch.Tensor]] | None,
+    owned: tuple[TensorPlan, dict[str, torch.Tensor], int] | None,
     cfg: PuzzleModelConfig,
     layout: Any,
     groups: RefitGroups,
@@ -390,8 +406,11 @@ def _materialize(
             torch.distributed.broadcast(wire, src=src, group=groups.pp_group)
             out.append((name, wire if same_slice else cut(name, wire)))
         return out
-    plan, state = owned
+    plan, state, part = owned
     local = state[plan.megatron_name].detach()
+    if plan.kind == "fc1":  # this unit is the gate (part 0) or up (part 1) half of every TP shard: a column split
+        local = local.chunk(2, dim=0)[part]
+        plan = dataclasses.replace(plan, kind="column", hf_names=unit.names)
     if plan.kind == "replicated" or groups.tp_size == 1:
         shards = [local] * (1 if plan.kind == "replicated" else groups.tp_size)
     else:
