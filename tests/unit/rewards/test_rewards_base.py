@@ -176,6 +176,11 @@ def test_build_reward_passes_instances_through():
 )
 def test_docstring_examples(module):
     import doctest
+
+    if module == "ifeval":  # its examples include the English-case checks
+        from tests.unit.rewards.conftest import require_langdetect
+
+        require_langdetect()
     import importlib
 
     mod = importlib.import_module(f"nemotron_plugins.rewards.{module}")

@@ -6,6 +6,7 @@ import pytest
 
 from nemotron_plugins.rewards.base import RewardSample, RewardStatus
 from nemotron_plugins.rewards.ifeval import VERIFIERS, IFEvalReward, parse_instructions, split_sentences
+from tests.unit.rewards.conftest import LANGDETECT_INSTRUCTIONS, require_langdetect
 
 CASES = [
     # (instruction id, kwargs, passing response, failing response)
@@ -84,6 +85,8 @@ def test_at_least_fifteen_types_covered():
 
 @pytest.mark.parametrize("iid, kwargs, good, bad", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_instruction(iid, kwargs, good, bad):
+    if iid in LANGDETECT_INSTRUCTIONS:
+        require_langdetect()
     reward = IFEvalReward()
     gt = {"instruction_id_list": [iid], "kwargs": [kwargs]}
     [ok, not_ok] = reward.score(
@@ -94,7 +97,7 @@ def test_instruction(iid, kwargs, good, bad):
     assert ok.components == {iid: 1.0} and not_ok.components == {iid: 0.0}
 
 
-def test_fraction_all_and_repeated_ids():
+def test_fraction_all_and_repeated_ids(langdetect):
     gt = [
         {"id": "punctuation:no_comma"},
         {"id": "change_case:english_lowercase"},
@@ -161,7 +164,7 @@ def test_split_sentences():
     ]
 
 
-def test_reference_checker_rules_found_on_googles_gpt4_samples():
+def test_reference_checker_rules_found_on_googles_gpt4_samples(langdetect):
     """The rules that made ``ifeval`` differ from Google's checker on its GPT-4 sample responses (8 of 834 before)."""
     # A number then a lower-case word is a list marker, not a sentence end (NLTK Punkt's rule for numbers).
     assert len(split_sentences("1. affordable kits: these help.\n2. mobile clinics: these help too.")) == 2

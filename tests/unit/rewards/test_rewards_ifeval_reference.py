@@ -58,7 +58,7 @@ def test_the_vendored_reference_is_intact():
     assert len(types) == 25 and types <= set(VERIFIERS)
 
 
-def test_instruction_level_agreement_with_googles_checker():
+def test_instruction_level_agreement_with_googles_checker(langdetect):
     checked, differ = disagreements(load_rows())
     assert checked == 834
     unexplained = [d for d in differ if (d[0], d[1]) not in KNOWN_DIFFERENCES]

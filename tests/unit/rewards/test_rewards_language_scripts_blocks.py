@@ -40,7 +40,7 @@ def test_all_25_ifeval_instruction_types():
         ("12345 67890", "de", 1.0),  # nothing to classify: followed, as in the reference checker
     ],
 )
-def test_ifeval_response_language(text, language, followed):
+def test_ifeval_response_language(text, language, followed, langdetect):
     gt = {"instruction_id_list": ["language:response_language"], "kwargs": [{"language": language}]}
     [r] = IFEvalReward().score([RewardSample(completion=f"<think>plan</think>{text}", ground_truth=gt)])
     assert r.status is RewardStatus.OK and r.score == followed
@@ -52,7 +52,7 @@ def test_ifeval_response_language_bad_code_is_invalid_input():
     assert r.status is RewardStatus.INVALID_INPUT and "ISO 639-1" in r.message
 
 
-def test_ifeval_sample_with_language_is_kept_among_others():
+def test_ifeval_sample_with_language_is_kept_among_others(langdetect):
     gt = {
         "instruction_id_list": ["punctuation:no_comma", "language:response_language"],
         "kwargs": [{}, {"language": "es"}],

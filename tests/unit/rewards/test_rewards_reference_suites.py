@@ -38,7 +38,7 @@ def test_trl_accuracy_reward_cases(case):
         assert r.status is RewardStatus.OK and r.score == case["expected"], r
 
 
-def test_ifeval_reference_checker_cases():
+def test_ifeval_reference_checker_cases(langdetect):
     assert len(IFEVAL) == 49
     misses = []
     for case in IFEVAL:

@@ -20,7 +20,10 @@ from nemotron_plugins.training.checkpointing import (
 from tests.functional.training.checkpoint_worker import retention
 
 
-def test_keep_last_resave_metadata_on_a_megatron_run(tmp_path: Path) -> None:
+def test_keep_last_resave_metadata_on_a_megatron_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker builds its model on CPU: its process must not see a GPU (else it would pick NCCL and CUDA buffers
+    # for a CPU model). The spawned child inherits the environment.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     root = tmp_path / "ckpt"
     (seen,) = run_local_processes(retention, 1, (str(root),), timeout_s=300)
     assert seen["lists"] == [[1], [1, 2], [2, 3]]  # keep_last=2 prunes after the commit
