@@ -193,6 +193,9 @@ class Solution:
     """Relative gap HiGHS reported."""
     solve_time_s: float
     """Wall time of this solve."""
+    proved_by: str = "enumeration"
+    """What proved optimality: ``"enumeration"`` (the LP bound plus exact enumeration of every child the bound cannot
+    exclude) or ``"highs"`` (HiGHS branch and bound on the options reduced-cost fixing keeps)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -333,13 +336,6 @@ def _keep_mask(problem: SearchProblem, limits: SearchLimits, arr: _Arrays, num_s
     return keep
 
 
-def _one_hot_rows(arr: _Arrays, num_layers: int) -> Any:
-    from scipy.sparse import csr_array
-
-    indptr = arr.offsets
-    return csr_array((np.ones(arr.n), np.arange(arr.n), indptr), shape=(num_layers, arr.n))
-
-
 def _constraint_rows(
     problem: SearchProblem, limits: SearchLimits, arr: _Arrays
 ) -> dict[str, tuple[np.ndarray, float, float]]:
@@ -380,6 +376,268 @@ def _effective_bound(ub: float, offset: float) -> float:
     return scale * (1.0 - LIMIT_MARGIN) if scale > 0 else scale
 
 
+MIP_FEASIBILITY_TOL = 1e-9
+"""HiGHS's ``mip_feasibility_tolerance`` (its default, set explicitly): how far a row may exceed its bound in a
+solution HiGHS accepts. Our limit rows are unit-scaled and tightened by :data:`LIMIT_MARGIN` > this tolerance."""
+
+MIP_ABS_GAP = 1e-9
+"""Absolute objective gap (in quality units) at which HiGHS stops (its default is 1e-6): two children whose summed
+qualities differ by less than this count as tied; every other child is strictly ranked."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What :func:`_solve` found (a subset of scipy's ``OptimizeResult``, for the full variable set)."""
+
+    status: int
+    """0: optimal; 2: infeasible; anything else: stopped without a proof (time limit, numerical trouble)."""
+    message: str
+    """The solver's message."""
+    x: np.ndarray | None
+    """The solution over all variables (``None`` unless a feasible point was found)."""
+    fun: float
+    """Objective value of ``x`` (``nan`` without one)."""
+    mip_gap: float
+    """Relative gap HiGHS reported on the restricted problem."""
+    core_size: int
+    """Variables of the last restricted MIP HiGHS solved (0: none, the enumeration proved the result)."""
+    method: str
+    """``"enumeration"`` or ``"highs"``: what proved the result."""
+
+
+def _inequalities(
+    arr: _Arrays, rows: Mapping[str, tuple[np.ndarray, float, float]], extra: Sequence[tuple[np.ndarray, float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``<=`` rows as a dense ``(m, n)`` matrix and bounds, limit rows scaled to unit size and tightened by
+    :data:`LIMIT_MARGIN` (HiGHS's tolerances are absolute)."""
+    mat, bound = [], []
+    for coef, ub, offset in rows.values():
+        scale = ub - offset
+        if scale <= 0:  # no child fits below the fixed cost: keep the row unscaled, it is infeasible anyway
+            mat.append(coef)
+            bound.append(scale)
+        else:
+            mat.append(coef / scale)
+            bound.append(_effective_bound(ub, offset) / scale)
+    for coef, ub in extra:
+        mat.append(coef)
+        bound.append(ub)
+    if not mat:
+        return np.zeros((0, arr.n)), np.zeros(0)
+    return np.array(mat, dtype=np.float64), np.array(bound, dtype=np.float64)
+
+
+def _milp_on(
+    objective: np.ndarray,
+    layer_of: np.ndarray,
+    num_layers: int,
+    a_ub: np.ndarray,
+    b_ub: np.ndarray,
+    cols: np.ndarray,
+    *,
+    mip_rel_gap: float,
+    mip_abs_gap: float,
+    time_limit_s: float | None,
+) -> Any:
+    """HiGHS on the variables ``cols`` only (the others fixed to 0)."""
+    import warnings
+
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
+
+    one_hot = csr_array((np.ones(len(cols)), (layer_of[cols], np.arange(len(cols)))), shape=(num_layers, len(cols)))
+    constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
+    if len(b_ub):
+        constraints.append(LinearConstraint(a_ub[:, cols], -np.inf, b_ub))
+    options: dict[str, Any] = {
+        "mip_rel_gap": mip_rel_gap,
+        "presolve": True,
+        "mip_abs_gap": mip_abs_gap,
+        "mip_feasibility_tolerance": MIP_FEASIBILITY_TOL,
+    }
+    if time_limit_s is not None:
+        options["time_limit"] = time_limit_s
+    with warnings.catch_warnings():  # scipy warns that these two options go to HiGHS verbatim, which we want
+        warnings.filterwarnings("ignore", message="Unrecognized options detected", category=RuntimeWarning)
+        return milp(
+            objective[cols],
+            integrality=np.ones(len(cols)),
+            bounds=Bounds(0.0, 1.0),
+            constraints=constraints,
+            options=options,
+        )
+
+
+def _lagrangian(
+    objective: np.ndarray, layer_of: np.ndarray, offsets: np.ndarray, a_ub: np.ndarray, b_ub: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """The LP relaxation's bound and reduced costs, or ``None`` when the relaxation is infeasible.
+
+    With the LP's row duals ``lam >= 0`` (any ``lam >= 0`` would do: the bound below holds for every one, so its
+    validity does not depend on the LP solver's accuracy), ``m_i = min_{j in layer i} (c_j + lam . a_j)``,
+    ``LB = sum_i m_i - lam . b`` and ``rc_j = c_j + lam . a_j - m_i >= 0``. For every ``x`` with one option per
+    layer and ``A x <= b + eps``: ``c . x >= c . x + lam . (A x - b - eps) = LB + rc . x - lam . eps``. So a child
+    using option ``j`` costs at least ``LB + rc_j - eps * sum(lam)``.
+
+    Returns:
+        ``(LB, rc, lam)``.
+    """
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_array
+
+    n = len(objective)
+    num_layers = len(offsets) - 1
+    one_hot = csr_array((np.ones(n), (layer_of, np.arange(n))), shape=(num_layers, n))
+    if len(b_ub):
+        lp = linprog(
+            objective, A_ub=a_ub, b_ub=b_ub, A_eq=one_hot, b_eq=np.ones(num_layers), bounds=(0, None), method="highs"
+        )
+        if lp.status == 2:
+            return None
+        lam = np.maximum(-np.asarray(lp.ineqlin.marginals), 0.0) if lp.status == 0 else np.zeros(len(b_ub))
+    else:
+        lam = np.zeros(0)
+    priced = objective + lam @ a_ub if len(b_ub) else objective.copy()
+    best = np.minimum.reduceat(priced, offsets[:-1])
+    bound = float(best.sum() - lam @ b_ub) if len(b_ub) else float(best.sum())
+    return bound, priced - best[layer_of], lam
+
+
+CORE_START = 2.0
+"""The first restricted MIP of the HiGHS path holds about ``CORE_START`` options per layer (smallest reduced cost)."""
+
+START_OPTIONS = 16
+"""The first enumeration pass admits the options of the ``START_OPTIONS`` smallest positive reduced costs."""
+
+TAU_GROWTH = 1.5
+"""Factor the enumeration threshold grows by between passes (the cost of a pass grows fast with it)."""
+
+MAX_STATES = 400_000
+"""Partial children the enumeration keeps per layer before handing the solve to HiGHS (memory bound)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Relaxation:
+    """The LP bound of one solve and what the exact methods need from it."""
+
+    layer_of: np.ndarray
+    """Layer index of every variable."""
+    a_ub: np.ndarray
+    """``(m, n)`` ``<=`` rows (unit-scaled limit rows first, then the diversity rows)."""
+    b_ub: np.ndarray
+    """Their bounds."""
+    num_limit_rows: int
+    """How many of the rows are limit rows (the rest are diversity rows)."""
+    lower: float
+    """``LB``: no feasible child costs less."""
+    reduced: np.ndarray
+    """``rc_j >= 0``: a feasible child using option ``j`` costs at least ``LB + rc_j`` (see :func:`_lagrangian`)."""
+    duals: np.ndarray
+    """The row prices ``lam >= 0``."""
+    tol: float
+    """Floating-point allowance on ``LB + rc . x <= c . x``."""
+
+
+def _enumerate(
+    objective: np.ndarray,
+    rel: _Relaxation,
+    offsets: np.ndarray,
+    tau: float,
+    cutoff: float,
+    deadline: float | None,
+) -> tuple[float, np.ndarray] | str | None:
+    """The cheapest feasible child among those with ``rc . x <= tau``, by dynamic programming over the layers.
+
+    Layers whose only option with ``rc_j <= tau`` is their LP choice are fixed; the others are expanded one at a
+    time, keeping every partial child that (a) can still be completed within the rows (its usage plus the smallest
+    usage of the remaining layers fits) and (b) has ``rc`` sum ``<= tau`` (reduced costs are >= 0, so the sum only
+    grows) and (c) can still cost ``<= cutoff`` (its cost plus the cheapest option of each remaining layer; a child
+    of that cost is already known). A partial child ``s'`` is dropped when another one ``s`` of the same diversity status (equal usage of every
+    diversity row that can still be violated) has objective ``<= s'``, usage ``<=`` on the key limit row (largest
+    price), and cannot violate the other limit rows whatever the remaining layers pick: every completion of ``s'`` is
+    then a completion of ``s``, feasible and no cheaper. So the result is exactly the cheapest feasible child with
+    ``rc . x <= tau`` (ties: the first one in a fixed order).
+
+    Returns:
+        ``(cost, option index per layer)``; ``None`` when no such child is feasible; ``"states"`` when more than
+        :data:`MAX_STATES` partial children survive a layer, ``"time"`` past ``deadline``.
+    """
+    a_ub, b_ub = rel.a_ub, rel.b_ub
+    m = len(b_ub)
+    num_layers = len(offsets) - 1
+    cand = [np.flatnonzero(rel.reduced[offsets[i] : offsets[i + 1]] <= tau) + offsets[i] for i in range(num_layers)]
+    free = [i for i in range(num_layers) if len(cand[i]) > 1]
+    fixed = np.array([cand[i][0] for i in range(num_layers) if len(cand[i]) == 1], dtype=np.int64)
+    eps = 1e-12  # rows are unit-scaled; the final child is re-checked against the exact limits
+    bound = b_ub + eps
+    lows = np.array([a_ub[:, cand[i]].min(axis=1) for i in free]).reshape(len(free), m)
+    highs = np.array([a_ub[:, cand[i]].max(axis=1) for i in free]).reshape(len(free), m)
+    rest_low = np.concatenate([np.cumsum(lows[::-1], axis=0)[::-1], np.zeros((1, m))])
+    cheapest = np.array([objective[cand[i]].min() for i in free])
+    rest_cost = np.append(np.cumsum(cheapest[::-1])[::-1], 0.0) - rel.tol
+    rest_high = np.concatenate([np.cumsum(highs[::-1], axis=0)[::-1], np.zeros((1, m))])
+    limit_rows = np.arange(rel.num_limit_rows)
+    key = int(limit_rows[np.argmax(rel.duals[limit_rows])]) if len(limit_rows) else -1
+    others = limit_rows[limit_rows != key]
+    diversity = np.arange(rel.num_limit_rows, m)
+    cost = np.array([objective[fixed].sum()])
+    use = a_ub[:, fixed].sum(axis=1)[None, :]
+    spent = np.array([rel.reduced[fixed].sum()])
+    if np.any(use[0] + rest_low[0] > bound):
+        return None
+    history = []
+    for t, i in enumerate(free):
+        if deadline is not None and time.perf_counter() > deadline:
+            return "time"
+        opts = cand[i]
+        new_cost = (cost[:, None] + objective[opts][None, :]).ravel()
+        new_use = (use[:, None, :] + a_ub[:, opts].T[None, :, :]).reshape(len(new_cost), m)
+        new_spent = (spent[:, None] + rel.reduced[opts][None, :]).ravel()
+        alive = np.flatnonzero(
+            (new_spent <= tau)
+            & (new_cost + rest_cost[t + 1] <= cutoff)
+            & np.all(new_use + rest_low[t + 1] <= bound, axis=1)
+        )
+        if not len(alive):
+            return None
+        new_cost, new_use, new_spent = new_cost[alive], new_use[alive], new_spent[alive]
+        parent, chosen = alive // len(opts), opts[alive % len(opts)]
+        # diversity status: -1 once a row can no longer be violated, else its usage
+        status = new_use[:, diversity]
+        status = np.where(status + rest_high[t + 1][diversity] <= bound[diversity], -1.0, status)
+        dominator = np.all(new_use[:, others] + rest_high[t + 1][others] <= bound[others], axis=1)
+        key_use = new_use[:, key] if key >= 0 else np.zeros(len(new_cost))
+        order = np.lexsort((new_cost, key_use, *status.T[::-1]))
+        group_start = np.ones(len(order), dtype=bool)
+        if status.shape[1]:
+            sorted_status = status[order]
+            group_start[1:] = np.any(sorted_status[1:] != sorted_status[:-1], axis=1)
+        else:
+            group_start[1:] = False
+        sorted_cost = new_cost[order]
+        best_dominator = np.where(dominator[order], sorted_cost, np.inf)
+        keep = np.ones(len(order), dtype=bool)
+        starts = np.flatnonzero(group_start)
+        for lo, hi in zip(starts, np.append(starts[1:], len(order)), strict=True):
+            if hi - lo > 1:
+                running = np.minimum.accumulate(best_dominator[lo : hi - 1])
+                keep[lo + 1 : hi] = running > sorted_cost[lo + 1 : hi]
+        survivors = order[keep]
+        if len(survivors) > MAX_STATES:
+            return "states"
+        cost, use, spent = new_cost[survivors], new_use[survivors], new_spent[survivors]
+        history.append((parent[survivors], chosen[survivors]))
+    k = int(np.argmin(cost))
+    best = float(cost[k])
+    picked = np.empty(num_layers, dtype=np.int64)
+    single = [i for i in range(num_layers) if len(cand[i]) == 1]
+    picked[single] = fixed
+    for (parent, chosen), i in zip(reversed(history), reversed(free), strict=True):
+        picked[i] = chosen[k]
+        k = int(parent[k])
+    return best, picked
+
+
 def _solve(
     objective: np.ndarray,
     arr: _Arrays,
@@ -388,28 +646,129 @@ def _solve(
     extra: Sequence[tuple[np.ndarray, float]],
     *,
     mip_rel_gap: float,
+    mip_abs_gap: float = MIP_ABS_GAP,
     time_limit_s: float | None,
-) -> Any:
-    from scipy.optimize import Bounds, LinearConstraint, milp
+) -> _Outcome:
+    """Minimise ``objective . x`` (one option per layer, ``rows`` and ``extra`` as ``<=`` rows) exactly.
 
-    constraints = [LinearConstraint(_one_hot_rows(arr, num_layers), 1.0, 1.0)]
-    for coef, ub, offset in rows.values():
-        scale = ub - offset
-        if scale <= 0:  # no child can fit below the fixed cost: keep the row unscaled, it is infeasible anyway
-            constraints.append(LinearConstraint(coef[None, :], -np.inf, scale))
-        else:  # unit-sized rows: HiGHS's tolerances are absolute
-            constraints.append(LinearConstraint(coef[None, :] / scale, -np.inf, _effective_bound(ub, offset) / scale))
-    for coef, ub in extra:
-        constraints.append(LinearConstraint(coef[None, :], -np.inf, ub))
-    options: dict[str, Any] = {"mip_rel_gap": mip_rel_gap, "presolve": True}
-    if time_limit_s is not None:
-        options["time_limit"] = time_limit_s
-    return milp(
-        objective,
-        integrality=np.ones(arr.n),
-        bounds=Bounds(0.0, 1.0),
-        constraints=constraints,
-        options=options,
+    1. The LP relaxation gives a bound ``LB`` and reduced costs ``rc >= 0`` such that every feasible child ``x``
+       costs ``c . x >= LB + rc . x`` (:func:`_lagrangian`).
+    2. :func:`_enumerate` finds the cheapest feasible child among those with ``rc . x <= tau``, starting from a
+       small ``tau``. If it finds one of cost ``v`` with ``v - LB + tol <= tau``, ``v`` is optimal: any cheaper
+       child has ``rc . x <= c . x - LB < v - LB <= tau`` and was enumerated. If it finds one with a larger ``v``,
+       ``v`` becomes a cutoff (no pass keeps a partial child that cannot end below it) and ``tau`` grows by
+       :data:`TAU_GROWTH`, at most to ``v - LB + tol`` (that pass proves its result). Once ``tau`` covers every child
+       (the sum of the largest ``rc`` of each layer), the pass's result is optimal, or finding none proves
+       infeasibility.
+    3. If the enumeration outgrows :data:`MAX_STATES` (or the LP relaxation is not solved to optimality), HiGHS
+       solves it instead (:func:`_solve_highs`, also exact); an infeasible LP goes to HiGHS on the full problem,
+       which confirms the infeasibility.
+    """
+    start = time.perf_counter()
+    deadline = None if time_limit_s is None else start + time_limit_s
+    kwargs = {"mip_rel_gap": mip_rel_gap, "mip_abs_gap": mip_abs_gap, "time_limit_s": time_limit_s}
+    layer_of = np.repeat(np.arange(num_layers), np.diff(arr.offsets))
+    a_ub, b_ub = _inequalities(arr, rows, extra)
+    lagrangian = _lagrangian(objective, layer_of, arr.offsets, a_ub, b_ub)
+    if lagrangian is None:
+        return _solve_highs(objective, arr, num_layers, a_ub, b_ub, None, **kwargs)
+    lower, reduced, duals = lagrangian
+    scale = float(np.abs(objective).max(initial=0.0)) * num_layers + abs(lower) + float(duals @ np.abs(b_ub))
+    rel = _Relaxation(
+        layer_of=layer_of,
+        a_ub=a_ub,
+        b_ub=b_ub,
+        num_limit_rows=len(rows),
+        lower=lower,
+        reduced=reduced,
+        duals=duals,
+        tol=1e-9 * (1.0 + scale) + 1e-12 * float(duals.sum()),
+    )
+    everything = float(np.maximum.reduceat(reduced, arr.offsets[:-1]).sum()) + rel.tol  # every child has rc.x <= this
+    # start with about START_OPTIONS options besides the LP's choices: cheap, then widen
+    ranked = np.sort(reduced[reduced > rel.tol])
+    tau = float(ranked[min(len(ranked), START_OPTIONS) - 1]) if len(ranked) else everything
+    cutoff = math.inf
+    while True:
+        found = _enumerate(objective, rel, arr.offsets, tau, cutoff, deadline)
+        if found == "time":
+            return _Outcome(1, "time limit reached", None, math.nan, math.inf, arr.n, "enumeration")
+        if found == "states":
+            return _solve_highs(objective, arr, num_layers, a_ub, b_ub, rel, **kwargs)
+        if found is not None:
+            value, picked = found
+            # any cheaper child x' has rc.x' <= c.x' - LB (+ rounding < tol / 2) < value - LB + tol / 2 <= tau;
+            # with tau >= everything, every child was enumerated
+            if value - lower + 0.5 * rel.tol <= tau or tau >= everything:
+                x = np.zeros(arr.n)
+                x[picked] = 1.0
+                return _Outcome(0, "optimal (enumeration)", x, value, 0.0, 0, "enumeration")
+            cutoff = min(cutoff, value)
+        elif tau >= everything:
+            return _Outcome(2, "infeasible (every child enumerated)", None, math.nan, 0.0, 0, "enumeration")
+        elif cutoff < math.inf:  # the known child vanished: rounding at the cutoff; let HiGHS decide
+            return _solve_highs(objective, arr, num_layers, a_ub, b_ub, rel, **kwargs)
+        tau = min(TAU_GROWTH * tau, everything, cutoff - lower + rel.tol)
+
+
+def _solve_highs(
+    objective: np.ndarray,
+    arr: _Arrays,
+    num_layers: int,
+    a_ub: np.ndarray,
+    b_ub: np.ndarray,
+    rel: _Relaxation | None,
+    *,
+    mip_rel_gap: float,
+    mip_abs_gap: float,
+    time_limit_s: float | None,
+) -> _Outcome:
+    """HiGHS with reduced-cost fixing (a core method); ``rel=None``: HiGHS on every variable.
+
+    HiGHS solves the *core* ``{j : rc_j <= tau}`` (about :data:`CORE_START` options per layer to start); an
+    infeasible core is widened 4x. With a core optimum ``UB``, no child using an option with
+    ``LB + rc_j > UB + tol`` can be optimal; if every other option is in the core, ``UB`` is optimal for the full
+    problem, else they join the core and one more solve (whose core holds the old incumbent) is.
+    """
+    kwargs = {"mip_rel_gap": mip_rel_gap, "mip_abs_gap": mip_abs_gap, "time_limit_s": time_limit_s}
+    layer_of = np.repeat(np.arange(num_layers), np.diff(arr.offsets))
+    if rel is None:
+        core = np.ones(arr.n, dtype=bool)
+        reduced, lower, tol, tau = np.zeros(arr.n), -math.inf, 0.0, 0.0
+    else:
+        reduced, lower = rel.reduced, rel.lower
+        # HiGHS accepts rows up to its feasibility tolerance over the bound: widen the certificate by lam . eps
+        tol = rel.tol + MIP_FEASIBILITY_TOL * float(rel.duals.sum())
+        count = min(arr.n - 1, int(CORE_START * num_layers))
+        tau = float(np.partition(reduced, count)[count])
+        core = reduced <= tau
+    while True:
+        cols = np.flatnonzero(core)
+        res = _milp_on(objective, layer_of, num_layers, a_ub, b_ub, cols, **kwargs)
+        if res.status == 2 and not core.all():
+            tau = max(4.0 * tau, 4.0 * float(np.max(reduced[core])), 1e-12)
+            core = reduced <= tau
+            if core.sum() > arr.n // 2:
+                core[:] = True
+            continue
+        x = None
+        if res.x is not None:
+            x = np.zeros(arr.n)
+            x[cols] = res.x
+        if res.status != 0 or core.all():
+            break
+        needed = reduced <= float(res.fun) - lower + tol
+        if not (needed & ~core).any():
+            break
+        core |= needed
+    return _Outcome(
+        status=int(res.status),
+        message=str(res.message),
+        x=x,
+        fun=float(objective @ x) if x is not None else math.nan,
+        mip_gap=float(getattr(res, "mip_gap", 0.0) or 0.0),
+        core_size=len(cols),
+        method="highs",
     )
 
 
@@ -431,7 +790,16 @@ def _explain(
     for name, (coef, ub, offset) in rows.items():
         alone = _layer_min(coef, arr.offsets) + offset
         others = {k: v for k, v in rows.items() if k != name}
-        res = _solve(coef, arr, problem.num_layers, others, (), mip_rel_gap=mip_rel_gap, time_limit_s=time_limit_s)
+        res = _solve(
+            coef,
+            arr,
+            problem.num_layers,
+            others,
+            (),
+            mip_rel_gap=mip_rel_gap,
+            mip_abs_gap=MIP_ABS_GAP * max(1.0, float(np.abs(coef).max(initial=0.0))),
+            time_limit_s=time_limit_s,
+        )
         with_others = None if res.status != 0 else float(res.fun) + offset
         binding = alone > ub * (1 + 1e-9) or with_others is None or with_others > ub * (1 + 1e-9)
         if name == "throughput":  # report tokens/s, not the runtime bound
@@ -544,7 +912,7 @@ def search(
             break
         if res.x is None or (require_optimal and res.status != 0):
             raise MIPError(
-                f"HiGHS did not prove optimality for solution {k + 1} (status {res.status}: {res.message}); "
+                f"the solver did not prove optimality for solution {k + 1} (status {res.status}: {res.message}); "
                 "raise time_limit_s or mip_rel_gap"
             )
         x = np.rint(res.x)
@@ -567,8 +935,9 @@ def search(
                 runtime_s=runtime,
                 throughput_tokens_per_s=None if not runtime else limits.batch_size * limits.seq_len / runtime,
                 proven_optimal=res.status == 0,
-                mip_gap=float(getattr(res, "mip_gap", 0.0) or 0.0),
+                mip_gap=res.mip_gap,
                 solve_time_s=elapsed,
+                proved_by=res.method,
             )
         )
         row = np.zeros(arr.n)
