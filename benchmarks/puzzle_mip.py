@@ -168,11 +168,13 @@ def main() -> None:
     except ImportError:
         have_pulp = False
         print("PuLP is not installed: CBC column skipped (pip install pulp to run it)")
-    warm_problem, warm_limits = puzzle_instance(seed=10_000, batch_size=1)
-    small = SearchProblem(layers=warm_problem.layers[:4], fixed_params=0, fixed_runtime_s={})
-    search(small, SearchLimits(seq_len=1, memory_bytes=float(2 * sum(o[0].params for o in small.layers))))
+    # warm-up on 4 layers of an instance, all limits loose: imports, first calls, the CBC binary
+    warm_problem, _ = puzzle_instance(seed=10_000, batch_size=1)
+    small = SearchProblem(layers=warm_problem.layers[:4], fixed_params=0, fixed_runtime_s={1: 0.0})
+    loose = SearchLimits(seq_len=SEQ_LEN, memory_bytes=1e15, latency_s=1e3, throughput_tokens_per_s=1e-3)
+    search(small, loose, num_solutions=NUM_SOLUTIONS, min_layer_difference=1)
     if have_pulp:
-        solve_pulp(warm_problem, warm_limits)  # warm-up: imports and the CBC binary
+        solve_pulp(small, loose)
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)")
     ours_times, cbc_times = [], []
     print(

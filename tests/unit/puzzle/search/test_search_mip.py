@@ -6,8 +6,12 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from nemotron_plugins.puzzle.search import mip
 from nemotron_plugins.puzzle.search.mip import (
+    LIMIT_MARGIN,
     BlockOption,
     MIPError,
     SearchLimits,
@@ -159,3 +163,159 @@ def test_errors_name_the_option_and_field() -> None:
 def test_problem_round_trips_through_dict() -> None:
     problem = _random_problem(1)
     assert SearchProblem.from_dict(problem.to_dict()) == problem
+
+
+# --- exactness of the enumeration (LP bound + reduced-cost enumeration) against brute force -------------------------
+
+
+@st.composite
+def _tied_problems(draw: st.DrawFn) -> tuple[SearchProblem, SearchLimits]:
+    """Small problems with coarse coefficient grids, so that exact ties in quality and in cost are common."""
+    num_layers = draw(st.integers(1, 5))
+    layers = []
+    for i in range(num_layers):
+        row = []
+        for j in range(draw(st.integers(1, 4))):
+            row.append(
+                BlockOption(
+                    name=f"l{i}o{j}",
+                    quality=draw(st.integers(-12, 0)) / 4.0,
+                    params=draw(st.integers(0, 20)) * 50,
+                    kv_bytes_per_token=draw(st.integers(0, 4)) * 8,
+                    runtime_s={2: draw(st.integers(1, 10)) / 10.0},
+                )
+            )
+        layers.append(tuple(row))
+    problem = SearchProblem(layers=tuple(layers), fixed_params=draw(st.integers(0, 100)), fixed_runtime_s={2: 0.05})
+    max_mem = 2 * (problem.fixed_params + sum(max(o.params for o in opts) for opts in layers)) + 2 * 4 * sum(
+        max(o.kv_bytes_per_token for o in opts) for opts in layers
+    )
+    max_rt = 0.05 + sum(max(o.runtime_s[2] for o in opts) for opts in layers)
+    fractions = st.one_of(st.none(), st.floats(0.2, 1.1))
+    mem, lat, thr = draw(fractions), draw(fractions), draw(fractions)
+    limits = SearchLimits(
+        seq_len=4,
+        batch_size=2,
+        memory_bytes=None if mem is None else mem * max_mem + 1.0,
+        latency_s=None if lat is None else lat * max_rt,
+        throughput_tokens_per_s=None if thr is None else 8 / (thr * max_rt),
+    )
+    return problem, limits
+
+
+def _feasible_children(problem: SearchProblem, limits: SearchLimits) -> list[tuple[float, tuple[int, ...]]]:
+    """Every child meeting the limits (tightened by LIMIT_MARGIN as search applies them), with its quality."""
+    b, s = limits.batch_size, limits.seq_len
+    fixed_rt = problem.fixed_runtime_s.get(b, 0.0)
+    out = []
+    for choices in itertools.product(*(range(len(opts)) for opts in problem.layers)):
+        opts = [problem.layers[i][c] for i, c in enumerate(choices)]
+        mem = sum(limits.weight_bytes * o.params + b * s * o.kv_bytes_per_token for o in opts)
+        runtime = sum(o.runtime_s[b] for o in opts)
+        fixed_mem = limits.weight_bytes * problem.fixed_params
+        if limits.memory_bytes is not None and mem > (limits.memory_bytes - fixed_mem) * (1 - LIMIT_MARGIN):
+            continue
+        if limits.latency_s is not None and runtime > (limits.latency_s - fixed_rt) * (1 - LIMIT_MARGIN):
+            continue
+        if limits.throughput_tokens_per_s is not None and runtime > (
+            b * s / limits.throughput_tokens_per_s - fixed_rt
+        ) * (1 - LIMIT_MARGIN):
+            continue
+        out.append((sum(o.quality for o in opts), choices))
+    return out
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None)
+@given(case=_tied_problems(), num_solutions=st.integers(1, 3), distance=st.integers(1, 2))
+def test_enumeration_equals_brute_force_with_ties(
+    case: tuple[SearchProblem, SearchLimits], num_solutions: int, distance: int
+) -> None:
+    """Every solution of the diversity loop is the best child at >= ``distance`` layers from the earlier ones."""
+    problem, limits = case
+    distance = min(distance, problem.num_layers)
+    children = _feasible_children(problem, limits)
+    result = search(problem, limits, num_solutions=num_solutions, min_layer_difference=distance)
+    if not children:
+        assert result.infeasibility is not None and not result.solutions
+        return
+    assert result.infeasibility is None
+    expected = brute_force(problem, limits)
+    assert expected is not None and result.solutions[0].quality == pytest.approx(expected[0], abs=1e-12)
+    earlier: list[tuple[int, ...]] = []
+    for sol in result.solutions:
+        allowed = [
+            q for q, c in children if all(sum(x != y for x, y in zip(c, p, strict=True)) >= distance for p in earlier)
+        ]
+        assert sol.proven_optimal and sol.proved_by == "enumeration"
+        assert sol.quality == pytest.approx(max(allowed), abs=1e-12)
+        assert sol.quality == pytest.approx(sum(problem.layers[i][c].quality for i, c in enumerate(sol.choices)))
+        assert sol.choices in {c for _, c in children}
+        earlier.append(sol.choices)
+    if len(result.solutions) < num_solutions:  # the diversity loop ran out: nothing is left at that distance
+        assert not [
+            c for _, c in children if all(sum(x != y for x, y in zip(c, p, strict=True)) >= distance for p in earlier)
+        ]
+
+
+def _puzzle_like(seed: int, layers: int, options: int) -> tuple[SearchProblem, SearchLimits]:
+    """Quality falling with cost (per-layer importance x damage, +-10% noise): many near-ties, little dominance."""
+    rng = np.random.default_rng(seed)
+    size = np.linspace(1.0, 0.0, options)
+    out = []
+    for i in range(layers):
+        importance = rng.lognormal(0.0, 0.8)
+        noise = rng.uniform(0.9, 1.1, (3, options))
+        out.append(
+            tuple(
+                BlockOption(
+                    name=f"l{i}o{j}",
+                    quality=float(-importance * (1.0 - size[j]) ** 1.5 * noise[0, j]),
+                    params=int(1000 * size[j] * noise[1, j]),
+                    kv_bytes_per_token=int(64 * size[j]),
+                    runtime_s={1: float(0.01 + size[j] * noise[2, j])},
+                )
+                for j in range(options)
+            )
+        )
+    problem = SearchProblem(layers=tuple(out), fixed_params=500, fixed_runtime_s={1: 0.1})
+    return problem, SearchLimits(
+        seq_len=8,
+        memory_bytes=2 * 500 + 0.6 * layers * (2 * 1000 + 8 * 64),
+        latency_s=0.1 + 0.55 * layers,
+        throughput_tokens_per_s=8 / (0.1 + 0.6 * layers),
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_enumeration_agrees_with_highs(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On instances too large for brute force, the enumeration and HiGHS (its fallback) find the same optima."""
+    problem, limits = _puzzle_like(seed, layers=40, options=12)
+    ours = search(problem, limits, num_solutions=3, min_layer_difference=3)
+    monkeypatch.setattr(mip, "MAX_STATES", 0)  # every enumeration hands over to HiGHS
+    highs = search(problem, limits, num_solutions=3, min_layer_difference=3)
+    assert [s.proved_by for s in ours.solutions] == ["enumeration"] * 3
+    assert [s.proved_by for s in highs.solutions] == ["highs"] * 3
+    for a, b in zip(ours.solutions, highs.solutions, strict=True):
+        assert a.proven_optimal and b.proven_optimal
+        assert a.quality == pytest.approx(b.quality, abs=1e-7)
+
+
+def test_highs_fallback_equals_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mip, "MAX_STATES", 0)
+    for seed in range(6):
+        problem = _random_problem(seed)
+        limits = _limits(problem, seed, batch=(1, 4)[seed % 2])
+        expected = brute_force(problem, limits)
+        result = search(problem, limits, prune_dominated=False)
+        if expected is None:
+            assert result.infeasibility is not None
+            continue
+        (best,) = result.solutions
+        assert best.proved_by == "highs" and best.proven_optimal
+        assert best.quality == pytest.approx(expected[0], abs=1e-9)
+
+
+def test_time_limit_without_a_proof_raises() -> None:
+    problem, limits = _puzzle_like(0, layers=40, options=12)
+    with pytest.raises(MIPError, match="did not prove optimality"):
+        search(problem, limits, time_limit_s=1e-9)
