@@ -40,6 +40,20 @@ keys of its own document that precede it (:func:`packed_local_positions` gives e
 For a trainer that only needs the batch split and the loss reduced, :func:`split_for_context_parallel` (or
 :func:`split_packed_batch_for_context_parallel`) and :func:`context_parallel_loss` are the whole interface; the SFT
 trainer (``nemotron_plugins.sft.trainer``) uses them through the shared training stack.
+
+An RL policy update (GRPO / RLOO; not wired yet: validation refuses CP > 1 for RL) needs the same three steps on
+its rollout batch ``[b, s]`` (prompt + completion tokens, right-padded to a multiple of ``2 * cp``):
+
+1. Shift first, split second: build the next-token targets, the completion mask, the old / reference log-probs and
+   the per-token advantages at full length, then cut every one of them with :func:`split_for_context_parallel`, so
+   the logits at a rank's positions line up with that rank's targets (the model's output is never re-shifted).
+2. Per-token log-probs of this rank's positions come straight from its logits (vocab-parallel over TP as usual);
+   the clipped ratio, the KL term and the advantages are per token, so they need no communication.
+3. Token-mean losses divide by the global token count (:func:`context_parallel_loss`, or the global-batch count
+   with ``calculate_per_token_loss``); sequence-mean losses (the mean over each completion's tokens, then over
+   completions) divide each rank's per-sequence sums by :func:`sequence_token_counts`, the per-sequence token
+   counts summed over the CP group. Either way each rank backpropagates its own partial sum and DDP's gradient
+   sum over DP x CP completes it; statistics to log are all-reduced over the CP group.
 """
 
 from __future__ import annotations
@@ -58,6 +72,7 @@ __all__ = [
     "local_positions",
     "packed_document_ids",
     "packed_local_positions",
+    "sequence_token_counts",
     "split_batch_for_context_parallel",
     "split_for_context_parallel",
     "split_packed_batch_for_context_parallel",
@@ -381,3 +396,24 @@ def context_parallel_loss(
     if average_over_dp_cp:
         loss = loss * cp
     return loss, stats[0] / count
+
+
+def sequence_token_counts(loss_mask: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Tokens per sequence over the whole CP group: ``loss_mask [b, s / cp]`` summed over the sequence on this
+    rank, then all-reduced (summed) over CP. No gradient (counts are constants of the loss).
+
+    A sequence-mean loss under CP is then ``sum_tokens(loss * mask) / counts`` per sequence on each rank (its
+    partial sums), averaged over sequences as usual; the CP ranks' terms add up to the CP=1 loss.
+
+    Args:
+        loss_mask: ``[b, s / cp]`` (this rank's part, from :func:`split_for_context_parallel`).
+        group: CP process group (default: megatron's).
+
+    Returns:
+        ``[b]`` float32 counts, equal on every CP rank.
+    """
+    group = _cp_group(group)
+    counts = loss_mask.detach().float().sum(dim=-1)
+    if group.size() > 1:
+        torch.distributed.all_reduce(counts, group=group)
+    return counts

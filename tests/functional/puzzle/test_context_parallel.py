@@ -46,3 +46,18 @@ def test_cp2_loss_and_gradients_equal_cp1() -> None:
             )
     # The CP ranks really held different halves: each rank's loss alone is not the whole.
     assert reference["loss"] > 0
+
+
+def test_cp2_sequence_mean_loss_equals_cp1() -> None:
+    """What an RL policy update needs under CP: a per-sequence mean over completion tokens, split over CP ranks with
+    the per-sequence token counts summed over the CP group, gives the CP=1 loss and gradients."""
+    torch.set_num_threads(1)
+    reference = cpw.sequence_mean_loss_and_grads(0, 1, SEED)
+    per_rank = run_local_processes(cpw.sequence_mean_worker, 2, (2, SEED), timeout_s=240)
+    for result in per_rank:
+        assert result["counts"] == reference["counts"] == [55.0, 24.0, 32.0]
+        assert result["loss"] == pytest.approx(reference["loss"], rel=1e-6)
+        for name, grad in reference["grads"].items():
+            torch.testing.assert_close(
+                result["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}"
+            )
