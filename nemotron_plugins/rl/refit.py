@@ -407,7 +407,9 @@ def _materialize(
             out.append((name, wire if same_slice else cut(name, wire)))
         return out
     plan, state, part = owned
-    local = state[plan.megatron_name].detach()
+    # Cast first: the conversion only moves and pads data, so this is bitwise the same as casting its result, and the
+    # gather and the conversion workspace are then in the (usually smaller) output dtype.
+    local = state[plan.megatron_name].detach().to(unit.dtype)
     if plan.kind == "fc1":  # this unit is the gate (part 0) or up (part 1) half of every TP shard: a column split
         local = local.chunk(2, dim=0)[part]
         plan = dataclasses.replace(plan, kind="column", hf_names=unit.names)
@@ -419,7 +421,7 @@ def _materialize(
     hf = megatron_to_hf_tensors(plan, shards, cfg)
     del shards
     for name, full in zip(unit.names, unit.full_shapes, strict=True):
-        whole = pad_ffn_for_export(name, hf.pop(name).to(unit.dtype), layout.ffn_padding)
+        whole = pad_ffn_for_export(name, hf.pop(name), layout.ffn_padding)
         if tuple(whole.shape) != full:
             raise HFCheckpointError(
                 f"{name} ({plan.where()}): the model's {plan.megatron_name} gives shape {tuple(whole.shape)}, the "
