@@ -8,7 +8,10 @@ of its group's baseline and std and its advantage is 0, so it never moves the po
   samples all got the same reward has advantage 0 everywhere.
 * Leave-one-out (RLOO): the baseline of sample ``i`` is the mean of the OTHER valid samples of its group,
   ``A_i = r_i - mean_{j != i} r_j = n / (n - 1) * (r_i - mean(r))``. With ``normalize_by_std`` the same group std
-  is used as for GRPO (the std of the whole group, not a leave-one-out std).
+  is used as for GRPO (the std of the whole group), unless ``leave_one_out_std``:
+* Leave-one-out std (NeMo-RL's default): sample ``i`` is divided by ``std_{j != i} r_j``, the std of the OTHER valid
+  samples of its group, only where that std is > 0 (a sample whose others all agree keeps its raw difference).
+* Dr. GRPO is ``normalize_by_std=False`` (``A_i = r_i - mean(r)``); its constant loss normaliser is in the loss.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ class GroupAdvantages:
     Attributes:
         advantages: One advantage per sample (0 for unscorable samples and groups without signal).
         baseline: The baseline subtracted from each sample's reward (NaN where the sample is unscorable).
-        std: The group std each sample was divided by (repeated across the group; 0 where the group has no spread).
+        std: The std each sample was divided by: the group std repeated across the group, or with
+            ``leave_one_out_std`` each sample's std of the other samples (0 where there is no spread).
         valid: True where the reward was a finite number.
         zero_std_groups: ``[num_prompts]`` True for groups whose valid rewards are all equal (no learning signal).
     """
@@ -66,6 +70,7 @@ def group_advantages(
     normalize_by_std: bool = True,
     std_unbiased: bool = True,
     std_epsilon: float = 0.0,
+    leave_one_out_std: bool = False,
 ) -> GroupAdvantages:
     """Compute group-relative advantages.
 
@@ -76,9 +81,14 @@ def group_advantages(
         normalize_by_std: Divide by the group std where it is > 0.
         std_unbiased: Bessel-corrected std (n - 1), as TRL; False divides by n.
         std_epsilon: Added to the std before dividing (TRL adds 1e-4); groups with std 0 are never divided.
+        leave_one_out_std: With ``leave_one_out`` and ``normalize_by_std``, divide each sample by the std of the other
+            valid samples of its group (NeMo-RL), where it is > 0.
 
     Returns:
         The :class:`GroupAdvantages` (float32 or the rewards' float dtype, on the rewards' device).
+
+    Raises:
+        ValueError: On malformed rewards, or ``leave_one_out_std`` without ``leave_one_out`` and ``normalize_by_std``.
 
     Example:
         >>> import torch
@@ -86,6 +96,8 @@ def group_advantages(
         >>> [round(x, 4) for x in a.advantages[0].tolist()], a.advantages[1].tolist()
         ([0.866, -0.866, -0.866, 0.866], [0.0, 0.0, 0.0, 0.0])
     """
+    if leave_one_out_std and not (leave_one_out and normalize_by_std):
+        raise ValueError("leave_one_out_std needs leave_one_out=True and normalize_by_std=True")
     r = _grouped(rewards, group_size)
     valid = torch.isfinite(r)
     count = valid.sum(dim=1, keepdim=True).to(r.dtype)
@@ -110,16 +122,35 @@ def group_advantages(
     else:
         baseline = mean.expand_as(r)
     adv = torch.where(valid & ~zero_std, r - baseline, torch.zeros_like(r))
-    if normalize_by_std:
+    std = std.expand_as(r).clone()
+    if leave_one_out_std:
+        std = _leave_one_out_std(r, valid, baseline, ddof)
+        std = torch.where(zero_std | ~valid, torch.zeros_like(std), std)
+        adv = torch.where(std > 0, adv / (std + std_epsilon), adv)
+    elif normalize_by_std:
         adv = torch.where(zero_std, adv, adv / (std + std_epsilon))
     baseline = torch.where(valid, baseline, torch.full_like(r, torch.nan))
     return GroupAdvantages(
         advantages=adv,
         baseline=baseline,
-        std=std.expand_as(r).clone(),
+        std=std,
         valid=valid,
         zero_std_groups=zero_std.squeeze(1),
     )
+
+
+def _leave_one_out_std(r: torch.Tensor, valid: torch.Tensor, loo_mean: torch.Tensor, ddof: int) -> torch.Tensor:
+    """``[P, G]``: for each sample, the std of the OTHER valid samples of its group around their mean ``loo_mean``.
+
+    Computed from the deviations themselves (``[P, G, G]``, no sum-of-squares cancellation); 0 where fewer than
+    ``ddof + 1`` other samples are valid.
+    """
+    g = r.shape[1]
+    others = valid.unsqueeze(1) & ~torch.eye(g, dtype=torch.bool, device=r.device)  # [P, i, j]: j counts for i
+    dev = torch.where(others, r.unsqueeze(1) - loo_mean.unsqueeze(2), torch.zeros((), dtype=r.dtype, device=r.device))
+    m = others.sum(dim=2).to(r.dtype)
+    var = (dev**2).sum(dim=2) / (m - ddof).clamp(min=1)
+    return torch.where(m - ddof >= 1, var.sqrt(), torch.zeros_like(var))
 
 
 def advantages_from_config(rewards: torch.Tensor, cfg: object, *, group_size: int | None = None) -> GroupAdvantages:
@@ -131,4 +162,5 @@ def advantages_from_config(rewards: torch.Tensor, cfg: object, *, group_size: in
         normalize_by_std=cfg.normalize_advantages_by_std,  # type: ignore[attr-defined]
         std_unbiased=cfg.std_unbiased,  # type: ignore[attr-defined]
         std_epsilon=cfg.std_epsilon,  # type: ignore[attr-defined]
+        leave_one_out_std=cfg.leave_one_out_std,  # type: ignore[attr-defined]
     )

@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 AlgorithmName = Literal["grpo", "rloo"]
-LossAggregation = Literal["token", "sequence"]
+LossAggregation = Literal["token", "sequence", "constant"]
+RatioLevel = Literal["token", "sequence"]
 
 
 class GRPOConfigError(ValueError):
@@ -48,9 +49,13 @@ class GRPOConfig:
     """Divide (reward - baseline) by the group's reward std, only in groups whose std > 0 (others keep the raw,
     all-zero difference)."""
     std_unbiased: bool = True
-    """Use Bessel's correction (divide by n - 1) in the group std, as TRL does; False divides by n (NeMo-RL)."""
+    """Use Bessel's correction (divide by n - 1) in the group std, as TRL and NeMo-RL do; False divides by n."""
     std_epsilon: float = 0.0
     """Added to the std before dividing. 0 = exact division where std > 0; TRL uses 1e-4 everywhere."""
+    leave_one_out_std: bool = False
+    """With ``leave_one_out_baseline`` and ``normalize_advantages_by_std``: divide each sample's advantage by the std
+    of the OTHER valid samples of its group (NeMo-RL's default), only where that std is > 0, instead of the whole
+    group's std."""
     skip_uniform_groups: bool = True
     """Leave groups whose rewards are all equal (zero advantage, no learning signal) out of the update."""
 
@@ -65,7 +70,30 @@ class GRPOConfig:
     r = logp_ref - logp). 0 skips the reference model entirely. LN-Ultra's chat GRPO used 1e-3."""
     loss_aggregation: LossAggregation = "token"
     """``"token"``: sum of per-token losses divided by the number of completion tokens in the GLOBAL batch (every
-    token weighs the same); ``"sequence"``: each sequence's token mean, averaged over the global batch's sequences."""
+    token weighs the same); ``"sequence"``: each sequence's token mean, averaged over the global batch's sequences;
+    ``"constant"`` (Dr. GRPO): sum of per-token losses divided by (sequences in the global batch x the generation
+    budget ``generation.max_new_tokens``), a normaliser that does not depend on the lengths sampled."""
+    ratio_level: RatioLevel = "token"
+    """``"token"``: one probability ratio per token (PPO / GRPO); ``"sequence"`` (GSPO): one ratio per sequence, the
+    geometric mean of its token ratios ``exp(mean_t(logp_t - logp_old_t))``, clipped at sequence level (GSPO uses
+    ``loss_aggregation="sequence"`` and a much smaller ``epsilon``)."""
+    dual_clip: float | None = None
+    """Dual clip (Ye et al. 2020, verl's ``clip_ratio_c``): for negative advantages the per-token loss is capped at
+    ``-A * dual_clip``, so a huge ratio cannot blow up the update. ``None`` = off; must be > 1 (verl: 3.0)."""
+    kl_input_clamp: float | None = 20.0
+    """The log-ratio ``logp_ref - logp`` entering the k3 KL is clamped to [-c, c] before ``exp`` (NeMo-RL / verl:
+    20), so a token the reference finds vastly likelier cannot overflow. ``None`` = no clamp."""
+    kl_output_clamp: float | None = 10.0
+    """The per-token k3 value is clamped to at most this (NeMo-RL / verl: 10). ``None`` = no clamp."""
+    overlong_filtering: bool = False
+    """DAPO's overlong filtering: samples truncated at the length limit (no end of sequence) leave the loss (their
+    tokens are not trained on); they still count in their group's advantages."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: over the last ``overlong_buffer`` tokens before the generation budget
+    ``L = generation.max_new_tokens``, the reward gets ``-overlong_penalty * (length - (L - overlong_buffer)) /
+    overlong_buffer`` (linear from 0 to ``-overlong_penalty`` at ``L``). 0 = off; must be < ``L``."""
+    overlong_penalty: float = 1.0
+    """The soft overlong penalty at the full generation budget (verl's ``overlong_buffer.penalty_factor``)."""
     importance_sampling_correction: bool = False
     """Multiply each token's policy-gradient term by the truncated ratio pi_old / pi_generator (trainer log-probs at
     rollout time over the generator's log-probs), correcting the mismatch between the rollout engine and the
@@ -118,10 +146,37 @@ class GRPOConfig:
             raise bad("epsilon_high", self.epsilon_high, "must be > 0 or None")
         if self.beta < 0:
             raise bad("beta", self.beta, "must be >= 0 (0 disables the KL penalty and the reference model)")
-        if self.loss_aggregation not in ("token", "sequence"):
-            raise bad("loss_aggregation", self.loss_aggregation, "use 'token' or 'sequence'")
+        if self.loss_aggregation not in ("token", "sequence", "constant"):
+            raise bad("loss_aggregation", self.loss_aggregation, "use 'token', 'sequence' or 'constant'")
         if self.importance_sampling_cap is not None and not self.importance_sampling_cap > 0:
             raise bad("importance_sampling_cap", self.importance_sampling_cap, "must be > 0 or None")
+        if self.leave_one_out_std and not (self.leave_one_out_baseline and self.normalize_advantages_by_std):
+            raise bad(
+                "leave_one_out_std",
+                self.leave_one_out_std,
+                "needs leave_one_out_baseline=true and normalize_advantages_by_std=true (it is the std of the other "
+                "samples that the leave-one-out advantage is divided by)",
+            )
+        if self.ratio_level not in ("token", "sequence"):
+            raise bad("ratio_level", self.ratio_level, "use 'token' (PPO / GRPO) or 'sequence' (GSPO)")
+        if self.dual_clip is not None and not (
+            isinstance(self.dual_clip, int | float) and not isinstance(self.dual_clip, bool) and self.dual_clip > 1
+        ):
+            raise bad("dual_clip", self.dual_clip, "must be a number > 1 (verl uses 3.0) or None")
+        for name in ("kl_input_clamp", "kl_output_clamp"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise bad(name, value, "must be > 0 or None")
+        if (
+            not isinstance(self.overlong_buffer, int)
+            or isinstance(self.overlong_buffer, bool)
+            or self.overlong_buffer < 0
+        ):
+            raise bad(
+                "overlong_buffer", self.overlong_buffer, "must be an integer >= 0 (0 = no soft overlong penalty)"
+            )
+        if not self.overlong_penalty > 0:
+            raise bad("overlong_penalty", self.overlong_penalty, "must be > 0 (set overlong_buffer=0 to turn it off)")
         if not isinstance(self.max_refill_rounds, int) or isinstance(self.max_refill_rounds, bool):
             raise bad("max_refill_rounds", self.max_refill_rounds, "must be an integer >= 0")
         if self.max_refill_rounds < 0:
@@ -156,3 +211,60 @@ def rloo_config(**overrides: Any) -> GRPOConfig:
     }
     defaults.update(overrides)
     return GRPOConfig().replace(**defaults)
+
+
+def _preset(defaults: dict[str, Any], overrides: dict[str, Any]) -> GRPOConfig:
+    return GRPOConfig().replace(**{**defaults, **overrides})
+
+
+def loo_grpo_config(**overrides: Any) -> GRPOConfig:
+    """GRPO with NeMo-RL's default advantages: leave-one-out baseline divided by the leave-one-out std."""
+    return _preset(
+        {
+            "algorithm": "grpo",
+            "leave_one_out_baseline": True,
+            "normalize_advantages_by_std": True,
+            "leave_one_out_std": True,
+        },
+        overrides,
+    )
+
+
+def dr_grpo_config(**overrides: Any) -> GRPOConfig:
+    """Dr. GRPO (Liu et al. 2025): no std division, loss normalised by a constant (sequences x generation budget)."""
+    return _preset(
+        {"algorithm": "grpo", "normalize_advantages_by_std": False, "loss_aggregation": "constant"}, overrides
+    )
+
+
+def gspo_config(**overrides: Any) -> GRPOConfig:
+    """GSPO (Zheng et al. 2025): sequence-level ratios clipped to [1 - 3e-4, 1 + 4e-4], sequence-mean loss."""
+    return _preset(
+        {
+            "algorithm": "grpo",
+            "ratio_level": "sequence",
+            "loss_aggregation": "sequence",
+            "epsilon": 3e-4,
+            "epsilon_high": 4e-4,
+        },
+        overrides,
+    )
+
+
+def dapo_config(**overrides: Any) -> GRPOConfig:
+    """DAPO (Yu et al. 2025): clip-higher (0.2 / 0.28), token-level loss, no KL, overlong filtering and a soft
+    overlong penalty over the last 4,096 tokens of the budget (the paper's 16,384 / 20,480 split); the batch refill
+    of dynamic sampling is a trainer setting."""
+    return _preset(
+        {
+            "algorithm": "grpo",
+            "epsilon": 0.2,
+            "epsilon_high": 0.28,
+            "loss_aggregation": "token",
+            "beta": 0.0,
+            "overlong_filtering": True,
+            "overlong_buffer": 4096,
+            "overlong_penalty": 1.0,
+        },
+        overrides,
+    )

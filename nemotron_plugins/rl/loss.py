@@ -4,12 +4,18 @@ Per completion token ``t`` (``mask == 1``):
 
 * ratio ``rho_t = exp(logp_t - logp_old_t)`` between the policy being trained and the policy that produced the
   rollout (as recomputed by the trainer);
-* clipped surrogate ``pg_t = -min(rho_t * A, clip(rho_t, 1 - eps, 1 + eps_high) * A)``;
+* with ``ratio_level="sequence"`` (GSPO) every token of a sequence shares its sequence ratio
+  ``s = exp(mean_t(logp_t - logp_old_t))``, the geometric mean of the token ratios, clipped as one;
+* clipped surrogate ``pg_t = -min(rho_t * A, clip(rho_t, 1 - eps, 1 + eps_high) * A)`` (``eps_high > eps`` is
+  DAPO's clip-higher);
+* dual clip (``dual_clip = c > 1``, Ye et al. 2020 / verl's ``clip_ratio_c``): for ``A < 0``,
+  ``pg_t <- min(pg_t, -c * A)``, a bound on the loss of a token whose ratio exploded;
 * optional importance-sampling weight ``w_t = min(exp(logp_old_t - logp_gen_t), cap)`` (no gradient) correcting
   for the generator (e.g. vLLM in FP8) sampling from a slightly different distribution than the trainer computes:
   ``pg_t <- w_t * pg_t``;
 * KL penalty ``beta * k3_t`` with ``k3_t = exp(r_t) - 1 - r_t``, ``r_t = logp_ref_t - logp_t`` (non-negative,
-  unbiased for KL(pi || pi_ref) under samples of pi);
+  unbiased for KL(pi || pi_ref) under samples of pi); ``r_t`` is clamped to ``[-kl_input_clamp, kl_input_clamp]``
+  and ``k3_t`` to at most ``kl_output_clamp`` (NeMo-RL / verl: 20 and 10);
 * per-token loss ``l_t = pg_t + beta * k3_t``.
 
 Aggregation and gradient accumulation
@@ -24,6 +30,10 @@ so a trainer using it multiplies each micro-batch loss by ``dp_size`` (``loss_sc
 
 ``"sequence"``: each sequence's token mean, summed and divided by ``total_sequences_in_global_batch``; the same
 accumulation argument holds with sequence counts.
+
+``"constant"`` (Dr. GRPO): ``L = sum_{all tokens in the global batch} l_t / (N_sequences * L_max)`` with ``L_max``
+the generation budget (``max_response_length``): a normaliser independent of the sampled lengths, so long wrong
+answers are not favoured by a smaller per-token weight.
 
 With both defaults left at ``None`` the denominators are the micro-batch's own counts (a local mean): right when
 the whole global batch is one micro-batch on one rank.
@@ -54,10 +64,30 @@ class PolicyLossConfig:
     """Weight tokens by the truncated pi_old / pi_generator ratio."""
     importance_sampling_cap: float | None = 2.0
     """Upper truncation of the importance weight; ``None`` = unbounded."""
+    ratio_level: Literal["token", "sequence"] = "token"
+    """``"token"`` ratios or GSPO's ``"sequence"`` ratios."""
+    dual_clip: float | None = None
+    """Dual-clip bound ``c > 1`` for negative advantages; ``None`` = off."""
+    kl_input_clamp: float | None = 20.0
+    """Clamp of the k3 log-ratio input; ``None`` = none."""
+    kl_output_clamp: float | None = 10.0
+    """Upper clamp of the per-token k3 value; ``None`` = none."""
 
 
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+def kl_k3(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    *,
+    input_clamp: float | None = None,
+    output_clamp: float | None = None,
+) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi || pi_ref): ``exp(r) - 1 - r`` with ``r = ref_logprobs - logprobs``.
+
+    Args:
+        logprobs: Log-probs under the policy.
+        ref_logprobs: Log-probs under the reference.
+        input_clamp: ``r`` is clamped to ``[-input_clamp, input_clamp]`` before ``exp`` (no gradient beyond it).
+        output_clamp: The result is clamped to at most ``output_clamp`` (k3 is never negative).
 
     Example:
         >>> import torch
@@ -65,7 +95,12 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
         [0.0, 0.7182817459106445]
     """
     r = ref_logprobs - logprobs
-    return torch.exp(r) - 1.0 - r
+    if input_clamp is not None:
+        r = r.clamp(-input_clamp, input_clamp)
+    kl = torch.exp(r) - 1.0 - r
+    if output_clamp is not None:
+        kl = kl.clamp(max=output_clamp)
+    return kl
 
 
 def global_token_count(masks: Iterable[torch.Tensor], *, group: Any = None) -> int:
@@ -106,6 +141,7 @@ def compute_policy_loss(
     total_tokens_in_global_batch: float | None = None,
     total_sequences_in_global_batch: float | None = None,
     loss_scale: float = 1.0,
+    max_response_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy-gradient loss with optional KL penalty and importance-sampling correction.
 
@@ -123,12 +159,15 @@ def compute_policy_loss(
             micro-batch's mask sum.
         total_sequences_in_global_batch: Denominator of the sequence mean; default: this micro-batch's size.
         loss_scale: Multiplies the returned loss (e.g. the DP size when the gradient reduction averages).
+        max_response_length: The generation budget in tokens (``generation.max_new_tokens``); required by
+            ``loss_aggregation="constant"``.
 
     Returns:
         ``(loss, metrics)``: the scalar loss to backpropagate and float metrics over this micro-batch's tokens:
         ``pg_loss``, ``kl`` (mean k3), ``clip_fraction`` (tokens whose clipped branch is active), ``clip_low_fraction``,
-        ``clip_high_fraction``, ``ratio_mean``, ``ratio_max``, ``is_weight_mean/min/max`` (when IS is on),
-        ``num_tokens``, ``num_sequences``.
+        ``clip_high_fraction``, ``dual_clip_fraction`` (negative-advantage tokens held by the dual clip),
+        ``ratio_mean``, ``ratio_max`` (per token; the sequence ratio repeated with ``ratio_level="sequence"``),
+        ``is_weight_mean/min/max`` (when IS is on), ``num_tokens``, ``num_sequences``.
 
     Raises:
         ValueError: On mismatched shapes, a missing tensor that the config asks for, or a non-positive denominator.
@@ -140,6 +179,14 @@ def compute_policy_loss(
     aggregation = _field(cfg, "loss_aggregation")
     use_is = bool(_field(cfg, "importance_sampling_correction"))
     is_cap = _field(cfg, "importance_sampling_cap")
+    ratio_level = _field(cfg, "ratio_level")
+    dual_clip = _field(cfg, "dual_clip")
+    kl_in = _field(cfg, "kl_input_clamp")
+    kl_out = _field(cfg, "kl_output_clamp")
+    if ratio_level not in ("token", "sequence"):
+        raise ValueError(f"ratio_level={ratio_level!r} is invalid: use 'token' or 'sequence'")
+    if dual_clip is not None and not float(dual_clip) > 1.0:
+        raise ValueError(f"dual_clip={dual_clip!r} must be > 1 or None")
 
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be [batch, tokens], got shape {tuple(logprobs.shape)}")
@@ -155,10 +202,21 @@ def compute_policy_loss(
     advantages = advantages.to(logprobs.dtype)
     maskf = mask.to(logprobs.dtype)
 
+    sel = mask.bool()
     log_ratio = logprobs - old_logprobs.detach()
+    if ratio_level == "sequence":
+        # GSPO: the mean token log-ratio of each sequence (padding excluded), shared by all its tokens.
+        seq_log_ratio = torch.where(sel, log_ratio, torch.zeros_like(log_ratio)).sum(dim=1, keepdim=True)
+        seq_log_ratio = seq_log_ratio / maskf.sum(dim=1, keepdim=True).clamp(min=1.0)
+        log_ratio = seq_log_ratio.expand_as(logprobs)
     ratio = torch.exp(log_ratio)
     clipped_ratio = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
     pg = -torch.minimum(ratio * advantages, clipped_ratio * advantages)
+    dual_held = torch.zeros_like(sel)
+    if dual_clip is not None:
+        bound = -float(dual_clip) * advantages
+        dual_held = (advantages < 0) & (bound < pg)
+        pg = torch.where(advantages < 0, torch.minimum(pg, bound), pg)
 
     metrics: dict[str, float] = {}
     if use_is:
@@ -180,7 +238,12 @@ def compute_policy_loss(
             raise ValueError(f"beta={beta} > 0 needs ref_logprobs (set beta=0 to skip the reference model)")
         if ref_logprobs.shape != logprobs.shape:
             raise ValueError(f"ref_logprobs has shape {tuple(ref_logprobs.shape)}, expected {tuple(logprobs.shape)}")
-        kl = kl_k3(logprobs, ref_logprobs.detach())
+        kl = kl_k3(
+            logprobs,
+            ref_logprobs.detach(),
+            input_clamp=None if kl_in is None else float(kl_in),
+            output_clamp=None if kl_out is None else float(kl_out),
+        )
         per_token = per_token + beta * kl
 
     num_tokens = maskf.sum()
@@ -199,13 +262,23 @@ def compute_policy_loss(
         if denom_f <= 0:
             raise ValueError(f"total_sequences_in_global_batch must be > 0, got {denom_f}")
         loss = seq_mean.sum() / denom_f
+    elif aggregation == "constant":
+        if max_response_length is None or int(max_response_length) < 1:
+            raise ValueError(
+                f"loss_aggregation='constant' (Dr. GRPO) needs max_response_length >= 1, the generation budget "
+                f"(generation.max_new_tokens); got {max_response_length!r}"
+            )
+        sequences = logprobs.shape[0] if total_sequences_in_global_batch is None else total_sequences_in_global_batch
+        denom_f = float(sequences) * int(max_response_length)
+        if denom_f <= 0:
+            raise ValueError(f"total_sequences_in_global_batch must be > 0, got {sequences}")
+        loss = (per_token * maskf).sum() / denom_f
     else:
-        raise ValueError(f"loss_aggregation={aggregation!r} is invalid: use 'token' or 'sequence'")
+        raise ValueError(f"loss_aggregation={aggregation!r} is invalid: use 'token', 'sequence' or 'constant'")
     loss = loss * loss_scale
 
     with torch.no_grad():
         n = float(num_tokens.item())
-        sel = mask.bool()
 
         def mmean(x: torch.Tensor) -> float:
             return float((x * maskf).sum().item() / n) if n > 0 else 0.0
@@ -216,6 +289,7 @@ def compute_policy_loss(
         metrics["clip_low_fraction"] = mmean(low.to(maskf.dtype))
         metrics["clip_high_fraction"] = mmean(high.to(maskf.dtype))
         metrics["clip_fraction"] = mmean((low | high).to(maskf.dtype))
+        metrics["dual_clip_fraction"] = mmean(dual_held.to(maskf.dtype))
         metrics["ratio_mean"] = mmean(ratio)
         metrics["ratio_max"] = float(ratio[sel].max().item()) if n > 0 else 1.0
         metrics["kl"] = mmean(kl) if kl is not None else 0.0

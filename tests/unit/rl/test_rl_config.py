@@ -63,6 +63,6 @@ def test_rloo_defaults():
 
 
 def test_plugins_registered():
-    assert {"grpo", "rloo"} <= set(ALGORITHMS.names())
+    assert {"grpo", "rloo", "loo_grpo", "dr_grpo", "gspo", "dapo"} <= set(ALGORITHMS.names())
     assert {"megatron", "vllm", "openai"} <= set(ROLLOUT_ENGINES.names())
     assert ALGORITHMS.get("rloo").default_config().leave_one_out_baseline

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemotron_plugins.rl.advantages import group_advantages
+from nemotron_plugins.rl.advantages import advantages_from_config, group_advantages
+from nemotron_plugins.rl.algorithms import GRPO
 from nemotron_plugins.rl.config import GRPOConfig
 from nemotron_plugins.rl.loss import compute_policy_loss
 
@@ -191,3 +192,143 @@ def test_clipped_loss_matches_trl(
     assert 0 < metrics["clip_fraction"] < 1  # the tensors exercise both clipped and unclipped tokens
     if beta:
         assert metrics["kl"] == pytest.approx(tr._metrics["train"]["kl"][-1])
+
+
+# ---- the algorithm options TRL implements (issue 17) ------------------------------------------------------------
+
+
+def test_dr_grpo_advantages_match_trl(trl_grpo, monkeypatch):
+    monkeypatch.setattr(trl_grpo, "scale_rewards", "none")  # TRL's Dr. GRPO advantages: r - group mean
+    with torch.no_grad():
+        out = trl_grpo._generate_and_score_completions(_prompts())
+    cfg = GRPOConfig(num_prompts_per_rollout=4, num_generations=GROUP, normalize_advantages_by_std=False)
+    ours = advantages_from_config(_rewards_tensor(), cfg).flat()
+    assert torch.allclose(out["advantages"].float(), ours, atol=1e-6), (out["advantages"], ours)
+
+
+def _trl_and_our_loss(trl_grpo, monkeypatch, *, trl_settings, trl_args, cfg, max_len=None):
+    """The same tensors through TRL's ``_compute_loss`` (configured by ``trl_settings`` / ``trl_args``) and ours."""
+    new, old, ref, _gen, mask, adv = _loss_tensors(seed=1)
+    tr = trl_grpo
+    for key, value in {
+        "beta": 0.0,
+        "use_vllm": False,
+        "vllm_importance_sampling_correction": False,
+        **trl_settings,
+    }.items():
+        monkeypatch.setattr(tr, key, value)
+    for key, value in {"use_bias_correction_kl": False, **trl_args}.items():
+        monkeypatch.setattr(tr.args, key, value)
+    monkeypatch.setattr(tr, "current_gradient_accumulation_steps", 1, raising=False)
+    trl_new = new.clone().requires_grad_()
+    monkeypatch.setattr(
+        tr, "_get_per_token_logps_and_entropies", lambda *a, **k: (trl_new, torch.zeros_like(trl_new), None)
+    )
+    b, t = new.shape
+    inputs = {
+        "prompt_ids": torch.zeros(b, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(b, 2, dtype=torch.long),
+        "completion_ids": torch.zeros(b, t, dtype=torch.long),
+        "completion_mask": mask,
+        "advantages": adv,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": torch.tensor(float(mask.sum())),
+    }
+    tr.model.train()
+    trl_loss = tr._compute_loss(tr.model, inputs)
+    (trl_grad,) = torch.autograd.grad(trl_loss, trl_new)
+    our_new = new.clone().requires_grad_()
+    our_loss, metrics = compute_policy_loss(
+        our_new, old, adv, mask, cfg=cfg, ref_logprobs=ref if cfg.beta else None, max_response_length=max_len
+    )
+    (our_grad,) = torch.autograd.grad(our_loss, our_new)
+    return (trl_loss, trl_grad), (our_loss, our_grad), metrics
+
+
+def _close(trl_out, our_out):
+    (trl_loss, trl_grad), (our_loss, our_grad) = trl_out, our_out
+    assert our_loss.item() == pytest.approx(trl_loss.item(), rel=1e-9, abs=1e-12)
+    assert torch.allclose(our_grad, trl_grad, rtol=1e-9, atol=1e-12)
+    assert our_grad.abs().max() > 0
+
+
+def test_dr_grpo_loss_matches_trl(trl_grpo, monkeypatch):
+    budget = 9  # TRL divides by batch x max_completion_length
+    monkeypatch.setattr(trl_grpo, "max_completion_length", budget)
+    cfg = GRPOConfig(num_prompts_per_rollout=3, num_generations=2, loss_aggregation="constant", beta=0.04)
+    trl_out, our_out, _ = _trl_and_our_loss(
+        trl_grpo,
+        monkeypatch,
+        trl_settings={"loss_type": "dr_grpo", "epsilon_low": 0.2, "epsilon_high": 0.2, "beta": 0.04},
+        trl_args={},
+        cfg=cfg,
+        max_len=budget,
+    )
+    _close(trl_out, our_out)
+
+
+@pytest.mark.parametrize(("loss_type", "aggregation"), [("grpo", "sequence"), ("dapo", "token")])
+def test_gspo_sequence_ratio_matches_trl(trl_grpo, monkeypatch, loss_type, aggregation):
+    eps_low, eps_high = 0.03, 0.054  # sequence ratios 0.967, 1.0543, 1.0535, 0.865, 1.099, 0.985
+    cfg = GRPOConfig(
+        num_prompts_per_rollout=3,
+        num_generations=2,
+        ratio_level="sequence",
+        loss_aggregation=aggregation,
+        epsilon=eps_low,
+        epsilon_high=eps_high,
+    )
+    trl_out, our_out, metrics = _trl_and_our_loss(
+        trl_grpo,
+        monkeypatch,
+        trl_settings={
+            "loss_type": loss_type,
+            "importance_sampling_level": "sequence",
+            "epsilon_low": eps_low,
+            "epsilon_high": eps_high,
+        },
+        trl_args={},
+        cfg=cfg,
+    )
+    _close(trl_out, our_out)
+    assert 0 < metrics["clip_fraction"] < 1
+
+
+def test_dual_clip_matches_trl_delta(trl_grpo, monkeypatch):
+    """TRL's two-sided clipping ``delta`` caps the ratio of the unclipped branch at ``delta``; for negative
+    advantages that is the dual clip with ``c = delta``, and for positive ones it never binds (delta > 1 + eps)."""
+    c = 1.3
+    cfg = GRPOConfig(num_prompts_per_rollout=3, num_generations=2, loss_aggregation="token", dual_clip=c)
+    trl_out, our_out, metrics = _trl_and_our_loss(
+        trl_grpo,
+        monkeypatch,
+        trl_settings={"loss_type": "bnpo", "epsilon_low": 0.2, "epsilon_high": 0.2},
+        trl_args={"delta": c},
+        cfg=cfg,
+    )
+    _close(trl_out, our_out)
+    assert metrics["dual_clip_fraction"] > 0  # the tensors exercise the bound
+    new, old, _ref, _gen, mask, adv = _loss_tensors(seed=1)
+    plain, _ = compute_policy_loss(new, old, adv, mask, cfg=cfg.replace(dual_clip=None))
+    assert plain.item() != pytest.approx(our_out[0].item())
+
+
+def test_soft_overlong_penalty_matches_trl():
+    from trl.rewards import get_soft_overlong_punishment
+
+    budget, buffer = 20, 6
+    lengths = [3, 13, 14, 15, 17, 19, 20]
+    trl_penalty = get_soft_overlong_punishment(max_completion_len=budget, soft_punish_cache=buffer)(
+        [[1] * n for n in lengths]
+    )
+    cfg = GRPOConfig(overlong_buffer=buffer, overlong_penalty=1.0)
+    ours = GRPO.shape_rewards(
+        torch.zeros(len(lengths), dtype=torch.float64),
+        torch.tensor(lengths, dtype=torch.float64),
+        torch.tensor([n < budget for n in lengths]),
+        cfg,
+        max_response_length=budget,
+    )
+    assert ours.tolist() == pytest.approx(trl_penalty)
+    assert min(trl_penalty) == -1.0 and max(trl_penalty) == 0.0
