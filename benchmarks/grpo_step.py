@@ -260,9 +260,14 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
     """
     from nemotron_plugins.chat.tokenizer import build_tiny_tokenizer
     from nemotron_plugins.launch.validation import validate_for_run
-    from nemotron_plugins.rl.trainer import build_engine, build_policy, build_rewards, encode_prompts, train_step
+    from nemotron_plugins.rl.trainer import (
+        GenerationWorker,
+        MegatronPolicyWorker,
+        build_rewards,
+        encode_prompts,
+        train_step,
+    )
     from nemotron_plugins.runtime.distributed import distributed_context
-    from nemotron_plugins.training.setup import build_optimizer, build_scheduler
 
     torch.set_num_threads(settings.threads)
     rows = load_rows(settings, workdir)
@@ -273,11 +278,10 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
     validate_for_run(config)
     start = time.perf_counter()
     with distributed_context(config.parallel, seed=config.seed):
-        model, model_config, tokenizer = build_policy(config)
-        params = sum(p.numel() for p in model.parameters())
-        engine = build_engine(config, model, model_config, tokenizer)
-        ddp, optimizer = build_optimizer(config, model)
-        scheduler = build_scheduler(config, optimizer)
+        policy = MegatronPolicyWorker(config)
+        tokenizer = policy.tokenizer
+        params = policy.num_parameters()
+        generation = GenerationWorker.build(config, policy)
         rewards = build_rewards(config)
         result = EngineResult(
             engine="ours (megatron-core)",
@@ -289,17 +293,14 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
             for step in range(settings.warmup + settings.steps):
                 metrics = train_step(
                     step=step,
-                    model=ddp,
-                    optimizer=optimizer,
-                    engine=engine,
+                    policy=policy,
+                    generation=generation,
                     config=config,
                     tokenizer=tokenizer,
                     rows=rows,
                     prompt_ids=prompt_ids,
                     batch=_step_batch(step, settings.prompts, len(rows)),
                     rewards=rewards,
-                    vocab_size=len(tokenizer),
-                    scheduler=scheduler,
                 )
                 if step >= settings.warmup:
                     result.steps.append(
@@ -316,7 +317,7 @@ def run_ours(settings: BenchSettings, workdir: Path) -> EngineResult:
         finally:
             for _, reward in rewards.values():
                 reward.close()
-            engine.close()
+            generation.close()
     return result
 
 

@@ -2,7 +2,7 @@
 
 Shared by the functional test (TP=1 in-process, TP=2 / PP=2 / DP=2 in two spawned gloo processes): the same
 initial weights (``init_weights_layout_invariant_``), the same packed rollout batch, megatron DDP + optimizer through
-:func:`nemotron_plugins.rl.trainer.policy_update` with two updates per rollout (so the ratio / clipping path and the
+:func:`nemotron_plugins.rl.policy_worker.policy_update` with two updates per rollout (so the ratio / clipping path and the
 "old" log-prob pass run), a KL term to a frozen reference, and megatron's vocabulary padding on the logits.
 """
 
@@ -20,7 +20,7 @@ KEYS = ("loss", "kl", "clip_fraction", "ratio_mean", "pg_loss", "grad_norm", "ge
 
 def fixed_batch() -> Any:
     """16 rollouts (4 prompts x 4 samples) of random tokens with random advantages and generator log-probs."""
-    from nemotron_plugins.rl.trainer import pack_policy_batch
+    from nemotron_plugins.rl.policy_worker import pack_policy_batch
 
     gen = torch.Generator().manual_seed(SEED)
     prompts, completions, logprobs = [], [], []
@@ -67,7 +67,7 @@ def run_updates(parallel_kwargs: dict[str, Any], rollouts: int = 2, full_state_p
     """
     from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
     from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
-    from nemotron_plugins.rl import trainer
+    from nemotron_plugins.rl import policy_worker as trainer
     from nemotron_plugins.runtime.config import ParallelConfig
     from nemotron_plugins.runtime.distributed import destroy_distributed, init_distributed
     from nemotron_plugins.training.setup import InitialState, build_optimizer, load_state_into

@@ -16,8 +16,10 @@ from nemotron_plugins.rewards.pool import PooledReward
 from nemotron_plugins.rl.advantages import group_advantages
 from nemotron_plugins.rl.trainer import (
     RewardFailureError,
+    Samples,
     build_rewards,
     check_reward_failures,
+    estimate_pass_rates,
     reward_failure_metrics,
     run_grpo,
     score_completions,
@@ -106,3 +108,39 @@ def test_run_stops_when_rewards_time_out(tmp_path):
     config = tiny_grpo(tmp_path, "train_steps=1", "reward_timeout_s=0.000001")
     with pytest.raises(RewardFailureError, match=r"step 1: reward '(math|think_format)' .* last error: timeout: "):
         run_grpo(config)
+
+
+class FixedGeneration:
+    """A generation worker that returns fixed completion texts per prompt (the engine is not under test)."""
+
+    def __init__(self, tokenizer, texts):
+        self.ids = [[tokenizer(t, add_special_tokens=False)["input_ids"] for t in group] for group in texts]
+
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed):
+        assert len(prompts) == len(self.ids) and all(len(g) == n for g in self.ids)
+        flat = [c for group in self.ids for c in group]
+        return Samples(
+            prompt_index=[i for i in range(len(prompts)) for _ in range(n)],
+            completion_ids=flat,
+            logprobs=[[0.0] * len(c) for c in flat],
+            finished=[True] * len(flat),
+        )
+
+
+def test_pass_rates_use_each_rows_reward_and_skip_failures():
+    from nemotron_plugins.chat.tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    rows = [
+        {"id": i, "ground_truth": "x", "messages": [{"role": "user", "content": "q"}], "reward": r}
+        for i, r in enumerate(["a", "a", "b"])
+    ]
+    rewards = {"a": (1.0, Scripted("a")), "b": (1.0, Scripted("b"))}
+    generation = FixedGeneration(tokenizer, [["1", "0"], ["1", "err"], ["1", "1"]])
+    kwargs = {"samples_per_prompt": 2, "accuracy_reward": "a", "max_new_tokens": 4, "temperature": 1.0, "seed": 0}
+    rates = estimate_pass_rates(generation, tokenizer, rows, rewards, max_reward_failure_rate=0.5, **kwargs)
+    # Row 1's failed sample leaves its mean; row 2 is scored by its own reward "b" (not 0 for "not applicable").
+    assert rates == [0.5, 1.0, 1.0]
+    generation = FixedGeneration(tokenizer, [["1", "0"], ["err", "err"], ["1", "1"]])
+    with pytest.raises(RewardFailureError, match="reward 'a' gave no verdict on any of the 2 samples of prompt id 1"):
+        estimate_pass_rates(generation, tokenizer, rows, rewards, max_reward_failure_rate=0.5, **kwargs)

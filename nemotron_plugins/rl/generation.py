@@ -1,0 +1,244 @@
+"""The generation worker: a rollout engine at its own layout, the prompts split over generation replicas, refit.
+
+The controller (:mod:`nemotron_plugins.rl.controller`) asks :class:`GenerationWorker` for ``n`` completions of a list
+of prompts and gets :class:`Samples` (identical on every rank); after each policy update it calls
+:meth:`GenerationWorker.refit` with the policy worker. A :class:`GenerationLayout` says which ranks form one
+generation replica and how the prompts are split over the replicas (generation data parallelism); the engine behind
+it is any registered rollout engine (:mod:`nemotron_plugins.rl.engines`).
+
+Engines today:
+
+* ``megatron`` (the CPU default): the policy module itself with megatron-core's static KV cache, so its layout is
+  the training one (the replicas are the training data-parallel replicas; every TP rank of a replica decodes the same
+  tokens from the same seed) and a refit has nothing to copy;
+* ``vllm``: colocated, refreshed from the megatron shards after every update
+  (:meth:`~nemotron_plugins.rl.engines.base.RolloutEngine.update_weights`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nemotron_plugins.runtime.distributed import barrier
+
+if TYPE_CHECKING:
+    from nemotron_plugins.launch.recipe_config import RecipeConfig
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_ENGINES = ("megatron", "embedded")
+"""Engines that decode with the trained module itself (no weights to copy)."""
+TRAINER_ENGINES = (*EMBEDDED_ENGINES, "vllm")
+"""Engines the trainer drives."""
+
+
+def all_gather_objects(obj: Any, group: Any = None) -> list[Any]:
+    """``obj`` of every rank of ``group`` (default: the world), in rank order; ``[obj]`` without a group."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    size = torch.distributed.get_world_size(group)
+    if size == 1:
+        return [obj]
+    out: list[Any] = [None] * size
+    torch.distributed.all_gather_object(out, obj, group=group)
+    return out
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic seed from integer parts (run seed, step, replica...)."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 7919) % (2**62)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationLayout:
+    """Which generation replica this rank belongs to and the group that exchanges rollouts between replicas."""
+
+    dp_size: int
+    """Generation replicas (prompts are split over them)."""
+    dp_rank: int
+    """This rank's replica."""
+    group: Any = None
+    """Process group of this rank and its peers in the other replicas (``None``: the world)."""
+
+    @classmethod
+    def colocated(cls) -> GenerationLayout:
+        """The layout of an engine that decodes with the training module: the training data-parallel replicas
+        (megatron's ``parallel_state``); one replica without a distributed run."""
+        if not torch.distributed.is_initialized():
+            return cls(dp_size=1, dp_rank=0)
+        from megatron.core import parallel_state as ps
+
+        return cls(
+            dp_size=ps.get_data_parallel_world_size(),
+            dp_rank=ps.get_data_parallel_rank(),
+            group=ps.get_data_parallel_group(),
+        )
+
+
+def engine_settings(config: RecipeConfig, tokenizer_size: int | None = None) -> dict[str, Any]:
+    """What the rollout engine is built with, from ``config.generation``."""
+    gen = config.generation
+    if gen.engine == "megatron":
+        return {"engine": "megatron", "max_batch_size": gen.batch_size, "vocab_size": tokenizer_size}
+    llm_kwargs: dict[str, Any] = {}
+    if gen.max_num_seqs is not None:
+        llm_kwargs["max_num_seqs"] = gen.max_num_seqs
+    if gen.kv_cache_dtype != "auto":
+        llm_kwargs["kv_cache_dtype"] = {"fp8": "fp8", "bfloat16": "auto", "float16": "auto", "float32": "auto"}[
+            gen.kv_cache_dtype
+        ]
+    return {
+        "engine": "vllm",
+        "tensor_parallel_size": gen.tensor_model_parallel_size,
+        "gpu_memory_utilization": gen.gpu_memory_utilization,
+        "dtype": config.model.params_dtype,
+        "fp8": gen.fp8,
+        "max_model_len": config.model.seq_length,
+        "seed": config.seed,
+        "llm_kwargs": llm_kwargs,
+    }
+
+
+def build_engine(config: RecipeConfig, model: Any, model_config: Any, tokenizer: Any) -> Any:
+    """The rollout engine of ``config.generation.engine`` for this rank's policy ``model`` (unwrapped)."""
+    settings = engine_settings(config, len(tokenizer))
+    if settings.pop("engine") == "megatron":
+        from nemotron_plugins.rl.engines.megatron_engine import MegatronEngineConfig, MegatronRolloutEngine
+
+        return MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(**settings))
+    # vLLM colocated with training: an HF export of the initial policy to start from, refreshed after every step.
+    from nemotron_plugins.puzzle.hf_checkpoint import export_hf_checkpoint
+    from nemotron_plugins.rl.engines.vllm_engine import VLLMEngineConfig, VLLMRolloutEngine
+
+    path = Path(config.output_dir or os.path.join("runs", config.name)) / "hf_policy"
+    export_hf_checkpoint(model, model_config, path)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        tokenizer.save_pretrained(str(path))
+    barrier()
+    return VLLMRolloutEngine(
+        VLLMEngineConfig(model_path=str(path), **settings), tokenizer=tokenizer, puzzle_config=model_config
+    )
+
+
+@dataclass(kw_only=True, slots=True)
+class Samples:
+    """Completions of a list of prompts, prompt-major (``n`` consecutive entries per prompt)."""
+
+    prompt_index: list[int]
+    """Index of each completion's prompt in the list given to :func:`distributed_rollout`."""
+    completion_ids: list[list[int]]
+    """Sampled token ids (end-of-sequence token included when sampled)."""
+    logprobs: list[list[float]]
+    """The engine's sampling log-prob of each token."""
+    finished: list[bool]
+    """Whether the completion ended (eos / stop string) rather than hitting the length limit."""
+
+
+def distributed_rollout(
+    engine: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    layout: GenerationLayout | None = None,
+) -> Samples:
+    """Sample ``n`` completions per prompt: each generation data-parallel replica (``layout``, default
+    :meth:`GenerationLayout.colocated`) takes a contiguous share of the prompts (seeded by ``seed`` and its replica
+    index), then the shares are all-gathered over the replicas, so every rank returns all samples."""
+    layout = layout or GenerationLayout.colocated()
+    dp, dp_rank = layout.dp_size, layout.dp_rank
+    lo, hi = len(prompts) * dp_rank // dp, len(prompts) * (dp_rank + 1) // dp
+    local = Samples(prompt_index=[], completion_ids=[], logprobs=[], finished=[])
+    if hi > lo:
+        groups = engine.rollout(
+            [list(p) for p in prompts[lo:hi]],
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=mix_seed(seed, dp_rank),
+        )
+        for group in groups:
+            for r in group.rollouts:
+                local.prompt_index.append(lo + group.prompt_index)
+                local.completion_ids.append(list(r.completion_ids or []))
+                local.logprobs.append(list(r.logprobs or []))
+                local.finished.append(r.finish_reason == "stop")
+    if dp == 1:
+        return local
+    out = Samples(prompt_index=[], completion_ids=[], logprobs=[], finished=[])
+    for part in all_gather_objects(local, group=layout.group):
+        out.prompt_index += part.prompt_index
+        out.completion_ids += part.completion_ids
+        out.logprobs += part.logprobs
+        out.finished += part.finished
+    return out
+
+
+class GenerationWorker:
+    """A rollout engine at its :class:`GenerationLayout`, behind two calls: :meth:`generate` and :meth:`refit`.
+
+    Args:
+        engine: The rollout engine (:class:`~nemotron_plugins.rl.engines.base.RolloutEngine`).
+        layout: The generation replicas.
+        embedded: The engine decodes with the trained module itself (:meth:`refit` has nothing to copy).
+    """
+
+    def __init__(self, engine: Any, *, layout: GenerationLayout, embedded: bool) -> None:
+        self.engine = engine
+        self.layout = layout
+        self.embedded = embedded
+
+    @classmethod
+    def build(cls, config: RecipeConfig, policy: Any) -> GenerationWorker:
+        """The engine of ``config.generation`` for ``policy`` (a :class:`~nemotron_plugins.rl.policy_worker.
+        MegatronPolicyWorker`: its module, architecture and tokenizer)."""
+        engine = build_engine(config, policy.module, policy.model_config, policy.tokenizer)
+        embedded = config.generation.engine in EMBEDDED_ENGINES
+        # Both engines run colocated with training today: the megatron engine on the training module itself, vLLM
+        # one engine per rank (see rl/engines/vllm_engine.py); their replicas are the training DP replicas.
+        return cls(engine, layout=GenerationLayout.colocated(), embedded=embedded)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+    ) -> Samples:
+        """``n`` completions of every prompt, the prompts split over the replicas; every rank returns all samples."""
+        return distributed_rollout(
+            self.engine,
+            prompts,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            layout=self.layout,
+        )
+
+    def refit(self, policy: Any) -> None:
+        """Bring the engine's weights to ``policy``'s (nothing to do for an embedded engine)."""
+        if not self.embedded:
+            self.engine.update_weights(model=policy.module)
+
+    def close(self) -> None:
+        """Release the engine."""
+        self.engine.close()
