@@ -179,12 +179,51 @@ def distributed_rollout(
                 local.finished.append(r.finish_reason == "stop")
     if dp == 1:
         return local
+    return exchange_samples(local, group=layout.group)
+
+
+def exchange_samples(local: Samples, group: Any = None) -> Samples:
+    """Every replica's :class:`Samples` of ``group``, concatenated in rank order, exchanged as tensors.
+
+    Two collectives: the ``(samples, longest completion)`` sizes, then one all-gather of a padded int64 block
+    (prompt index, length, finished flag, token ids) and one of the float32 log-probs, each padded to the largest
+    replica's sizes; nothing is pickled. Only the ranks of ``group`` (the generation replicas that hold different
+    prompts) take part.
+    """
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend(group) == "nccl" else None
+    )
+    n = len(local.completion_ids)
+    longest = max((len(c) for c in local.completion_ids), default=0)
+    sizes = torch.tensor([n, longest], dtype=torch.long, device=device)
+    world = torch.distributed.get_world_size(group)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+    torch.distributed.all_gather(all_sizes, sizes, group=group)
+    rows = max(int(t[0]) for t in all_sizes)
+    width = max(int(t[1]) for t in all_sizes)
+    ints = torch.zeros(rows, 3 + width, dtype=torch.long)
+    floats = torch.zeros(rows, width, dtype=torch.float32)
+    for i, (ids, lps) in enumerate(zip(local.completion_ids, local.logprobs, strict=True)):
+        ints[i, 0] = local.prompt_index[i]
+        ints[i, 1] = len(ids)
+        ints[i, 2] = int(local.finished[i])
+        ints[i, 3 : 3 + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        if lps:
+            floats[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
+    ints, floats = ints.to(device), floats.to(device)
+    all_ints = [torch.empty_like(ints) for _ in range(world)]
+    all_floats = [torch.empty_like(floats) for _ in range(world)]
+    torch.distributed.all_gather(all_ints, ints, group=group)
+    torch.distributed.all_gather(all_floats, floats, group=group)
     out = Samples(prompt_index=[], completion_ids=[], logprobs=[], finished=[])
-    for part in all_gather_objects(local, group=layout.group):
-        out.prompt_index += part.prompt_index
-        out.completion_ids += part.completion_ids
-        out.logprobs += part.logprobs
-        out.finished += part.finished
+    for size, block, lp in zip(all_sizes, all_ints, all_floats, strict=True):
+        block, lp = block[: int(size[0])].cpu(), lp[: int(size[0])].cpu()
+        for row, row_lp in zip(block.tolist(), lp, strict=True):
+            length = row[1]
+            out.prompt_index.append(row[0])
+            out.finished.append(bool(row[2]))
+            out.completion_ids.append(row[3 : 3 + length])
+            out.logprobs.append(row_lp[:length].tolist())
     return out
 
 
