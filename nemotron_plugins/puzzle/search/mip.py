@@ -538,6 +538,19 @@ class _Relaxation:
     """Floating-point allowance on ``LB + rc . x <= c . x``."""
 
 
+def _dominated(cost: np.ndarray, dominator_cost: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """``out[p]``: some earlier ``q`` of the same (contiguous, non-decreasing) ``group`` has
+    ``dominator_cost[q] <= cost[p]``: a running minimum per group, on exact ranks (no floating-point offsets)."""
+    values, ranks = np.unique(np.concatenate([dominator_cost, cost]), return_inverse=True)
+    rank_dom, rank_cost = ranks[: len(cost)], ranks[len(cost) :]
+    # key = (groups after this one) * width + rank: earlier groups have larger keys, so the running minimum of the
+    # keys before p is from p's own group exactly when p's group has an earlier member
+    offset = (int(group.max(initial=0)) - group) * (len(values) + 1)
+    running = np.full(len(cost), np.iinfo(np.int64).max)
+    running[1:] = np.minimum.accumulate((offset + rank_dom)[:-1])
+    return running <= offset + rank_cost
+
+
 def _enumerate(
     objective: np.ndarray,
     rel: _Relaxation,
@@ -546,17 +559,21 @@ def _enumerate(
     cutoff: float,
     deadline: float | None,
 ) -> tuple[float, np.ndarray] | str | None:
-    """The cheapest feasible child among those with ``rc . x <= tau``, by dynamic programming over the layers.
+    """A feasible child at least as cheap as every feasible child ``x`` with ``c . x - LB <= tau``, by dynamic
+    programming over the layers.
 
     Layers whose only option with ``rc_j <= tau`` is their LP choice are fixed; the others are expanded one at a
     time, keeping every partial child that (a) can still be completed within the rows (its usage plus the smallest
-    usage of the remaining layers fits) and (b) has ``rc`` sum ``<= tau`` (reduced costs are >= 0, so the sum only
+    usage of the remaining layers fits), (b) has ``rc`` sum ``<= tau`` (reduced costs are >= 0, so the sum only
     grows) and (c) can still cost ``<= cutoff`` (its cost plus the cheapest option of each remaining layer; a child
-    of that cost is already known). A partial child ``s'`` is dropped when another one ``s`` of the same diversity status (equal usage of every
-    diversity row that can still be violated) has objective ``<= s'``, usage ``<=`` on the key limit row (largest
-    price), and cannot violate the other limit rows whatever the remaining layers pick: every completion of ``s'`` is
-    then a completion of ``s``, feasible and no cheaper. So the result is exactly the cheapest feasible child with
-    ``rc . x <= tau`` (ties: the first one in a fixed order).
+    of that cost is already known). A partial child ``s'`` is dropped when another one ``s`` of the same diversity
+    status (equal usage of every diversity row that can still be violated) has objective ``<= s'``, usage ``<=`` on
+    the key limit row (largest price), and cannot violate the other limit rows whatever the remaining layers pick:
+    every completion ``y`` of ``s'`` is then a feasible completion of ``s``, no costlier, and still within ``tau``
+    when ``c . (s' + y) - LB <= tau`` (``rc . x <= c . x - LB`` for every feasible ``x``). So for any feasible
+    ``x`` with ``c . x - LB <= tau`` (and ``c . x <= cutoff``) a chain of such swaps ends at a kept child no
+    costlier, and the returned child is at least as cheap. With ``tau`` at least every child's ``rc`` sum it is
+    the cheapest feasible child outright (or the cheapest below the cutoff).
 
     Returns:
         ``(cost, option index per layer)``; ``None`` when no such child is feasible; ``"states"`` when more than
@@ -565,9 +582,13 @@ def _enumerate(
     a_ub, b_ub = rel.a_ub, rel.b_ub
     m = len(b_ub)
     num_layers = len(offsets) - 1
-    cand = [np.flatnonzero(rel.reduced[offsets[i] : offsets[i + 1]] <= tau) + offsets[i] for i in range(num_layers)]
-    free = [i for i in range(num_layers) if len(cand[i]) > 1]
-    fixed = np.array([cand[i][0] for i in range(num_layers) if len(cand[i]) == 1], dtype=np.int64)
+    admitted = np.flatnonzero(rel.reduced <= tau)  # every layer keeps its LP choice (rc = 0)
+    counts = np.bincount(rel.layer_of[admitted], minlength=num_layers)
+    first = np.concatenate([[0], np.cumsum(counts)])
+    free = np.flatnonzero(counts > 1).tolist()
+    single = np.flatnonzero(counts == 1)
+    fixed = admitted[first[single]]
+    cand = {i: admitted[first[i] : first[i + 1]] for i in free}
     eps = 1e-12  # rows are unit-scaled; the final child is re-checked against the exact limits
     bound = b_ub + eps
     lows = np.array([a_ub[:, cand[i]].min(axis=1) for i in free]).reshape(len(free), m)
@@ -608,20 +629,11 @@ def _enumerate(
         dominator = np.all(new_use[:, others] + rest_high[t + 1][others] <= bound[others], axis=1)
         key_use = new_use[:, key] if key >= 0 else np.zeros(len(new_cost))
         order = np.lexsort((new_cost, key_use, *status.T[::-1]))
-        group_start = np.ones(len(order), dtype=bool)
+        group = np.zeros(len(order), dtype=np.int64)
         if status.shape[1]:
             sorted_status = status[order]
-            group_start[1:] = np.any(sorted_status[1:] != sorted_status[:-1], axis=1)
-        else:
-            group_start[1:] = False
-        sorted_cost = new_cost[order]
-        best_dominator = np.where(dominator[order], sorted_cost, np.inf)
-        keep = np.ones(len(order), dtype=bool)
-        starts = np.flatnonzero(group_start)
-        for lo, hi in zip(starts, np.append(starts[1:], len(order)), strict=True):
-            if hi - lo > 1:
-                running = np.minimum.accumulate(best_dominator[lo : hi - 1])
-                keep[lo + 1 : hi] = running > sorted_cost[lo + 1 : hi]
+            group[1:] = np.cumsum(np.any(sorted_status[1:] != sorted_status[:-1], axis=1))
+        keep = ~_dominated(new_cost[order], np.where(dominator[order], new_cost[order], np.inf), group)
         survivors = order[keep]
         if len(survivors) > MAX_STATES:
             return "states"
@@ -630,7 +642,6 @@ def _enumerate(
     k = int(np.argmin(cost))
     best = float(cost[k])
     picked = np.empty(num_layers, dtype=np.int64)
-    single = [i for i in range(num_layers) if len(cand[i]) == 1]
     picked[single] = fixed
     for (parent, chosen), i in zip(reversed(history), reversed(free), strict=True):
         picked[i] = chosen[k]
