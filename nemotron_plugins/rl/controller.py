@@ -490,7 +490,7 @@ def rollout_round(
     timings["reward"] += time.perf_counter() - t1
     lengths = torch.tensor([len(c) for c in samples.completion_ids], dtype=torch.float64)
     finished = torch.tensor(samples.finished, dtype=torch.bool)
-    shaped = algorithm.shape_rewards(scores.total, lengths, finished, cfg)
+    shaped = algorithm.shape_rewards(scores.total, lengths, finished, cfg, max_response_length=gen.max_new_tokens)
     adv = algorithm.advantages(shaped.float().view(len(batch), g), cfg)
     keep = select_groups(shaped, adv, g, skip_uniform_groups=cfg.skip_uniform_groups)
     return RolloutRound(

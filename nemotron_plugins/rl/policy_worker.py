@@ -388,6 +388,7 @@ def policy_update(
                         generator_logprobs=gen if cfg.importance_sampling_correction else None,
                         total_tokens_in_global_batch=gt,
                         total_sequences_in_global_batch=gs,
+                        max_response_length=config.generation.max_new_tokens,
                     )
                     tokens_here = float(mask.sum())
                     # The generator's log-probs against the policy that generated them (the old policy, before

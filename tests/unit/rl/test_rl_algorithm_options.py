@@ -252,3 +252,35 @@ def test_presets_registered_and_same_loss():
         cfg = algo.default_config(num_prompts_per_rollout=2, num_generations=4)
         assert cfg.algorithm == "grpo"  # a GRPO-task recipe runs it; the fields make the difference
         assert cfg.num_generations == 4
+
+
+# ---- through the trainer ------------------------------------------------------------------------------------------
+
+
+def test_options_run_through_the_trainer(tmp_path):
+    """One GRPO step of the tiny recipe with every loss / advantage option on: the trainer hands the generation
+    budget to the hooks (the constant normaliser and the soft overlong penalty need it) and the update runs."""
+    import math as _math
+
+    from nemotron_plugins.rl.trainer import run_grpo
+    from nemotron_plugins.runtime.metrics import read_jsonl
+    from tests.run_configs import tiny_grpo
+
+    torch.set_num_threads(1)
+    config = tiny_grpo(
+        tmp_path,
+        "train_steps=1",
+        "algorithm.leave_one_out_baseline=true",
+        "algorithm.leave_one_out_std=true",
+        "algorithm.loss_aggregation=constant",
+        "algorithm.ratio_level=sequence",
+        "algorithm.dual_clip=3.0",
+        "algorithm.epsilon_high=0.28",
+        "algorithm.overlong_buffer=4",
+        "algorithm.overlong_penalty=0.5",
+        "algorithm.beta=0.01",
+    )
+    run_grpo(config)
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert row["train/sequences"] > 0
+    assert _math.isfinite(row["loss"]) and row["grad_norm"] > 0
