@@ -1,4 +1,4 @@
-"""Puzzle's architecture search as a mixed-integer program, solved with HiGHS through :func:`scipy.optimize.milp`.
+"""Puzzle's architecture search as a mixed-integer program, solved exactly (LP bound + enumeration, HiGHS as fallback).
 
 Variables: one binary ``x[i, j]`` per layer ``i`` and library option ``j``; exactly one option per layer.
 
@@ -17,8 +17,17 @@ Constraints for one deployment scenario (:class:`SearchLimits`, one batch size `
 Several solutions (:func:`search`): after each solution ``S_k`` a diversity row ``sum_{(i, j) in S_k} x_ij <=
 L - min_layer_difference`` forces the next one to differ from it in at least ``min_layer_difference`` layers.
 
-Every solution is checked to be proven optimal (HiGHS status 0 with a relative MIP gap of 0 by default); an
-infeasible scenario is explained (:class:`Infeasibility`): each limit that no child can meet on its own, or, when
+How each solve is proven optimal (:func:`_solve`): options no better in quality and no cheaper in every
+constrained cost than enough others of their layer are pruned (exact, ``_keep_mask``); the LP relaxation (HiGHS
+through :func:`scipy.optimize.linprog`) gives row prices ``lam >= 0``, a bound ``LB`` and reduced costs ``rc >= 0``
+with ``cost(x) >= LB + rc . x`` for every feasible child; a dynamic program over the layers (:func:`_enumerate`)
+then enumerates, with dominance between partial children, every child the bound cannot exclude, widening the
+threshold until the best child found is certified (its ``cost - LB`` is within the threshold). On Puzzle-sized
+instances only ~40 of the 162 layers keep more than their LP choice, so this takes well under a second of CPU per
+solve. When the enumeration would hold more than :data:`MAX_STATES` partial children, HiGHS
+(:func:`scipy.optimize.milp`, relative gap ``mip_rel_gap``, absolute gap :data:`MIP_ABS_GAP`) solves the options
+reduced-cost fixing keeps instead (``Solution.proved_by`` says which proved each solution). An infeasible scenario
+is explained (:class:`Infeasibility`): each limit that no child can meet on its own, or, when
 only the combination is infeasible, the best value of each limit achievable while the other limits hold.
 """
 
@@ -190,7 +199,7 @@ class Solution:
     proven_optimal: bool
     """HiGHS proved optimality (status 0, gap within ``mip_rel_gap``)."""
     mip_gap: float
-    """Relative gap HiGHS reported."""
+    """Relative gap proven (0 unless ``mip_rel_gap`` > 0 allowed one)."""
     solve_time_s: float
     """Wall time of this solve."""
     proved_by: str = "enumeration"
@@ -398,7 +407,7 @@ class _Outcome:
     fun: float
     """Objective value of ``x`` (``nan`` without one)."""
     mip_gap: float
-    """Relative gap HiGHS reported on the restricted problem."""
+    """Relative gap proven (the enumeration's, or HiGHS's on the restricted problem)."""
     core_size: int
     """Variables of the last restricted MIP HiGHS solved (0: none, the enumeration proved the result)."""
     method: str
@@ -710,10 +719,12 @@ def _solve(
             value, picked = found
             # any cheaper child x' has rc.x' <= c.x' - LB (+ rounding < tol / 2) < value - LB + tol / 2 <= tau;
             # with tau >= everything, every child was enumerated
-            if value - lower + 0.5 * rel.tol <= tau or tau >= everything:
+            # (with mip_rel_gap > 0: no child outside the threshold is cheaper than LB + tau, within the gap of value)
+            if value - lower + 0.5 * rel.tol <= tau + mip_rel_gap * abs(value) or tau >= everything:
                 x = np.zeros(arr.n)
                 x[picked] = 1.0
-                return _Outcome(0, "optimal (enumeration)", x, value, 0.0, 0, "enumeration")
+                gap = 0.0 if tau >= everything else max(0.0, value - lower - tau) / max(abs(value), 1e-300)
+                return _Outcome(0, "optimal (enumeration)", x, value, gap, 0, "enumeration")
             cutoff = min(cutoff, value)
         elif tau >= everything:
             return _Outcome(2, "infeasible (every child enumerated)", None, math.nan, 0.0, 0, "enumeration")
@@ -866,7 +877,9 @@ def search(
         num_solutions: how many solutions to return (best first); each next one differs from every earlier one in
             at least ``min_layer_difference`` layers.
         min_layer_difference: the diversity distance, in layers (1 .. number of layers).
-        mip_rel_gap: HiGHS relative gap at which a solution counts as optimal (0: exact).
+        mip_rel_gap: relative gap at which a solution counts as optimal (0: exact): the enumeration stops once no
+            child it has not enumerated can be better by more than this fraction; HiGHS (the fallback) gets it as
+            its ``mip_rel_gap``.
         time_limit_s: per-solve time limit (``None``: none).
         require_optimal: raise when HiGHS stops without proving optimality (time limit, numerical trouble).
         prune_dominated: drop options that provably cannot appear in any of the requested solutions before solving

@@ -319,3 +319,14 @@ def test_time_limit_without_a_proof_raises() -> None:
     problem, limits = _puzzle_like(0, layers=40, options=12)
     with pytest.raises(MIPError, match="did not prove optimality"):
         search(problem, limits, time_limit_s=1e-9)
+
+
+def test_relative_gap_is_honoured_and_reported() -> None:
+    problem, limits = _puzzle_like(1, layers=40, options=12)
+    (exact,) = search(problem, limits).solutions
+    (loose,) = search(problem, limits, mip_rel_gap=0.05).solutions
+    assert exact.mip_gap == 0.0 and loose.proven_optimal
+    assert 0.0 <= loose.mip_gap <= 0.05
+    # quality is minus the cost: the loose child is within the reported gap of the optimum
+    assert loose.quality <= exact.quality + 1e-12
+    assert exact.quality - loose.quality <= loose.mip_gap * abs(loose.quality) + 1e-12
