@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -64,6 +65,7 @@ class Scale:
     distill_steps: int
     distill_lr: float
     distill_batch: int
+    distill_warmup: int
     tie_embeddings: bool = False
     """Tie the output layer to the embedding (keeps the layers the bulk of a small-vocabulary parent)."""
 
@@ -79,13 +81,14 @@ SCALES = {
         sft_steps=60,
         sft_lr=3e-3,
         calibration=16,
-        score=32,
+        score=64,
         evaluation=64,
         train=None,
         bld_epochs=1,
         distill_steps=100,
         distill_lr=2e-4,
         distill_batch=8,
+        distill_warmup=10,
         tie_embeddings=True,
     ),
     "ci": Scale(
@@ -105,6 +108,7 @@ SCALES = {
         distill_steps=20,
         distill_lr=1e-4,
         distill_batch=8,
+        distill_warmup=2,
         tie_embeddings=True,
     ),
 }
@@ -264,7 +268,7 @@ def run_seed(out: Path, scale: Scale, seed: int, *, distill_tp: int = 1) -> dict
     from nemotron_plugins.puzzle.hf_checkpoint import read_hf_state_dict
     from nemotron_plugins.puzzle.search.realize import realize
     from nemotron_plugins.puzzle.search.rundir import load_library, write_json
-    from nemotron_plugins.puzzle.search.score import kl_to_parent
+    from nemotron_plugins.puzzle.search.score import kl_per_sequence, kl_to_parent
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -313,6 +317,8 @@ def run_seed(out: Path, scale: Scale, seed: int, *, distill_tp: int = 1) -> dict
         scale.distill_lr,
         "--min-lr",
         scale.distill_lr / 10,
+        "--warmup-steps",
+        scale.distill_warmup,
         "--tensor-parallel",
         distill_tp,
         "--seed",
@@ -335,17 +341,22 @@ def run_seed(out: Path, scale: Scale, seed: int, *, distill_tp: int = 1) -> dict
         "train_tokens": int(torch.load(tokens["train"]).numel()),
         "timings_s": timings,
     }
+    per_sequence = {}
     for label, root in (("searched", run), ("uniform", uniform)):
-        before_cfg = load_hf_config(root / "child")
         report = json.loads((root / "child" / "report.json").read_text())
-        after = root / "child_distilled"
         row[label] = {
             "params": report["child"]["total_params"],
             "param_fraction": report["param_fraction"],
             "layers": [r["choice"] for r in report["layers"]],
-            "kl_before": kl_to_parent(p_cfg, p_w, before_cfg, read_hf_state_dict(root / "child"), evaluation),
-            "kl_after": kl_to_parent(p_cfg, p_w, load_hf_config(after), read_hf_state_dict(after), evaluation),
         }
+        for when, ckpt in (("before", root / "child"), ("after", root / "child_distilled")):
+            kl = kl_per_sequence(p_cfg, p_w, load_hf_config(ckpt), read_hf_state_dict(ckpt), evaluation)
+            per_sequence[label, when] = kl
+            row[label][f"kl_{when}"] = float(kl.mean())
+    for when in ("before", "after"):
+        # paired over the evaluation sequences: mean and standard error of (searched - uniform)
+        diff = per_sequence["searched", when] - per_sequence["uniform", when]
+        row[f"diff_{when}"] = {"mean": float(diff.mean()), "se": float(diff.std() / math.sqrt(diff.numel()))}
     fused = run / "fused"
     plan = json.loads((fused / "fusion_plan.json").read_text())
     row["fusion_groups"] = plan["groups"]
@@ -378,10 +389,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             )
     for row in rows:
         s, u = row["searched"], row["uniform"]
+        for when in ("before", "after"):
+            d = row[f"diff_{when}"]
+            print(
+                f"seed {row['seed']} {when:>6} distillation: searched - uniform = {d['mean']:+.5f} +- {d['se']:.5f} "
+                f"(paired s.e. over {row['eval_sequences']} sequences); ratio {s[f'kl_{when}'] / u[f'kl_{when}']:.3f}"
+            )
         print(
-            f"seed {row['seed']}: searched / uniform KL ratio before {s['kl_before'] / u['kl_before']:.3f}, after "
-            f"{s['kl_after'] / u['kl_after']:.3f}; searched layers: {'; '.join(s['layers'])}; uniform: "
-            f"{u['layers'][0]} x {len(u['layers'])}; fusion groups {row['fusion_groups']}"
+            f"seed {row['seed']}: searched layers: {'; '.join(s['layers'])}; uniform: {u['layers'][0]} x "
+            f"{len(u['layers'])}; fusion groups {row['fusion_groups']}"
             + (f" (fused KL {s['kl_fused']:.4f})" if "kl_fused" in s else "")
         )
         print(f"seed {row['seed']}: stage seconds {json.dumps({k: round(v, 1) for k, v in row['timings_s'].items()})}")

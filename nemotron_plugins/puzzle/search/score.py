@@ -32,7 +32,7 @@ from nemotron_plugins.puzzle.search import hf_forward
 from nemotron_plugins.puzzle.search.library import Variant, substitute
 from nemotron_plugins.puzzle.search.mip import BlockOption, SearchProblem
 
-__all__ = ["VariantScore", "build_problem", "kl_to_parent", "score_variants"]
+__all__ = ["VariantScore", "build_problem", "kl_per_sequence", "kl_to_parent", "score_variants"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,6 +73,26 @@ def _kl(parent_logits: torch.Tensor, child_logits: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def kl_per_sequence(
+    parent_cfg: PuzzleModelConfig,
+    parent_weights: Mapping[str, torch.Tensor],
+    child_cfg: PuzzleModelConfig,
+    child_weights: Mapping[str, torch.Tensor],
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Per sequence of ``tokens`` ``[n, seq]``, the mean over its positions of ``KL(parent || child)`` of the
+    next-token distributions (fp64 softmax), batched ``batch_size`` rows at a time: ``[n]`` float64."""
+    out = []
+    for start in range(0, tokens.shape[0], batch_size):
+        ids = tokens[start : start + batch_size]
+        logp = F.log_softmax(hf_forward.forward(parent_cfg, parent_weights, ids).double(), dim=-1)
+        logq = F.log_softmax(hf_forward.forward(child_cfg, child_weights, ids).double(), dim=-1)
+        out.append((logp.exp() * (logp - logq)).sum(-1).mean(-1))
+    return torch.cat(out)
+
+
 def kl_to_parent(
     parent_cfg: PuzzleModelConfig,
     parent_weights: Mapping[str, torch.Tensor],
@@ -82,17 +102,10 @@ def kl_to_parent(
     *,
     batch_size: int = 16,
 ) -> float:
-    """Mean per-token ``KL(parent || child)`` of the next-token distributions over ``tokens`` ``[n, seq]`` (fp64
-    softmax; every position of every row counts, batched ``batch_size`` rows at a time)."""
-    total, count = 0.0, 0
-    for start in range(0, tokens.shape[0], batch_size):
-        ids = tokens[start : start + batch_size]
-        kl = _kl(
-            hf_forward.forward(parent_cfg, parent_weights, ids), hf_forward.forward(child_cfg, child_weights, ids)
-        )
-        total += kl * ids.numel()
-        count += ids.numel()
-    return total / count
+    """Mean per-token ``KL(parent || child)`` over ``tokens`` ``[n, seq]`` (see :func:`kl_per_sequence`)."""
+    return float(
+        kl_per_sequence(parent_cfg, parent_weights, child_cfg, child_weights, tokens, batch_size=batch_size).mean()
+    )
 
 
 def _lm_loss(child_logits: torch.Tensor, ids: torch.Tensor) -> float:
