@@ -74,6 +74,12 @@ def _context_parallel_errors(recipe: RecipeConfig) -> list[str]:
             f"parallel.context_parallel_size={cp} with model.layer_spec='puzzle_local': megatron's local attention "
             "has no context parallelism; use the default spec (SDPA without TE, TE with it)"
         )
+    if recipe.evaluation.num_samples > 0:
+        errors.append(
+            f"evaluation.num_samples={recipe.evaluation.num_samples} with parallel.context_parallel_size={cp}: SFT's "
+            "held-out greedy evaluation decodes whole sequences on one rank (CP=1); set evaluation.num_samples=0 and "
+            "evaluate the exported checkpoint"
+        )
     multiple = math.lcm(2 * cp, cp * p.tensor_model_parallel_size if p.sequence_parallel else 1)
     if not d.pack_sequences and d.max_seq_length % multiple:
         errors.append(

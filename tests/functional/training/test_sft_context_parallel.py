@@ -68,3 +68,15 @@ def test_tp2_sequence_parallel_with_cp2_equals_tp1_cp1(tmp_path) -> None:
     results = _run(4, tmp_path / "tp2cp2", [*steps, *layout])
     assert all(r == results[0] for r in results)
     assert _close(results[0], ref, 1e-5), (results[0], ref)
+
+
+@pytest.mark.slow
+def test_pp2_with_cp2_packed_equals_pp1_cp1(tmp_path) -> None:
+    # Four processes, PP2 x CP2, packed rows: every micro-batch of a step is filled to the step's longest padded
+    # length (the pipeline's P2P buffers need one shape), two micro-batches per step (1F1B).
+    steps = [*BASE, "train_steps=2", "data.pack_sequences=true", "data.max_seq_length=192", "model.seq_length=192"]
+    (ref,) = _run(1, tmp_path / "ref", steps)
+    layout = ["cluster.devices_per_node=4", "parallel.pipeline_model_parallel_size=2", *CP2[1:]]
+    results = _run(4, tmp_path / "pp2cp2", [*steps, *layout])
+    assert all(r == results[0] for r in results)
+    assert _close(results[0], ref, 1e-5), (results[0], ref)

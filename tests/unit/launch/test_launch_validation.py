@@ -252,6 +252,11 @@ def test_balanced_layout_rejects_too_many_stages() -> None:
             ["parallel.context_parallel_size=2", "cluster.devices_per_node=2", "model.layer_spec=puzzle_local"],
             "megatron's local attention has no context parallelism",
         ),
+        (
+            "tiny_puzzle_sft_cpu",
+            ["parallel.context_parallel_size=2", "cluster.devices_per_node=2", "evaluation.num_samples=4"],
+            "evaluation.num_samples=4 with parallel.context_parallel_size=2",
+        ),
         ("tiny_puzzle_grpo_cpu", ["data.pack_sequences=true"], "data.pack_sequences is an SFT setting"),
         (
             "tiny_puzzle_sft_cpu",
