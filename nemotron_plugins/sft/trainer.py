@@ -2,7 +2,7 @@
 
 :func:`run_sft` trains the megatron-core ``GPTModel`` built by :func:`nemotron_plugins.puzzle.model.build_puzzle_model`
 on Post-Training-Dataset rows (by default the synthetic addition task with reasoning on/off pairs,
-:mod:`nemotron_plugins.data.synthetic`), on CPU (gloo) or GPU, with TP / PP / DP:
+:mod:`nemotron_plugins.data.synthetic`), on CPU (gloo) or GPU, with TP / PP / CP / DP:
 
 * **Data.** Rows -> :func:`~nemotron_plugins.data.sft.build_sft_examples` (loss on the target only) ->
   :func:`~nemotron_plugins.data.packing.pack_examples` (one example per row, or packed: document boundaries reach
@@ -16,6 +16,13 @@ on Post-Training-Dataset rows (by default the synthetic addition task with reaso
   so the loss is the token mean over the whole global batch, independent of the micro-batch split and of DP.
   Gradients are summed over DP with an all-reduce; the global gradient norm counts TP-replicated parameters once.
   ``optimizer.bf16`` runs forward and backward under ``torch.autocast(bfloat16)`` (fp32 master weights).
+* **Context parallelism** (``parallel.context_parallel_size > 1``): every micro-batch keeps this rank's share of
+  each sequence in megatron's load-balanced layout (:mod:`nemotron_plugins.puzzle.context_parallel`): unpacked
+  rows in ``2 * cp`` chunks (the step's length a multiple of ``2 * cp``, and of ``cp * TP`` with sequence
+  parallelism); packed rows with every document padded to ``2 * cp`` and cut on its own (megatron's ``thd`` CP
+  layout, real and padded boundaries in ``PackedSeqParams``), all micro-batches of a step filled to one length.
+  The attention gathers K/V over the CP group; each rank's loss is its tokens' sum over the global batch's token
+  count and DDP sums gradients over DP x CP, so losses and gradients are those of CP=1. Evaluation needs CP=1.
 * **Optimizer.** The shared training stack (:mod:`nemotron_plugins.training.setup`): megatron DDP, megatron's
   optimizer (the distributed optimizer with ``parallel.use_distributed_optimizer``; global-norm clipping) and its LR
   scheduler (warmup, then constant / linear / cosine decay to ``optimizer.min_lr``).
@@ -501,14 +508,17 @@ def run_sft(config: RecipeConfig) -> SFTResult:
 
 
 def _is_correct_for(config: RecipeConfig) -> Any:
-    """The answer check of the SFT evaluation: the synthetic task's integer match, else the ``math`` reward."""
+    """The answer check of the SFT evaluation: the synthetic task's integer match, else the ``math`` reward, scored
+    in a worker process with a per-sample time and memory bound (model text, as everywhere else); a sample it could
+    not score (status not OK) counts as not correct."""
     from nemotron_plugins.data.sources import SYNTHETIC
 
     if config.data.dataset == SYNTHETIC:
         return None
     from nemotron_plugins.rewards.base import RewardSample, build_reward
+    from nemotron_plugins.rewards.pool import bounded_reward
 
-    reward = build_reward("math")
+    reward = bounded_reward(build_reward("math"), workers=1, timeout_s=10.0)
 
     def is_correct(text: str, ground_truth: Any) -> bool:
         result = reward.score([RewardSample(completion=text, ground_truth=str(ground_truth))])[0]
