@@ -126,7 +126,7 @@ class RefitUnit:
     """The HF tensors made from one Megatron tensor: the stream's indivisible step."""
 
     names: tuple[str, ...]
-    """HF names (q/k/v for a fused QKV, gate/up for ``linear_fc1``, one name otherwise)."""
+    """HF names: q / k / v of a fused QKV, else one name (gate and up of ``linear_fc1`` are separate units)."""
     shapes: tuple[tuple[int, ...], ...]
     """Shape of each yielded tensor (FFN widths as exported, the ``tp_shard`` slice when one is asked for)."""
     full_shapes: tuple[tuple[int, ...], ...]
@@ -462,8 +462,8 @@ def stream_hf_weights(
         model: This rank's ``GPTModel``, a wrapper of one (DDP), or its list of virtual-pipeline chunks.
         config: The :class:`~nemotron_plugins.puzzle.block_config.PuzzleModelConfig` the model was built from (the
             Megatron model does not record its unpadded vocabulary or per-layer HF layout).
-        bucket_bytes: Largest bucket in bytes of yielded tensors; a single HF tensor group (one Megatron tensor's
-            q/k/v, gate/up, or one tensor) larger than this is yielded as a bucket of its own.
+        bucket_bytes: Largest bucket in bytes of yielded tensors; a single unit (a layer's q / k / v together, or
+            any one other tensor: gate and up stream separately) larger than this is yielded as a bucket of its own.
         tp_shard: ``(rank, size)``: yield this rank's slice of each tensor for an engine at TP ``size``
             (:func:`hf_tp_slice`) instead of whole tensors.
         dtype: Cast to this dtype (e.g. ``torch.bfloat16``); ``None`` keeps the training dtype.
