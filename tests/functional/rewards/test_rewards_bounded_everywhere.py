@@ -192,3 +192,26 @@ def test_curriculum_pass_rate_reward_options_are_checked(tmp_path):
     for bad, field in (({"reward_workers": 0}, "reward_workers"), ({"reward_timeout_s": 0}, "reward_timeout_s")):
         with pytest.raises(CurriculumInputError, match=field):
             PassRateConfig(**bad).validate()
+
+
+def test_sft_evaluation_scores_answers_through_the_pool(monkeypatch):
+    from types import SimpleNamespace
+
+    from nemotron_plugins.rewards import pool as pool_module
+    from nemotron_plugins.sft.trainer import _is_correct_for
+
+    made = []
+
+    def recording_bounded_reward(reward, **options):
+        made.append(pool_module.PooledReward(reward, **options))
+        return made[-1]
+
+    monkeypatch.setattr(pool_module, "bounded_reward", recording_bounded_reward)
+    is_correct = _is_correct_for(SimpleNamespace(data=SimpleNamespace(dataset="post_training")))
+    try:
+        assert [type(r.reward).__name__ for r in made] == ["MathReward"]
+        assert is_correct("<think>x</think>\\boxed{4}", 4) and not is_correct("<think>x</think>\\boxed{5}", 4)
+        assert made[0].started == 1  # scored in the worker, not in this process
+    finally:
+        for r in made:
+            r.close()
