@@ -8,8 +8,8 @@ engine does that with vLLM's offline API:
   distributed_executor_backend="external_launcher", tensor_parallel_size=T)``. vLLM then runs one worker in this
   process, on this rank's GPU, and groups the world into tensor-parallel groups of ``T`` consecutive ranks; the
   remaining factor ``world / T`` is vLLM's "external" data parallelism (every group generates independently). So
-  generation TP and DP are independent of the training layout (:class:`GenerationLayout`); the caller gives each
-  generation-DP rank its prompts (:meth:`GenerationLayout.shard`), the same prompts and seed on every rank of a TP
+  generation TP and DP are independent of the training layout (:class:`VLLMLayout`); the caller gives each
+  generation-DP rank its prompts (:meth:`VLLMLayout.shard`), the same prompts and seed on every rank of a TP
   group. Without a process group (a single process) the engine runs vLLM's in-process single-GPU executor.
   Either way the engine core stays in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weights are handed to
   the worker as tensors, never pickled.
@@ -134,9 +134,9 @@ class VLLMEngineConfig:
                 "(model_path, tensor_parallel_size, fp8, enable_sleep_mode, enable_prefix_caching, ...)"
             )
 
-    def llm_arguments(self, layout: GenerationLayout | None = None) -> dict[str, Any]:
+    def llm_arguments(self, layout: VLLMLayout | None = None) -> dict[str, Any]:
         """The keyword arguments for ``vllm.LLM`` on a rank of ``layout`` (default: a single process)."""
-        layout = layout or GenerationLayout()
+        layout = layout or VLLMLayout()
         kwargs: dict[str, Any] = {
             "model": self.model_path,
             "tokenizer": self.tokenizer_path or self.model_path,
@@ -182,7 +182,7 @@ _OWNED_LLM_ARGUMENTS = frozenset(
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class GenerationLayout:
+class VLLMLayout:
     """Where this rank sits in the generation layout: ``world = tp_size * dp_size`` ranks, TP groups of consecutive
     ranks (vLLM's order: rank ``r`` is TP rank ``r % tp`` of generation-DP rank ``r // tp``)."""
 
@@ -201,7 +201,7 @@ class GenerationLayout:
             )
 
     @classmethod
-    def current(cls, tp_size: int) -> GenerationLayout:
+    def current(cls, tp_size: int) -> VLLMLayout:
         """The layout of this process (a single process when no process group is initialised)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return cls(
@@ -223,6 +223,19 @@ class GenerationLayout:
     def dp_rank(self) -> int:
         """This rank's generation-DP index (its engine)."""
         return self.rank // self.tp_size
+
+    def peer_group(self) -> Any:
+        """The process group of this rank and the ranks at the same TP position in the other engines (one per
+        engine), for exchanging rollouts between engines; ``None`` with one engine. A collective: every rank of the
+        world calls it (it creates one group per TP position, in the same order everywhere)."""
+        if self.dp_size == 1:
+            return None
+        mine = None
+        for position in range(self.tp_size):
+            group = torch.distributed.new_group([position + d * self.tp_size for d in range(self.dp_size)])
+            if position == self.tp_rank:
+                mine = group
+        return mine
 
     def shard(self, n: int) -> range:
         """The contiguous, balanced share of ``n`` items (prompts) this rank's engine generates."""
@@ -413,7 +426,7 @@ class VLLMRolloutEngine(RolloutEngine):
                 "the colocated engine runs one vLLM worker per rank (external launcher), and no process group is "
                 "initialised here"
             )
-        self.layout = GenerationLayout.current(config.tensor_parallel_size)
+        self.layout = VLLMLayout.current(config.tensor_parallel_size)
         self._vllm = import_vllm()
         if not torch.cuda.is_available():
             raise VLLMUnavailableError(

@@ -151,12 +151,14 @@ def engine_worker(rank: int, tp: int, pp: int, gen_tp: int, src: str, bucket_byt
             model_path=src, puzzle_config=cfg, tensor_parallel_size=gen_tp, refit_bucket_bytes=bucket_bytes
         )
         report = engine.update_weights(model=model)
+        peers = torch.distributed.get_process_group_ranks(engine.layout.peer_group())
         mine = [prompts[i] for i in engine.layout.shard(len(prompts))]
         groups = engine.rollout(mine, n=2, max_new_tokens=4)
     (llm,) = llm_cls.instances
     return {
         "layout": (engine.layout.tp_rank, engine.layout.dp_rank, engine.layout.dp_size),
         "vllm_view": (llm.tp_rank, llm.dp_rank),
+        "peers": peers,
         "kwargs": llm.kwargs,
         "full": llm.model.full,
         "shard": llm.model.shard,

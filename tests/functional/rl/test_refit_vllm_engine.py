@@ -39,6 +39,7 @@ def test_every_stage_reaches_every_engine_at_a_generation_layout_of_its_own(tmp_
 
     for rank, result in enumerate(per_rank):
         assert result["layout"] == (rank % 2, rank // 2, 2) and result["layout"][:2] == result["vllm_view"]
+        assert result["peers"] == [rank % 2, rank % 2 + 2]  # the same TP position in each engine
         kwargs = result["kwargs"]
         assert kwargs["distributed_executor_backend"] == "external_launcher"
         assert kwargs["tensor_parallel_size"] == 2 and kwargs["enable_prefix_caching"] is True

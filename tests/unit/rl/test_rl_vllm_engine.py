@@ -22,8 +22,8 @@ import torch
 
 from nemotron_plugins.registry import ROLLOUT_ENGINES
 from nemotron_plugins.rl.engines.vllm_engine import (
-    GenerationLayout,
     VLLMEngineConfig,
+    VLLMLayout,
     VLLMRolloutEngine,
     VLLMUnavailableError,
     megatron_to_hf_weights,
@@ -103,7 +103,7 @@ def test_weights_reproduce_the_megatron_forward_in_transformers_llama(dist):
 
 def test_llm_arguments():
     cfg = VLLMEngineConfig(model_path="/ckpt", fp8=True, tensor_parallel_size=8, logprobs_mode="processed_logprobs")
-    args = cfg.llm_arguments(GenerationLayout(world_size=16, rank=3, tp_size=8))
+    args = cfg.llm_arguments(VLLMLayout(world_size=16, rank=3, tp_size=8))
     assert args["quantization"] == "fp8" and args["tensor_parallel_size"] == 8 and args["tokenizer"] == "/ckpt"
     assert args["enable_sleep_mode"] is True and args["logprobs_mode"] == "processed_logprobs"
     assert args["distributed_executor_backend"] == "external_launcher" and args["enable_prefix_caching"] is True
@@ -125,14 +125,14 @@ def test_llm_arguments():
 
 def test_generation_layout_is_independent_of_training():
     # Training TP8 PP18 CP2 DP2 on 576 GPUs generates at TP8 DP72.
-    layouts = [GenerationLayout(world_size=576, rank=r, tp_size=8) for r in range(576)]
+    layouts = [VLLMLayout(world_size=576, rank=r, tp_size=8) for r in range(576)]
     assert {lay.dp_size for lay in layouts} == {72}
     assert [(lay.dp_rank, lay.tp_rank) for lay in layouts[14:17]] == [(1, 6), (1, 7), (2, 0)]
-    shards = [GenerationLayout(world_size=6, rank=r, tp_size=2).shard(10) for r in range(6)]
+    shards = [VLLMLayout(world_size=6, rank=r, tp_size=2).shard(10) for r in range(6)]
     assert [list(s) for s in shards[::2]] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]  # balanced, contiguous
     assert shards[0] == shards[1]  # both TP ranks of an engine generate the same prompts
     with pytest.raises(ValueError, match="tensor_parallel_size=3 must divide the world size 8"):
-        GenerationLayout(world_size=8, rank=0, tp_size=3)
+        VLLMLayout(world_size=8, rank=0, tp_size=3)
 
 
 def test_request_output_parsing():
