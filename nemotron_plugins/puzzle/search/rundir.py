@@ -3,6 +3,7 @@
 Layout (``RUN/``)::
 
     library/library.json, library/library.safetensors   stage 1: variants (configs) and their tensors
+    library_bld/, bld.json                               stage 2: the library after BLD, its normalised MSEs
     scores.json                                          stage 3: replace-1-block scores and costs per variant
     search.json                                          stage 4: the MIP solutions per scenario
     child/  child/report.json                            stage 5: the realized child (HF checkpoint) and its report
