@@ -547,17 +547,25 @@ class _Relaxation:
     """Floating-point allowance on ``LB + rc . x <= c . x``."""
 
 
-def _dominated(cost: np.ndarray, dominator_cost: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """``out[p]``: some earlier ``q`` of the same (contiguous, non-decreasing) ``group`` has
-    ``dominator_cost[q] <= cost[p]``: a running minimum per group, on exact ranks (no floating-point offsets)."""
-    values, ranks = np.unique(np.concatenate([dominator_cost, cost]), return_inverse=True)
-    rank_dom, rank_cost = ranks[: len(cost)], ranks[len(cost) :]
-    # key = (groups after this one) * width + rank: earlier groups have larger keys, so the running minimum of the
-    # keys before p is from p's own group exactly when p's group has an earlier member
+DOMINANCE_BINS = 8
+"""Bins of the second limit row's usage used to find dominators among partial children that could still violate it."""
+
+
+def _dominated(cost: np.ndarray, level: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """``out[p]``: some earlier ``q`` of the same (contiguous, non-decreasing) ``group`` with a lower ``level``, or
+    level 0 both, has ``cost[q] <= cost[p]``. Running minima per group on exact ranks (no floating-point offsets):
+    keys are ``(groups after this one) * width + rank``, so earlier groups have larger keys and the running minimum
+    of the keys before ``p`` is from ``p``'s own group exactly when that group has an eligible earlier member."""
+    values, rank = np.unique(cost, return_inverse=True)
+    never = len(values)  # the rank of a child that may not dominate: above every cost, below the next group
     offset = (int(group.max(initial=0)) - group) * (len(values) + 1)
-    running = np.full(len(cost), np.iinfo(np.int64).max)
-    running[1:] = np.minimum.accumulate((offset + rank_dom)[:-1])
-    return running <= offset + rank_cost
+    out = np.zeros(len(cost), dtype=bool)
+    for lvl in np.unique(level):
+        eligible = level < lvl if lvl > 0 else level == 0
+        running = np.full(len(cost), np.iinfo(np.int64).max)
+        running[1:] = np.minimum.accumulate((offset + np.where(eligible, rank, never))[:-1])
+        out |= (level == lvl) & (running <= offset + rank)
+    return out
 
 
 def _enumerate(
@@ -577,7 +585,8 @@ def _enumerate(
     grows) and (c) can still cost ``<= cutoff`` (its cost plus the cheapest option of each remaining layer; a child
     of that cost is already known). A partial child ``s'`` is dropped when another one ``s`` of the same diversity
     status (equal usage of every diversity row that can still be violated) has objective ``<= s'``, usage ``<=`` on
-    the key limit row (largest price), and cannot violate the other limit rows whatever the remaining layers pick:
+    the key limit row (largest price), and on the other limit row either cannot violate it whatever the remaining
+    layers pick or has a strictly smaller usage (a lower of :data:`DOMINANCE_BINS` quantile bins of that usage):
     every completion ``y`` of ``s'`` is then a feasible completion of ``s``, no costlier, and still within ``tau``
     when ``c . (s' + y) - LB <= tau`` (``rc . x <= c . x - LB`` for every feasible ``x``). So for any feasible
     ``x`` with ``c . x - LB <= tau`` (and ``c . x <= cutoff``) a chain of such swaps ends at a kept child no
@@ -635,14 +644,19 @@ def _enumerate(
         # diversity status: -1 once a row can no longer be violated, else its usage
         status = new_use[:, diversity]
         status = np.where(status + rest_high[t + 1][diversity] <= bound[diversity], -1.0, status)
-        dominator = np.all(new_use[:, others] + rest_high[t + 1][others] <= bound[others], axis=1)
+        safe = np.all(new_use[:, others] + rest_high[t + 1][others] <= bound[others], axis=1)
+        level = np.where(safe, 0, 1)
+        if len(others) == 1 and not safe.all():  # finer levels: a lower one has a strictly smaller usage
+            second = new_use[:, others[0]]
+            edges = np.quantile(second[~safe], np.linspace(0.0, 1.0, DOMINANCE_BINS + 1)[1:-1])
+            level = np.where(safe, 0, 1 + np.searchsorted(edges, second, side="right"))
         key_use = new_use[:, key] if key >= 0 else np.zeros(len(new_cost))
         order = np.lexsort((new_cost, key_use, *status.T[::-1]))
         group = np.zeros(len(order), dtype=np.int64)
         if status.shape[1]:
             sorted_status = status[order]
             group[1:] = np.cumsum(np.any(sorted_status[1:] != sorted_status[:-1], axis=1))
-        keep = ~_dominated(new_cost[order], np.where(dominator[order], new_cost[order], np.inf), group)
+        keep = ~_dominated(new_cost[order], level[order], group)
         survivors = order[keep]
         if len(survivors) > MAX_STATES:
             return "states"
