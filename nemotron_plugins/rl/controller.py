@@ -550,7 +550,9 @@ def train_step(
     }
     rounds = [rollout_round(batch=batch, seed=mix_seed(config.seed, step), **common)]
     check_reward_failures(rounds[0].scores, config.max_reward_failure_rate, f"step {step + 1}")
-    refill_rounds = cfg.max_refill_rounds if cfg.skip_uniform_groups and next_batch is not None else 0
+    refill_rounds = cfg.max_refill_rounds  # extra rounds allowed; none without skipping or a sampler to draw from
+    if not cfg.skip_uniform_groups or next_batch is None:
+        refill_rounds = 0
     while len(rounds) <= refill_rounds and sum(int(r.keep_groups.sum()) for r in rounds) < wanted:
         extra = rollout_round(batch=next_batch(), seed=mix_seed(config.seed, step, len(rounds)), **common)
         check_reward_failures(extra.scores, config.max_reward_failure_rate, f"step {step + 1} (refill)")
