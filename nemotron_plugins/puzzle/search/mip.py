@@ -521,7 +521,7 @@ START_OPTIONS = 16
 TAU_GROWTH = 1.5
 """Factor the enumeration threshold grows by between passes (the cost of a pass grows fast with it)."""
 
-MAX_STATES = 400_000
+MAX_STATES = 100_000
 """Partial children the enumeration keeps per layer before handing the solve to HiGHS (memory bound)."""
 
 
