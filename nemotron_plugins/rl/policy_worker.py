@@ -7,8 +7,9 @@ owns the ``GPTModel`` (megatron DDP + megatron optimizer + LR scheduler through 
 
 The update (:func:`policy_update`): the samples are split into ``updates_per_rollout / epochs_per_rollout`` global
 batches, each run once per epoch; a global batch is split over the data-parallel replicas (replica r takes rows
-r, r + dp, ...), cut into micro-batches of ``micro_batch_size`` sequences that are packed into one row each
-(:func:`plan_micro_batches`, megatron ``PackedSeqParams``) and run through megatron's ``forward_backward_func``
+r, r + dp, ...), cut into micro-batches of ``micro_batch_size`` sequences that are packed into one row each on
+CUDA (:func:`plan_micro_batches`, megatron ``PackedSeqParams``; on CPU padded to each micro-batch's own longest
+row) and run through megatron's ``forward_backward_func``
 with the clipped loss, each micro-batch's loss divided by the GLOBAL batch's token count.
 """
 
@@ -321,7 +322,12 @@ def policy_update(
     updates_per_epoch = max(1, cfg.updates_per_rollout(config.global_batch_size) // cfg.epochs_per_rollout)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     uniform = ps.get_pipeline_model_parallel_world_size() > 1
-    pack = config.model.layer_spec != "puzzle_local"  # megatron's local attention takes no PackedSeqParams
+    # Packing needs an attention that runs each packed sequence on its own (TE / FlexAttention / per-document SDPA
+    # on CUDA); on CPU the SDPA path masks the whole packed row densely (quadratic in its length, measured ~8x slower
+    # than padding in benchmarks/grpo_step.py), so there each micro-batch is padded to its own longest row instead.
+    # megatron's local attention takes no PackedSeqParams at all.
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    pack = on_cuda and config.model.layer_spec != "puzzle_local"
     tp = ps.get_tensor_model_parallel_world_size()
     multiple = math.lcm(8, tp) if config.parallel.sequence_parallel else 8
     reports_rank = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
