@@ -146,7 +146,7 @@ class StepTimes:
     train_s: float | None = None
     """Ours only: ``time/train_s`` (batch packing + ``policy_update``)."""
     padded_over_real: float | None = None
-    """Ours only: positions the update ran through the model / real positions (packed micro-batches)."""
+    """Ours only: positions the update ran through the model / real positions."""
     padded_over_real_rollout_longest: float | None = None
     """Ours only: the same ratio had every row been padded to the rollout's longest (the update before packing)."""
 
@@ -700,8 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         "ours' update, positions run through the model / real positions (median): "
-        f"{ours['padded_over_real']:.3f} packed (now) vs {ours['padded_over_real_rollout_longest']:.3f} "
-        "padded to the rollout's longest (before)"
+        f"{ours['padded_over_real']:.3f} now (packed on CUDA, each micro-batch padded to its own longest on CPU) vs "
+        f"{ours['padded_over_real_rollout_longest']:.3f} padded to the rollout's longest (before)"
     )
     print("columns (median over timed steps, so they need not add up): ")
     print("  rollout  ours: train_step time/rollout_s (engine.rollout on token ids); TRL: wall time inside")
