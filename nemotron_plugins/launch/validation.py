@@ -264,6 +264,12 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
                 f"data.max_seq_length + generation.max_new_tokens = {recipe.data.max_seq_length} + {gen.max_new_tokens} "
                 f"= {recipe.data.max_seq_length + gen.max_new_tokens} exceeds model.seq_length={recipe.model.seq_length}"
             )
+        if alg is not None and gen is not None and alg.overlong_buffer and alg.overlong_buffer >= gen.max_new_tokens:
+            errors.append(
+                f"algorithm.overlong_buffer={alg.overlong_buffer} must be < generation.max_new_tokens="
+                f"{gen.max_new_tokens} (the soft overlong penalty ramps over the last overlong_buffer tokens of the "
+                "generation budget); lower it or raise the budget"
+            )
         for i, spec in enumerate(recipe.rewards or []):
             if spec.weight == 0:
                 errors.append(f"rewards[{i}] ({spec.name}) has weight 0; drop it instead")

@@ -84,6 +84,16 @@ class GenerationLayout:
             group=ps.get_data_parallel_group(),
         )
 
+    @classmethod
+    def of_engine(cls, engine: Any) -> GenerationLayout:
+        """The layout an engine generates at: its own (``engine.layout``, e.g. vLLM's TP groups of consecutive ranks
+        with generation DP = world / generation TP, independent of training DP) when it has one, else
+        :meth:`colocated`. A collective when the engine has its own layout (its peer group is created on every rank)."""
+        own = getattr(engine, "layout", None)
+        if own is None:
+            return cls.colocated()
+        return cls(dp_size=own.dp_size, dp_rank=own.dp_rank, group=own.peer_group())
+
 
 def engine_settings(config: RecipeConfig, tokenizer_size: int | None = None) -> dict[str, Any]:
     """What the rollout engine is built with, from ``config.generation``."""
@@ -247,9 +257,10 @@ class GenerationWorker:
         MegatronPolicyWorker`: its module, architecture and tokenizer)."""
         engine = build_engine(config, policy.module, policy.model_config, policy.tokenizer)
         embedded = config.generation.engine in EMBEDDED_ENGINES
-        # Both engines run colocated with training today: the megatron engine on the training module itself, vLLM
-        # one engine per rank (see rl/engines/vllm_engine.py); their replicas are the training DP replicas.
-        return cls(engine, layout=GenerationLayout.colocated(), embedded=embedded)
+        # The megatron engine decodes with the training module itself: its replicas are the training DP replicas.
+        # vLLM runs one engine per generation-TP group of consecutive ranks (rl/engines/vllm_engine.py): prompts are
+        # split over those engines, every rank of a group gets the same share and seed.
+        return cls(engine, layout=GenerationLayout.of_engine(engine), embedded=embedded)
 
     def generate(
         self,

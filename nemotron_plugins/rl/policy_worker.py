@@ -51,6 +51,7 @@ _TOKEN_METRICS = (
     "clip_fraction",
     "clip_low_fraction",
     "clip_high_fraction",
+    "dual_clip_fraction",
     "ratio_mean",
     "kl",
     "is_weight_mean",
@@ -436,6 +437,8 @@ def policy_update(
     out = {key: float(sums[i] / sums[-2]) if sums[-2] > 0 else 0.0 for i, key in enumerate(_TOKEN_METRICS)}
     if not cfg.importance_sampling_correction:
         out.pop("is_weight_mean")
+    if cfg.dual_clip is None:
+        out.pop("dual_clip_fraction")
     out["loss"] = float(sums[-1]) / steps
     out["ratio_max"] = float(ratio_max)
     out["grad_norm"] = sum(grad_norms) / steps

@@ -129,6 +129,15 @@ def test_rl_consistency_checks() -> None:
     assert any("rewards[0].name='nope' is not a registered rewards plugin" in e for e in errors)
 
 
+def test_overlong_buffer_must_fit_the_generation_budget() -> None:
+    cfg = build_recipe("tiny_puzzle_grpo_cpu", ["algorithm.overlong_buffer=64"])
+    budget = cfg.generation.max_new_tokens
+    errors = validate_recipe(cfg).errors
+    assert (budget > 64) == (not any("algorithm.overlong_buffer" in e for e in errors))
+    errors = validate_recipe(build_recipe("tiny_puzzle_grpo_cpu", [f"algorithm.overlong_buffer={budget}"])).errors
+    assert any(f"algorithm.overlong_buffer={budget} must be < generation.max_new_tokens={budget}" in e for e in errors)
+
+
 def test_generation_tp_must_divide_kv_heads(hetero_config) -> None:
     cfg = build_recipe(
         "tiny_puzzle_grpo_cpu",

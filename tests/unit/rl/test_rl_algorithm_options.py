@@ -284,3 +284,4 @@ def test_options_run_through_the_trainer(tmp_path):
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert row["train/sequences"] > 0
     assert _math.isfinite(row["loss"]) and row["grad_norm"] > 0
+    assert 0.0 <= row["dual_clip_fraction"] <= 1.0  # logged when the dual clip is on
