@@ -76,6 +76,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     est.add_argument("--max-tokens", type=int, default=1024, help="completion length limit (default 1024)")
     est.add_argument("--concurrency", type=int, default=8, help="prompts in flight (default 8)")
     est.add_argument("--chunk-size", type=int, default=16, help="prompts per journal write (default 16)")
+    est.add_argument(
+        "--reward-workers", type=int, default=2, help="reward worker processes (bounded scoring; default 2)"
+    )
+    est.add_argument(
+        "--reward-timeout", type=float, default=10.0, help="seconds per completion before its worker is killed"
+    )
     est.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
     est.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key, if any")
     est.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -193,6 +199,8 @@ def run_estimate(args: argparse.Namespace) -> int:
             ground_truth_field=args.ground_truth_field,
             chunk_size=args.chunk_size,
             show_progress=not args.no_progress,
+            reward_workers=args.reward_workers,
+            reward_timeout_s=args.reward_timeout,
         )
         summary = estimate_pass_rates(args.input, args.output, generator, reward, config)
     except (CurriculumInputError, GenerationError, PluginError, ValueError) as exc:

@@ -96,7 +96,9 @@ def test_estimate_filter_plan(tmp_path, server):
             handle.write("\n")
     rated = tmp_path / "rated.jsonl"
     args = ["estimate", "--input", str(prompts), "--output", str(rated), "--base-url", server, "--model", "weak"]
-    result = _cli(*args, "--reward", "math", "-k", str(K), "--concurrency", "4", "--chunk-size", "5")
+    result = _cli(
+        *args, "--reward", "math", "-k", str(K), "--concurrency", "4", "--chunk-size", "5", "--reward-workers", "1"
+    )
     assert f"{NUM_PROMPTS} prompts: 0 already done, {NUM_PROMPTS} estimated now" in result.stdout
     assert "pass rates" in result.stderr  # the progress bar
     rows = [json.loads(line) for line in rated.read_text().splitlines()]
@@ -121,6 +123,8 @@ def test_estimate_filter_plan(tmp_path, server):
     bad = _cli("estimate", "--input", str(prompts), "--output", str(tmp_path / "x.jsonl"), "--base-url", server,
                "--model", "other", "--reward", "math", "--no-progress", check=False)  # fmt: skip
     assert bad.returncode == 2 and "HTTP 404" in bad.stderr
+    no_workers = _cli(*args, "--reward", "math", "--reward-workers", "0", "--no-progress", check=False)
+    assert no_workers.returncode == 2 and "reward_workers" in no_workers.stderr
 
 
 def _dp_worker(rank, world, init_file, result_dir):
