@@ -66,10 +66,15 @@ class VariantScore:
         return cls(**{**data, "runtime_s": {int(k): float(v) for k, v in data["runtime_s"].items()}})
 
 
-def _kl(parent_logits: torch.Tensor, child_logits: torch.Tensor) -> float:
+def _token_kl(parent_logits: torch.Tensor, child_logits: torch.Tensor) -> torch.Tensor:
+    """Per position, ``KL(parent || child)`` of the next-token distributions (fp64 softmax): ``logits.shape[:-1]``."""
     logp = F.log_softmax(parent_logits.double(), dim=-1)
     logq = F.log_softmax(child_logits.double(), dim=-1)
-    return float((logp.exp() * (logp - logq)).sum(-1).mean())
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def _kl(parent_logits: torch.Tensor, child_logits: torch.Tensor) -> float:
+    return float(_token_kl(parent_logits, child_logits).mean())
 
 
 @torch.no_grad()
@@ -87,9 +92,8 @@ def kl_per_sequence(
     out = []
     for start in range(0, tokens.shape[0], batch_size):
         ids = tokens[start : start + batch_size]
-        logp = F.log_softmax(hf_forward.forward(parent_cfg, parent_weights, ids).double(), dim=-1)
-        logq = F.log_softmax(hf_forward.forward(child_cfg, child_weights, ids).double(), dim=-1)
-        out.append((logp.exp() * (logp - logq)).sum(-1).mean(-1))
+        parent = hf_forward.forward(parent_cfg, parent_weights, ids)
+        out.append(_token_kl(parent, hf_forward.forward(child_cfg, child_weights, ids)).mean(-1))
     return torch.cat(out)
 
 
