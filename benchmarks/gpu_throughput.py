@@ -130,9 +130,13 @@ def measure_ours(
     dtype: torch.dtype,
     layer_spec: str | None = None,
     overrides: dict[str, Any] | None = None,
+    *,
+    profile: int = 0,
+    label: str = "",
 ) -> tuple[int, float, float]:
     """(parameters, forward tokens/s, training tokens/s) of ``cfg`` on megatron-core with ``layer_spec`` (and
-    ``TransformerConfig`` ``overrides``, e.g. fusions off)."""
+    ``TransformerConfig`` ``overrides``, e.g. fusions off). ``profile`` > 0 prints that many of the training step's
+    costliest kernels (torch profiler, one step after the timed ones)."""
     from nemotron_plugins.puzzle.model import build_puzzle_model, count_parameters
 
     kwargs: dict[str, Any] = {"layer_spec": layer_spec} if layer_spec else {}
@@ -162,7 +166,35 @@ def measure_ours(
                 p.main_grad = None
 
     step = timed(train, device=device, warmup=args.warmup, repeats=args.repeats)
+    if profile:
+        print_kernel_profile(train, device, label, profile)
     return params, args.batch * args.seq_len / fwd, args.train_batch * args.seq_len / step
+
+
+MATMUL_KERNEL_KEYS = ("gemm", "matmul", "cutlass", "nvjet", "xmma", "aten::mm", "addmm", "bmm")
+"""Substrings naming matmul kernels (cuBLAS / CUTLASS on CUDA, aten ops on CPU) in profiler keys."""
+
+
+def print_kernel_profile(fn: Callable[[], Any], device: torch.device, label: str, top: int) -> None:
+    """The ``top`` costliest kernels (self device time) of one call of ``fn``, and the share of matmul kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    if device.type == "cuda":
+        events = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    matmul = sum(getattr(e, attr) for e in events if any(k in e.key.lower() for k in MATMUL_KERNEL_KEYS))
+    print(
+        f"\nkernel profile, one training step of {label}: {total / 1e3:.1f} ms of kernels, matmul kernels "
+        f"{100 * matmul / total:.1f}%"
+    )
+    for e in sorted(events, key=lambda e: -getattr(e, attr))[:top]:
+        print(f"  {getattr(e, attr) / 1e3:9.2f} ms {100 * getattr(e, attr) / total:5.1f}% x{e.count:<5} {e.key[:110]}")
 
 
 def measure_transformers(
@@ -235,8 +267,15 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
             if args.without_fusions:
                 no_fusions = dict.fromkeys(FUSION_FIELDS, False)
                 models.append(("parent, no fusions", parent, parent_flops, args.layer_spec, no_fusions))
+            if args.with_ce_fusion and device.type == "cuda":
+                ce = {"cross_entropy_loss_fusion": True}
+                models.append(("parent + CE fusion", parent, parent_flops, args.layer_spec, ce))
+                models.append(("child + CE fusion", child, child_flops, args.layer_spec, ce))
             for name, cfg, flops, spec, overrides in models:
-                params, fwd, train = measure_ours(cfg, args, device, dtype, spec, overrides)
+                profile = args.profile if name in ("dense parent", "Super-pattern child") else 0
+                params, fwd, train = measure_ours(
+                    cfg, args, device, dtype, spec, overrides, profile=profile, label=name
+                )
                 rows.append(Row(name, params, flops, fwd, train))
                 _free(device)
         if not args.skip_transformers:
@@ -290,6 +329,16 @@ def throughput_table(args: argparse.Namespace, device: torch.device, dtype: torc
         print(
             f"dense parent ({', '.join(fused) or 'no fusions on ' + device.type}) / without fusions: forward "
             f"{parent_row.forward_tps / plain.forward_tps:.2f}x, training {parent_row.train_tps / plain.train_tps:.2f}x"
+        )
+    if args.with_ce_fusion and device.type == "cuda":
+        ce_parent = next(r for r in rows if r.name == "parent + CE fusion")
+        ce_child = next(r for r in rows if r.name == "child + CE fusion")
+        ce_train = ce_child.train_tps / ce_parent.train_tps
+        print(
+            f"with megatron's native cross-entropy fusion: child / parent forward "
+            f"{ce_child.forward_tps / ce_parent.forward_tps:.2f}x, training {ce_train:.2f}x ({ce_train / limit:.2f} of "
+            f"the limit); parent training {ce_parent.train_tps / parent_row.train_tps:.2f}x, child training "
+            f"{ce_child.train_tps / child_row.train_tps:.2f}x the rows without it"
         )
     if not args.skip_transformers:
         hf = rows[-1]
@@ -432,6 +481,14 @@ def main(argv: list[str] | None = None) -> int:
         "--without-fusions",
         action="store_true",
         help="also the dense parent with every megatron fusion off (CUDA builds turn the torch-only ones on)",
+    )
+    parser.add_argument(
+        "--with-ce-fusion",
+        action="store_true",
+        help="also the parent and child with megatron's native cross-entropy fusion (cross_entropy_loss_fusion)",
+    )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="print this many costliest kernels of the parent's and child's training"
     )
     parser.add_argument("--sft-only", action="store_true", help="--cpu: only the tiny SFT step comparison")
     parser.add_argument("--skip-sft", action="store_true", help="--cpu: leave out the tiny SFT step comparison")

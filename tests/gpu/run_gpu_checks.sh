@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks on a bare, offline GPU machine (issue 14), printing everything:
-#   1. python -m pytest -m gpu tests/gpu -q -x   (SDPA attention, packing, engine log-probs, tiny recipes on CUDA)
-#   2. benchmarks/gpu_throughput.py               (parent / Super-pattern child / transformers, bf16; ~1-2 min)
+#   1. benchmarks/gpu_throughput.py               (parent / Super-pattern child / transformers, bf16; ~1-2 min)
+#   2. python -m pytest -m gpu tests/gpu -q       (SDPA attention, packing, engine log-probs, tiny recipes on CUDA)
+#   3. with GPU_UNIT_TESTS set: python -m pytest $GPU_UNIT_TESTS (e.g. "tests/unit -k engine")
 # Run from the repository root or anywhere inside it:  bash tests/gpu/run_gpu_checks.sh
 # When megatron-core is not importable, the wheels in .whl/ (from ../shared/tools/device-prep) are installed into
 # /tmp/site first. The working tree's nemotron_plugins always wins over an installed wheel (PYTHONPATH).
-# Environment: GPU_BENCH_ARGS (extra benchmark arguments, e.g. "--layers 40"), GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT
-# (seconds; default 900 / 420). Without CUDA the tests skip and the benchmark runs its tiny --cpu version instead.
+# Environment: GPU_BENCH_ARGS (benchmark arguments on CUDA, default "--with-local --without-fusions"; extra ones on CPU), GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT
+# / GPU_UNIT_TIMEOUT (seconds; default 900 / 420 / 300). Without CUDA the tests skip and the benchmark runs its tiny --cpu version instead.
 # Exit status: non-zero when a step failed (every step still runs).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -50,17 +51,22 @@ except ImportError:
 EOF
 
 status=0
-echo "== pytest -m gpu tests/gpu"
-timeout "${GPU_TEST_TIMEOUT:-900}" "$py" -m pytest -m gpu tests/gpu -q -x -rA -s -p no:cacheprovider || status=$?
-
 echo "== benchmarks/gpu_throughput.py"
 if "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   # shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of arguments
-  timeout "${GPU_BENCH_TIMEOUT:-420}" "$py" benchmarks/gpu_throughput.py --with-local --without-fusions ${GPU_BENCH_ARGS:-} || status=$?
+  timeout "${GPU_BENCH_TIMEOUT:-420}" "$py" benchmarks/gpu_throughput.py ${GPU_BENCH_ARGS---with-local --without-fusions} || status=$?
 else
   # shellcheck disable=SC2086
   timeout "${GPU_BENCH_TIMEOUT:-420}" "$py" benchmarks/gpu_throughput.py --cpu --layers 4 --skip-sft ${GPU_BENCH_ARGS:-} \
     || status=$?
+fi
+echo "== pytest -m gpu tests/gpu"
+timeout "${GPU_TEST_TIMEOUT:-900}" "$py" -m pytest -m gpu tests/gpu -q -rA -s -p no:cacheprovider || status=$?
+
+if [ -n "${GPU_UNIT_TESTS:-}" ]; then
+  echo "== pytest $GPU_UNIT_TESTS"
+  # shellcheck disable=SC2086  # GPU_UNIT_TESTS is a list of pytest arguments
+  timeout "${GPU_UNIT_TIMEOUT:-300}" "$py" -m pytest -q -rfE -p no:cacheprovider $GPU_UNIT_TESTS || status=$?
 fi
 echo "== run_gpu_checks: exit status $status"
 exit "$status"
