@@ -167,7 +167,7 @@ def measure_ours(
 
     step = timed(train, device=device, warmup=args.warmup, repeats=args.repeats)
     if profile:
-        print_kernel_profile(train, device, label, profile)
+        print_kernel_profile(train, device, label, profile, step)
     return params, args.batch * args.seq_len / fwd, args.train_batch * args.seq_len / step
 
 
@@ -175,8 +175,10 @@ MATMUL_KERNEL_KEYS = ("gemm", "matmul", "cutlass", "nvjet", "xmma", "aten::mm", 
 """Substrings naming matmul kernels (cuBLAS / CUTLASS on CUDA, aten ops on CPU) in profiler keys."""
 
 
-def print_kernel_profile(fn: Callable[[], Any], device: torch.device, label: str, top: int) -> None:
-    """The ``top`` costliest kernels (self device time) of one call of ``fn``, and the share of matmul kernels."""
+def print_kernel_profile(fn: Callable[[], Any], device: torch.device, label: str, top: int, step: float) -> None:
+    """The ``top`` costliest kernels (self device time) of one call of ``fn``, the share of matmul kernels, and the
+    kernels' total against ``step`` (the timed step's seconds, without the profiler): below 100 % the device waits
+    for the host (launch and Python overhead)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -190,8 +192,9 @@ def print_kernel_profile(fn: Callable[[], Any], device: torch.device, label: str
     total = sum(getattr(e, attr) for e in events) or 1.0
     matmul = sum(getattr(e, attr) for e in events if any(k in e.key.lower() for k in MATMUL_KERNEL_KEYS))
     print(
-        f"\nkernel profile, one training step of {label}: {total / 1e3:.1f} ms of kernels, matmul kernels "
-        f"{100 * matmul / total:.1f}%"
+        f"\nkernel profile, one training step of {label}: {total / 1e3:.1f} ms of kernels in a {step * 1e3:.1f} ms "
+        f"step (device busy {100 * total / 1e6 / step:.0f}%), {sum(e.count for e in events)} kernels, matmul "
+        f"kernels {100 * matmul / total:.1f}%"
     )
     for e in sorted(events, key=lambda e: -getattr(e, attr))[:top]:
         print(f"  {getattr(e, attr) / 1e3:9.2f} ms {100 * getattr(e, attr) / total:5.1f}% x{e.count:<5} {e.key[:110]}")
@@ -240,6 +243,8 @@ def measure_transformers(
         model.zero_grad(set_to_none=True)
 
     step = timed(train, device=device, warmup=args.warmup, repeats=args.repeats)
+    if args.profile:
+        print_kernel_profile(train, device, "transformers (SDPA)", args.profile, step)
     return params, args.batch * args.seq_len / fwd, args.train_batch * args.seq_len / step
 
 

@@ -182,12 +182,17 @@ def _linear_replacement_classes() -> dict[type, type]:
 
 
 def _patched_block_spec(block: Any, *, use_te: bool, core_attention: type | None = None) -> Any:
-    """Swap in :class:`PuzzleRMSNorm` (local specs), the corrected linear replacements (both) and, when given, the
-    core attention class of every GQA layer (replacing megatron's local ``DotProductAttention``)."""
+    """Swap in :class:`PuzzleRMSNorm` (local specs), the corrected linear replacements (both),
+    :class:`~nemotron_plugins.puzzle.fused_swiglu.PuzzleMLP` for megatron's ``MLP`` (its fused SwiGLU compiled per
+    FFN width) and, when given, the core attention class of every GQA layer (replacing megatron's local
+    ``DotProductAttention``)."""
     from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.mlp import MLP
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-    replacements = _linear_replacement_classes()
+    from nemotron_plugins.puzzle.fused_swiglu import PuzzleMLP
+
+    replacements = {**_linear_replacement_classes(), MLP: PuzzleMLP}
 
     def norm(module: Any) -> Any:
         return PuzzleRMSNorm if module is WrappedTorchNorm and not use_te else module
