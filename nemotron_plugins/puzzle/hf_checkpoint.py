@@ -59,7 +59,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +93,7 @@ __all__ = [
     "fc1_to_megatron",
     "hf_to_megatron_tensor",
     "load_hf_checkpoint",
+    "load_hf_tensors",
     "megatron_to_hf_tensors",
     "pad_ffn_for_export",
     "parse_shard_size",
@@ -878,6 +879,94 @@ def load_hf_checkpoint(
         report.bytes_read = reader.bytes_read
         reader.close()
     return report
+
+
+def load_hf_tensors(
+    model_or_models: torch.nn.Module | Sequence[torch.nn.Module],
+    buckets: Iterable[Iterable[tuple[str, torch.Tensor]]],
+    cfg: PuzzleModelConfig,
+    *,
+    parallel: ParallelRanks | None = None,
+) -> list[str]:
+    """Copy HF-named tensors arriving in buckets (e.g. :func:`~nemotron_plugins.rl.refit.stream_hf_weights` with
+    ``export_widths=False``) into a Megatron model, in place; the in-memory counterpart of :func:`load_hf_checkpoint`.
+
+    Each Megatron tensor is written as soon as all of its HF tensors have arrived (q / k / v of a layer together,
+    gate and up of ``linear_fc1`` possibly in different buckets), converted to this rank's TP shard and dtype; HF
+    tensors are dropped once used, so what is held at a time is one bucket plus a pending gate or up. No collective.
+
+    Args:
+        model_or_models: The model or its chunks (wrappers are unwrapped).
+        buckets: Lists of ``(hf_name, tensor)`` with the trained (not export-padded) FFN widths.
+        cfg: The architecture the model was built from.
+        parallel: This model's TP rank / size (default: megatron's ``parallel_state``; pass the model's own when it
+            was built with a ``pg_collection``).
+
+    Returns:
+        The Megatron tensors written, in order.
+
+    Raises:
+        HFCheckpointError: An HF tensor nobody needs, a shape that does not match the model, or Megatron tensors
+            left unwritten when the stream ends (all named).
+    """
+    parallel = parallel or ParallelRanks.from_megatron()
+    models = [model_or_models] if isinstance(model_or_models, torch.nn.Module) else list(model_or_models)
+    needs: dict[str, list[tuple[TensorPlan, dict[str, torch.Tensor]]]] = {}
+    for model in models:
+        plans, state = _chunk_plans(unwrap_model(model), cfg)
+        for plan in plans:
+            if plan.megatron_name not in state:
+                raise HFCheckpointError(
+                    f"{plan.where()}: the model has no tensor {plan.megatron_name}; it was built from another config"
+                )
+            for name in plan.hf_names:
+                needs.setdefault(name, []).append((plan, state))
+    pending: dict[str, torch.Tensor] = {}
+    written: list[str] = []
+    done: set[tuple[int, str]] = set()
+    with torch.no_grad():
+        for bucket in buckets:
+            for name, tensor in bucket:
+                if name not in needs:
+                    raise HFCheckpointError(
+                        f"{_describe_hf(name)}: the model built from the config has no place for it"
+                    )
+                pending[name] = tensor
+                for plan, state in needs[name]:
+                    key = (id(state), plan.megatron_name)
+                    if key in done or not all(n in pending for n in plan.hf_names):
+                        continue
+                    target = state[plan.megatron_name]
+                    padded = target.shape[0] * parallel.tp_size if plan.kind == "vocab" else None
+                    value = hf_to_megatron_tensor(
+                        plan,
+                        pending,
+                        cfg,
+                        tp_rank=parallel.tp_rank,
+                        tp_size=parallel.tp_size,
+                        padded_vocab_size=padded,
+                    )
+                    if value.shape != target.shape:
+                        raise HFCheckpointError(
+                            f"{plan.where()}: {', '.join(plan.hf_names)} give {plan.megatron_name} shape "
+                            f"{tuple(value.shape)} at TP rank {parallel.tp_rank}/{parallel.tp_size}, the model has "
+                            f"{tuple(target.shape)} (stream the trained widths: export_widths=False)"
+                        )
+                    target.copy_(value)
+                    done.add(key)
+                    written.append(plan.megatron_name)
+                # Drop HF tensors every user of which has been written.
+                for n in [n for n in pending if all((id(st), pl.megatron_name) in done for pl, st in needs[n])]:
+                    del pending[n]
+    left = [
+        plan.megatron_name
+        for users in needs.values()
+        for plan, st in users
+        if (id(st), plan.megatron_name) not in done
+    ]
+    if left:
+        raise HFCheckpointError(f"the stream ended before these model tensors were written: {sorted(set(left))[:20]}")
+    return written
 
 
 # --------------------------------------------------------------------------------------------------------------------

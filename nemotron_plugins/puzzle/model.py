@@ -51,6 +51,7 @@ __all__ = [
     "init_weights_layout_invariant_",
     "padded_vocab_size",
     "puzzle_transformer_config",
+    "single_stage_process_groups",
     "unwrap_model",
 ]
 
@@ -363,6 +364,7 @@ def build_puzzle_model(
     make_vocab_size_divisible_by: int = 128,
     init_method_std: float = 0.02,
     perform_initialization: bool = True,
+    pg_collection: Any = None,
     **config_overrides: Any,
 ) -> Any:
     """Build the megatron-core ``GPTModel`` of ``cfg`` for this process's pipeline stage.
@@ -390,6 +392,11 @@ def build_puzzle_model(
             (:func:`padded_vocab_size`); 1 pads only as much as TP needs.
         init_method_std: Std of the normal initialiser.
         perform_initialization: Initialise weights (ignored on ``meta``).
+        pg_collection: megatron-core's ``ProcessGroupCollection`` to build a model at a layout of its own instead of
+            ``parallel_state``'s (e.g. a generation copy at TP1 inside a TP2 x PP2 training run;
+            :func:`single_stage_process_groups`). The model is then one whole pipeline stage (``parallel`` must
+            give its TP size, PP 1 and CP 1) with the non-TE layer spec (megatron's TE linear replacements and the
+            TE spec do not take a TP group); its TP group is ``pg_collection.tp``.
         **config_overrides: Extra ``TransformerConfig`` fields for :func:`puzzle_transformer_config`.
 
     Returns:
@@ -403,7 +410,13 @@ def build_puzzle_model(
 
     from nemotron_plugins.puzzle.layer_specs import have_transformer_engine
 
-    parallel = _current_parallel(parallel)
+    if pg_collection is None:
+        parallel = _current_parallel(parallel)
+    else:
+        parallel = _own_layout(parallel, pg_collection, layer_spec, use_transformer_engine, vp_stage)
+        layer_spec = layer_spec or "puzzle_sdpa"
+        pre_process = True if pre_process is None else pre_process
+        post_process = True if post_process is None else post_process
     target = torch.device(device) if device is not None else None
     on_meta = target is not None and target.type == "meta"
     if target is not None and target.type not in ("meta", "cpu", "cuda"):
@@ -431,6 +444,8 @@ def build_puzzle_model(
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     block_spec = _resolve_layer_spec(layer_spec)(config, vp_stage=vp_stage)
+    if pg_collection is not None:
+        block_spec = _spec_with_tp_group(block_spec, pg_collection.tp)
     rope_kwargs, llama3 = _rope_arguments(cfg)
     vocab = padded_vocab_size(cfg.vocab_size, parallel.tensor_model_parallel_size, make_vocab_size_divisible_by)
     build_context = torch.device("meta") if on_meta else contextlib.nullcontext()
@@ -445,6 +460,7 @@ def build_puzzle_model(
             parallel_output=parallel_output,
             share_embeddings_and_output_weights=cfg.tie_word_embeddings,
             vp_stage=vp_stage,
+            **({"pg_collection": pg_collection} if pg_collection is not None else {}),
             **rope_kwargs,
         )
     if llama3 is not None and hasattr(model, "rotary_pos_emb"):
@@ -454,6 +470,133 @@ def build_puzzle_model(
     if (target is not None and target.type == "cuda") or (target is None and torch.cuda.is_available()):
         model = model.cuda()  # megatron's own layers may already be there; our norms and rotary buffers are not
     return model
+
+
+def single_stage_process_groups(tp_size: int) -> tuple[Any, int, int]:
+    """megatron-core process groups for a model of its own layout: whole (one pipeline stage, no CP), tensor-parallel
+    over ``tp_size`` consecutive ranks (rank ``r`` is TP rank ``r % tp_size`` of replica ``r // tp_size``).
+
+    A collective: every rank of the world calls it (it creates every replica's TP group and every rank's one-rank
+    group, in the same order everywhere).
+
+    Args:
+        tp_size: Tensor parallelism of the model; must divide the world size.
+
+    Returns:
+        ``(pg_collection, tp_rank, replica)`` for :func:`build_puzzle_model`'s ``pg_collection``.
+
+    Raises:
+        PuzzleModelError: ``tp_size`` does not divide the world size, or no process group is initialised.
+    """
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    if not torch.distributed.is_initialized():
+        raise PuzzleModelError("single_stage_process_groups needs torch.distributed to be initialised")
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if tp_size < 1 or world % tp_size:
+        raise PuzzleModelError(f"tensor parallel size {tp_size} does not divide the world size {world}")
+    tp_group = one = None
+    for replica in range(world // tp_size):
+        group = torch.distributed.new_group(list(range(replica * tp_size, (replica + 1) * tp_size)))
+        if replica == rank // tp_size:
+            tp_group = group
+    for r in range(world):
+        group = torch.distributed.new_group([r])
+        if r == rank:
+            one = group
+    groups = ProcessGroupCollection()
+    groups.tp = groups.tp_cp = groups.mp = tp_group
+    groups.pp = groups.cp = groups.embd = groups.pos_embd = groups.dp = groups.dp_cp = one
+    return groups, rank % tp_size, rank // tp_size
+
+
+def _own_layout(
+    parallel: ParallelConfig | None, pg_collection: Any, layer_spec: str | None, use_te: bool | None, vp_stage: Any
+) -> ParallelConfig:
+    """Check the arguments of a model built at its own layout (``pg_collection``); return its ParallelConfig."""
+    parallel = parallel or ParallelConfig()
+    tp = torch.distributed.get_world_size(pg_collection.tp) if torch.distributed.is_initialized() else 1
+    if parallel.tensor_model_parallel_size != tp:
+        raise PuzzleModelError(
+            f"ParallelConfig.tensor_model_parallel_size={parallel.tensor_model_parallel_size} but pg_collection.tp "
+            f"has {tp} ranks"
+        )
+    if parallel.pipeline_model_parallel_size != 1 or parallel.context_parallel_size != 1 or vp_stage is not None:
+        raise PuzzleModelError(
+            "a model built with pg_collection is one whole pipeline stage: ParallelConfig.pipeline_model_parallel_size "
+            "and context_parallel_size must be 1 (and no vp_stage)"
+        )
+    if parallel.sequence_parallel:
+        raise PuzzleModelError("a model built with pg_collection does not support ParallelConfig.sequence_parallel")
+    if use_te or layer_spec not in (None, "puzzle_sdpa", "puzzle_local"):
+        raise PuzzleModelError(
+            f"a model built with pg_collection uses the 'puzzle_sdpa' or 'puzzle_local' layer spec, got "
+            f"layer_spec={layer_spec!r} / use_transformer_engine={use_te!r} (megatron's TE linear replacements do not "
+            "take a TP group)"
+        )
+    return parallel
+
+
+def _spec_with_tp_group(block: Any, tp_group: Any) -> Any:
+    """The block spec with every module megatron builds without a TP group given ``tp_group``: the linear
+    replacements of attention and FFN (megatron's ``ColumnParallelLinearGathered`` takes none) and MLP subclasses
+    (megatron passes ``tp_group`` to its own ``MLP`` class only)."""
+    import dataclasses
+
+    from megatron.core.transformer.mlp import MLP
+    from megatron.core.transformer.spec_utils import ModuleSpec
+
+    replacement = _group_linear_replacement()
+
+    def fix(spec: Any, *, mlp: bool) -> Any:
+        if not isinstance(spec, ModuleSpec) or not isinstance(spec.module, type):
+            return spec
+        from megatron.core.transformer.heterogeneous.linear_replacements import ColumnParallelLinearGathered
+
+        if issubclass(spec.module, ColumnParallelLinearGathered):
+            return dataclasses.replace(spec, module=replacement, params={**(spec.params or {}), "tp_group": tp_group})
+        if mlp and issubclass(spec.module, MLP) and spec.module is not MLP:
+            return dataclasses.replace(spec, params={**(spec.params or {}), "tp_group": tp_group})
+        return spec
+
+    layers = []
+    for spec in block.layer_specs:
+        sub = dataclasses.replace(
+            spec.submodules,
+            self_attention=fix(spec.submodules.self_attention, mlp=False),
+            mlp=fix(spec.submodules.mlp, mlp=True),
+        )
+        layers.append(dataclasses.replace(spec, submodules=sub))
+    return dataclasses.replace(block, layer_specs=layers)
+
+
+def _group_linear_replacement() -> type:
+    """A linear attention / FFN replacement (``[H/t, H]`` column-parallel, output all-gathered over ``tp_group``)
+    with the parameters and state-dict names of megatron's ``ColumnParallelLinearGathered``."""
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear
+    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+    class GroupLinearReplacement(ColumnParallelLinear):
+        def __init__(self, config: Any, *args: Any, tp_group: Any = None, **kwargs: Any) -> None:
+            super().__init__(
+                input_size=config.hidden_size,
+                output_size=config.hidden_size,
+                config=config,
+                init_method=config.init_method,
+                gather_output=False,
+                bias=config.add_bias_linear,
+                skip_bias_add=False,
+                is_expert=False,
+                tp_group=tp_group,
+            )
+
+        def forward(self, input_: torch.Tensor, weight: torch.Tensor | None = None, **kwargs: Any) -> Any:
+            out, bias = super().forward(input_, weight)
+            if self.tp_group.size() > 1:
+                out = gather_from_tensor_model_parallel_region(out, group=self.tp_group)
+            return out, bias
+
+    return GroupLinearReplacement
 
 
 def _layer_spec_name(name: str | None, use_te: bool | None, on_meta: bool, have_te: bool) -> str:

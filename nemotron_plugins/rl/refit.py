@@ -291,6 +291,7 @@ def plan_refit(
     tp_shard: tuple[int, int] | None = None,
     dtype: torch.dtype | str | None = None,
     groups: RefitGroups | None = None,
+    export_widths: bool = True,
 ) -> RefitPlan:
     """The buckets :func:`stream_hf_weights` will yield on this rank (a collective over the pipeline group).
 
@@ -303,7 +304,7 @@ def plan_refit(
         HFCheckpointError: the stages together do not hold every tensor of ``config`` (named), or a tensor cannot
             be split for ``tp_shard``.
     """
-    return _plan(model, config, bucket_bytes, tp_shard, dtype, groups)[0]
+    return _plan(model, config, bucket_bytes, tp_shard, dtype, groups, export_widths)[0]
 
 
 def _plan(
@@ -313,14 +314,17 @@ def _plan(
     tp_shard: tuple[int, int] | None,
     dtype: torch.dtype | str | None,
     groups: RefitGroups | None,
-) -> tuple[RefitPlan, list, Any, RefitGroups, bool]:
+    export_widths: bool = True,
+) -> tuple[RefitPlan, list, dict[int, tuple[int, int]], RefitGroups, bool]:
     dtype = _check_args(bucket_bytes, tp_shard, dtype)
     tp_shard = tuple(tp_shard) if tp_shard is not None else None
     groups = groups or RefitGroups.from_megatron()
     models = [model] if isinstance(model, torch.nn.Module) else list(model)
     chunks = [_chunk_plans(unwrap_model(m), cfg) for m in models]
+    # The export's SwiGLU widths (zero-padded, what an engine loaded from the export holds) or the trained ones.
     layout = hf_export_layout(cfg)
-    export_shapes = expected_hf_tensors(layout.export_cfg)
+    padding = layout.ffn_padding if export_widths else {}
+    export_shapes = expected_hf_tensors(layout.export_cfg if export_widths else cfg)
     entries, errors = _local_units(chunks, cfg, groups.tp_size, dtype, export_shapes)
     offers = _all_gather_object((entries, errors, tp_shard), groups)
     errors = [f"stage {stage}: {e}" for stage, (_, errs, _) in enumerate(offers) for e in errs]
@@ -363,7 +367,7 @@ def _plan(
     if current:
         buckets.append(tuple(current))
     plan = RefitPlan(buckets=tuple(buckets), bucket_bytes=bucket_bytes, tp_shard=tp_shard)
-    return plan, chunks, layout, groups, same_slice
+    return plan, chunks, padding, groups, same_slice
 
 
 def _owned(
@@ -383,7 +387,7 @@ def _materialize(
     unit: RefitUnit,
     owned: tuple[TensorPlan, dict[str, torch.Tensor], int] | None,
     cfg: PuzzleModelConfig,
-    layout: Any,
+    padding: dict[int, tuple[int, int]],
     groups: RefitGroups,
     tp_shard: tuple[int, int] | None,
     same_slice: bool,
@@ -421,7 +425,7 @@ def _materialize(
     hf = megatron_to_hf_tensors(plan, shards, cfg)
     del shards
     for name, full in zip(unit.names, unit.full_shapes, strict=True):
-        whole = pad_ffn_for_export(name, hf.pop(name), layout.ffn_padding)
+        whole = pad_ffn_for_export(name, hf.pop(name), padding)
         if tuple(whole.shape) != full:
             raise HFCheckpointError(
                 f"{name} ({plan.where()}): the model's {plan.megatron_name} gives shape {tuple(whole.shape)}, the "
@@ -449,6 +453,7 @@ def stream_hf_weights(
     tp_shard: tuple[int, int] | None = None,
     dtype: torch.dtype | str | None = None,
     groups: RefitGroups | None = None,
+    export_widths: bool = True,
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Yield the policy's HF-named tensors in buckets; a collective over the model-parallel (TP x PP) group.
 
@@ -468,6 +473,9 @@ def stream_hf_weights(
             (:func:`hf_tp_slice`) instead of whole tensors.
         dtype: Cast to this dtype (e.g. ``torch.bfloat16``); ``None`` keeps the training dtype.
         groups: The TP / PP groups; default: megatron-core's ``parallel_state``.
+        export_widths: Zero-pad SwiGLU widths as the export writes them (for an engine loaded from the export);
+            ``False`` streams the trained widths (for a copy built from ``config`` itself, e.g. the megatron
+            engine's generation-layout copy).
 
     Yields:
         Lists of ``(hf_name, tensor)``; :func:`plan_refit` gives the same buckets without moving data.
@@ -477,15 +485,17 @@ def stream_hf_weights(
         HFCheckpointError: the stages do not hold every tensor of ``config``, or a tensor does not split for
             ``tp_shard`` (named).
     """
-    plan, chunks, layout, groups, same_slice = _plan(model, config, bucket_bytes, tp_shard, dtype, groups)
-    return _stream(plan, chunks, config, layout, groups, same_slice)
+    plan, chunks, padding, groups, same_slice = _plan(
+        model, config, bucket_bytes, tp_shard, dtype, groups, export_widths
+    )
+    return _stream(plan, chunks, config, padding, groups, same_slice)
 
 
 def _stream(
     plan: RefitPlan,
     chunks: list,
     cfg: PuzzleModelConfig,
-    layout: Any,
+    padding: dict[int, tuple[int, int]],
     groups: RefitGroups,
     same_slice: bool,
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
@@ -494,7 +504,9 @@ def _stream(
     for units in plan.buckets:
         bucket: list[tuple[str, torch.Tensor]] = []
         for unit in units:
-            bucket += _materialize(unit, owned.get(unit.names), cfg, layout, groups, plan.tp_shard, same_slice, device)
+            bucket += _materialize(
+                unit, owned.get(unit.names), cfg, padding, groups, plan.tp_shard, same_slice, device
+            )
         yield bucket
         del bucket  # the consumer's reference is the only one left
 
