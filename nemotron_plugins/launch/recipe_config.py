@@ -183,7 +183,14 @@ class GenerationConfig:
     """Registered rollout engine (``ROLLOUT_ENGINES``) the trainer drives: ``megatron`` (CPU-capable, the policy
     itself with a KV cache) or ``vllm`` (GPU)."""
     tensor_model_parallel_size: int = 1
-    """Generation TP (vLLM); the ``megatron`` engine generates at the training TP and needs this equal to it."""
+    """Generation TP (vLLM, or the ``megatron`` engine with ``megatron_layout="generation"``); the ``megatron`` engine
+    at the training layout generates at the training TP and needs this equal to it."""
+    megatron_layout: Literal["training", "generation"] = "training"
+    """``megatron`` engine only. ``training``: decode with the policy module itself, at the training layout (no
+    pipeline parallelism). ``generation``: decode with a whole-model copy of the policy at
+    ``tensor_model_parallel_size`` (generation DP = world / that), refreshed from the training shards after every
+    update through the refit stream; any training TP / PP / DP, at the memory of one more model replica per
+    generation-TP group."""
     temperature: float = 1.0
     """Sampling temperature; the loss uses log-probs of the same tempered distribution."""
     top_p: float = 1.0

@@ -286,6 +286,22 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
     return errors
 
 
+def _generation_layout_errors(recipe: RecipeConfig) -> list[str]:
+    """``generation.megatron_layout``: a known value, and only with the megatron engine (vLLM always generates at
+    its own layout)."""
+    gen = recipe.generation
+    if gen is None:
+        return []
+    if gen.megatron_layout not in ("training", "generation"):
+        return [f"generation.megatron_layout={gen.megatron_layout!r}: valid are 'training' and 'generation'"]
+    if gen.engine != "megatron" and gen.megatron_layout != "training":
+        return [
+            f"generation.megatron_layout={gen.megatron_layout!r} is a megatron-engine setting; "
+            f"generation.engine={gen.engine!r} always generates at generation.tensor_model_parallel_size"
+        ]
+    return []
+
+
 def check_fields(recipe: RecipeConfig) -> list[str]:
     """Settings a run of this task would not act on are refused, naming the field (a setting is used or
     refused); returns the errors."""
@@ -324,6 +340,7 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
             "PackedSeqParams; use the default spec (SDPA without TE, TE with it)"
         )
     errors.extend(_context_parallel_errors(recipe))
+    errors.extend(_generation_layout_errors(recipe))
     if recipe.checkpoint.keep_last < 1:
         errors.append(f"checkpoint.keep_last={recipe.checkpoint.keep_last} must be >= 1")
     if recipe.checkpoint.save_interval < 0:
@@ -356,15 +373,19 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
         gen = recipe.generation
         if gen is not None and gen.engine == "megatron":
             defaults = GenerationConfig()
-            if gen.tensor_model_parallel_size != p.tensor_model_parallel_size:
+            at_training = gen.megatron_layout == "training"
+            if at_training and gen.tensor_model_parallel_size != p.tensor_model_parallel_size:
                 errors.append(
                     f"generation.tensor_model_parallel_size={gen.tensor_model_parallel_size}: the megatron engine "
-                    f"generates with the policy at its training TP ({p.tensor_model_parallel_size}); set them equal"
+                    f"generates with the policy at its training TP ({p.tensor_model_parallel_size}); set them equal, "
+                    "or generation.megatron_layout='generation' for a copy at its own TP"
                 )
-            if p.pipeline_model_parallel_size > 1:
+            if at_training and p.pipeline_model_parallel_size > 1:
                 errors.append(
-                    "parallel.pipeline_model_parallel_size > 1 with generation.engine='megatron': it decodes with the "
-                    "whole model on each rank; use generation.engine='vllm' for a pipelined policy"
+                    "parallel.pipeline_model_parallel_size > 1 with generation.engine='megatron' at "
+                    "generation.megatron_layout='training': it decodes with the whole model on each rank; set "
+                    "generation.megatron_layout='generation' (a whole-model copy refreshed by the refit stream) or "
+                    "generation.engine='vllm'"
                 )
             for name in ("fp8", "kv_cache_dtype", "max_num_seqs", "gpu_memory_utilization"):
                 if getattr(gen, name) != getattr(defaults, name):

@@ -8,15 +8,21 @@ it is any registered rollout engine (:mod:`nemotron_plugins.rl.engines`).
 
 Engines today:
 
-* ``megatron`` (the CPU default): the policy module itself with megatron-core's static KV cache, so its layout is
-  the training one (the replicas are the training data-parallel replicas; every TP rank of a replica decodes the same
-  tokens from the same seed) and a refit has nothing to copy;
+* ``megatron`` (the CPU default) with ``generation.megatron_layout="training"``: the policy module itself with
+  megatron-core's static KV cache, so its layout is the training one (the replicas are the training data-parallel
+  replicas; every TP rank of a replica decodes the same tokens from the same seed), a refit has nothing to copy, and
+  a pipeline-parallel policy is refused;
+* ``megatron`` with ``generation.megatron_layout="generation"``: a whole-model copy of the policy at
+  ``generation.tensor_model_parallel_size`` (generation DP = world / that, whatever the training TP / PP / DP),
+  refreshed after every update through the refit stream
+  (:class:`~nemotron_plugins.rl.engines.megatron_engine.MegatronCopyEngine`; one more model replica of memory);
 * ``vllm``: colocated, refreshed from the megatron shards after every update
   (:meth:`~nemotron_plugins.rl.engines.base.RolloutEngine.update_weights`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -72,16 +78,18 @@ class GenerationLayout:
 
     @classmethod
     def colocated(cls) -> GenerationLayout:
-        """The layout of an engine that decodes with the training module: the training data-parallel replicas
-        (megatron's ``parallel_state``); one replica without a distributed run."""
+        """The layout of an engine that decodes with the training module: the training data-parallel replicas, each
+        context-parallel rank a replica of its own (megatron's ``parallel_state``: the DP x CP group; CP is a training
+        split, generation runs whole sequences, see :func:`~nemotron_plugins.puzzle.context_parallel.
+        context_parallel_off`); one replica without a distributed run."""
         if not torch.distributed.is_initialized():
             return cls(dp_size=1, dp_rank=0)
         from megatron.core import parallel_state as ps
 
         return cls(
-            dp_size=ps.get_data_parallel_world_size(),
-            dp_rank=ps.get_data_parallel_rank(),
-            group=ps.get_data_parallel_group(),
+            dp_size=ps.get_data_parallel_world_size(with_context_parallel=True),
+            dp_rank=ps.get_data_parallel_rank(with_context_parallel=True),
+            group=ps.get_data_parallel_group(with_context_parallel=True),
         )
 
     @classmethod
@@ -99,7 +107,14 @@ def engine_settings(config: RecipeConfig, tokenizer_size: int | None = None) -> 
     """What the rollout engine is built with, from ``config.generation``."""
     gen = config.generation
     if gen.engine == "megatron":
-        return {"engine": "megatron", "max_batch_size": gen.batch_size, "vocab_size": tokenizer_size}
+        settings: dict[str, Any] = {
+            "engine": "megatron",
+            "max_batch_size": gen.batch_size,
+            "vocab_size": tokenizer_size,
+        }
+        if gen.megatron_layout == "generation":  # its own copy at the generation TP (else the policy module itself)
+            settings["tensor_parallel_size"] = gen.tensor_model_parallel_size
+        return settings
     llm_kwargs: dict[str, Any] = {}
     if gen.max_num_seqs is not None:
         llm_kwargs["max_num_seqs"] = gen.max_num_seqs
@@ -123,9 +138,23 @@ def build_engine(config: RecipeConfig, model: Any, model_config: Any, tokenizer:
     """The rollout engine of ``config.generation.engine`` for this rank's policy ``model`` (unwrapped)."""
     settings = engine_settings(config, len(tokenizer))
     if settings.pop("engine") == "megatron":
-        from nemotron_plugins.rl.engines.megatron_engine import MegatronEngineConfig, MegatronRolloutEngine
+        from nemotron_plugins.rl.engines.megatron_engine import (
+            MegatronCopyEngine,
+            MegatronEngineConfig,
+            MegatronRolloutEngine,
+        )
 
-        return MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(**settings))
+        tp = settings.pop("tensor_parallel_size", None)
+        if tp is None:
+            return MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(**settings))
+        return MegatronCopyEngine(
+            model,
+            tokenizer,
+            puzzle_config=model_config,
+            tensor_parallel_size=tp,
+            seq_length=config.model.seq_length,
+            config=MegatronEngineConfig(**settings),
+        )
     # vLLM colocated with training: an HF export of the initial policy to start from, refreshed after every step.
     from nemotron_plugins.puzzle.hf_checkpoint import export_hf_checkpoint
     from nemotron_plugins.rl.engines.vllm_engine import VLLMEngineConfig, VLLMRolloutEngine
@@ -256,10 +285,11 @@ class GenerationWorker:
         """The engine of ``config.generation`` for ``policy`` (a :class:`~nemotron_plugins.rl.policy_worker.
         MegatronPolicyWorker`: its module, architecture and tokenizer)."""
         engine = build_engine(config, policy.module, policy.model_config, policy.tokenizer)
-        embedded = config.generation.engine in EMBEDDED_ENGINES
-        # The megatron engine decodes with the training module itself: its replicas are the training DP replicas.
-        # vLLM runs one engine per generation-TP group of consecutive ranks (rl/engines/vllm_engine.py): prompts are
-        # split over those engines, every rank of a group gets the same share and seed.
+        # The megatron engine at the training layout decodes with the training module itself: its replicas are the
+        # training DP replicas. The megatron copy engine and vLLM run one replica per generation-TP group of
+        # consecutive ranks (engine.layout): prompts are split over those replicas, every rank of a group gets the
+        # same share and seed.
+        embedded = getattr(engine, "layout", None) is None and config.generation.engine in EMBEDDED_ENGINES
         return cls(engine, layout=GenerationLayout.of_engine(engine), embedded=embedded)
 
     def generate(
@@ -272,20 +302,27 @@ class GenerationWorker:
         max_new_tokens: int,
         seed: int,
     ) -> Samples:
-        """``n`` completions of every prompt, the prompts split over the replicas; every rank returns all samples."""
-        return distributed_rollout(
-            self.engine,
-            prompts,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            layout=self.layout,
-        )
+        """``n`` completions of every prompt, the prompts split over the replicas; every rank returns all samples.
+
+        An embedded engine decodes whole sequences with the training module: its context parallelism is off
+        meanwhile (:func:`~nemotron_plugins.puzzle.context_parallel.context_parallel_off`)."""
+        from nemotron_plugins.puzzle.context_parallel import context_parallel_off
+
+        with context_parallel_off(self.engine.model) if self.embedded else contextlib.nullcontext():
+            return distributed_rollout(
+                self.engine,
+                prompts,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+                layout=self.layout,
+            )
 
     def refit(self, policy: Any) -> None:
-        """Bring the engine's weights to ``policy``'s (nothing to do for an embedded engine)."""
+        """Bring the engine's weights to ``policy``'s (nothing to do for an embedded engine; a collective for the
+        others: the refit stream runs over every training model-parallel group)."""
         if not self.embedded:
             self.engine.update_weights(model=policy.module)
 

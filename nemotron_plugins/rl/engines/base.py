@@ -97,6 +97,69 @@ class RolloutGroup:
         return [r.completion_text for r in self.rollouts]
 
 
+@dataclass(frozen=True, slots=True)
+class EngineLayout:
+    """Where this rank sits in an engine's own generation layout: ``world = tp_size * dp_size`` ranks, TP groups of
+    consecutive ranks (rank ``r`` is TP rank ``r % tp_size`` of generation replica ``r // tp_size``), independent of
+    the training layout. Engines that generate at their own layout expose one as ``engine.layout``
+    (:meth:`nemotron_plugins.rl.generation.GenerationLayout.of_engine` reads it)."""
+
+    world_size: int = 1
+    """Ranks in the process group (every one takes part in an engine)."""
+    rank: int = 0
+    """This rank."""
+    tp_size: int = 1
+    """Generation tensor parallelism."""
+
+    def __post_init__(self) -> None:
+        if self.tp_size < 1 or self.world_size % self.tp_size:
+            raise ValueError(
+                f"generation tensor parallel size {self.tp_size} must divide the world size {self.world_size} "
+                "(one engine replica per generation-TP group of consecutive ranks)"
+            )
+
+    @classmethod
+    def current(cls, tp_size: int) -> EngineLayout:
+        """The layout of this process (a single process when no process group is initialised)."""
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return cls(
+                world_size=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(), tp_size=tp_size
+            )
+        return cls(tp_size=tp_size)
+
+    @property
+    def tp_rank(self) -> int:
+        """This rank's position in its generation-TP group."""
+        return self.rank % self.tp_size
+
+    @property
+    def dp_size(self) -> int:
+        """Generation data parallelism (independent replicas)."""
+        return self.world_size // self.tp_size
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's replica."""
+        return self.rank // self.tp_size
+
+    def peer_group(self) -> Any:
+        """The process group of this rank and the ranks at the same TP position in the other replicas (one per
+        replica), for exchanging rollouts; ``None`` with one replica. A collective: every rank of the world calls it
+        (one group per TP position, created in the same order everywhere)."""
+        if self.dp_size == 1:
+            return None
+        import torch
+
+        mine = None
+        for position in range(self.tp_size):
+            group = torch.distributed.new_group([position + d * self.tp_size for d in range(self.dp_size)])
+            if position == self.tp_rank:
+                mine = group
+        return mine
+
+
 class RolloutEngine(ABC):
     """Generates completions for RL and evaluation.
 

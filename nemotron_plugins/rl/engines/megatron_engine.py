@@ -15,8 +15,19 @@ completion's log-probs are exactly those of a full causal forward over prompt + 
 Sampling: logits / temperature, log-softmax (temperature 0: greedy arg-max); top-p keeps the smallest set of most likely tokens whose probability
 reaches ``top_p`` and samples from it renormalised. The returned log-prob of a token is its log-probability under the
 temperature-scaled distribution before top-p truncation (what the trainer recomputes). Tensor parallelism works
-(logits are gathered; every TP rank draws the same tokens from the same seed); pipeline parallelism is not supported
-by this engine (use ``vllm`` for PP-trained models).
+(logits are gathered; every TP rank draws the same tokens from the same seed).
+
+Two layouts:
+
+* :class:`MegatronRolloutEngine` decodes with the module it is given, so it generates at that module's layout (the
+  training one when given the policy; a pipeline-parallel module is refused: every rank must hold the whole model);
+* :class:`MegatronCopyEngine` holds its own whole-model copy of the policy at a generation TP size of its own
+  (``tensor_parallel_size`` consecutive ranks per replica, generation DP = world / that; built with megatron-core
+  process groups of its own, :func:`~nemotron_plugins.puzzle.model.single_stage_process_groups`) and refreshes it
+  after every update through the refit stream (:func:`~nemotron_plugins.rl.refit.stream_hf_weights`, every pipeline
+  stage and TP shard of the training model -> HF tensors -> the copy's TP shards), so it works for any training
+  TP / PP / DP. The price is memory: one more model replica per generation-TP group (the weights only, no gradients
+  or optimizer state), which is why vLLM (that sleeps and wakes around training) is the production path.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Any
 import torch
 
 from nemotron_plugins.rl.engines.base import (
+    EngineLayout,
     Prompt,
     Rollout,
     RolloutEngine,
@@ -74,14 +86,15 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
-def _pipeline_size() -> int:
-    try:
-        from megatron.core import parallel_state
+def _pipeline_size(model: Any) -> int:
+    """Pipeline stages of ``model`` (its config's; megatron's ``parallel_state`` for a module without one)."""
+    size = getattr(getattr(model, "config", None), "pipeline_model_parallel_size", None)
+    if isinstance(size, int):
+        return size
+    from megatron.core import parallel_state
 
-        if parallel_state.model_parallel_is_initialized():
-            return parallel_state.get_pipeline_model_parallel_world_size()
-    except ImportError:  # pragma: no cover - megatron-core is a dependency
-        pass
+    if parallel_state.model_parallel_is_initialized():
+        return parallel_state.get_pipeline_model_parallel_world_size()
     return 1
 
 
@@ -180,8 +193,11 @@ class MegatronRolloutEngine(RolloutEngine):
         """
         check_n(n)
         s = self.sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, seed=seed)
-        if _pipeline_size() > 1:
-            raise ValueError("the megatron rollout engine does not support pipeline parallelism; use 'vllm'")
+        if _pipeline_size(self.model) > 1:
+            raise ValueError(
+                "the megatron rollout engine decodes with a whole model on each rank; for a pipeline-parallel policy "
+                "use MegatronCopyEngine (generation.megatron_layout='generation') or 'vllm'"
+            )
         prompt_ids = [encode_prompt(self.tokenizer, p, i) for i, p in enumerate(prompts)]
         max_len = getattr(self.model, "max_sequence_length", None)
         for i, ids in enumerate(prompt_ids):
@@ -321,3 +337,91 @@ class MegatronRolloutEngine(RolloutEngine):
         if self.tokenizer is None:
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+class MegatronCopyEngine(MegatronRolloutEngine):
+    """The megatron engine at a generation layout of its own: a whole-model copy of the policy per rank at tensor
+    parallelism ``tensor_parallel_size`` (TP groups of consecutive ranks), refreshed from the training model by the
+    refit stream. Generation DP is world / ``tensor_parallel_size``, whatever the training TP / PP / DP.
+
+    Building it and :meth:`update_weights` are collectives over the world (process groups, the refit stream over
+    each training model-parallel group): every rank calls them.
+
+    Args:
+        policy: This rank's training model (``GPTModel``, a wrapper of one, or its virtual-pipeline chunks).
+        tokenizer: As :class:`MegatronRolloutEngine`.
+        puzzle_config: The architecture the policy was built from.
+        tensor_parallel_size: Generation TP (must divide the world size, the heads and every layer's KV heads).
+        seq_length: The copy's longest sequence; default the policy's ``max_sequence_length``.
+        params_dtype: The copy's dtype; default the policy's parameter dtype.
+        bucket_bytes: Bucket size of the refit stream (bounds the transient memory of a refit).
+        config: Decoding settings.
+        default_sampling: As :class:`MegatronRolloutEngine`.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        tokenizer: Any = None,
+        *,
+        puzzle_config: Any,
+        tensor_parallel_size: int = 1,
+        seq_length: int | None = None,
+        params_dtype: torch.dtype | None = None,
+        bucket_bytes: int | None = None,
+        config: MegatronEngineConfig | None = None,
+        default_sampling: SamplingSettings | None = None,
+    ) -> None:
+        from nemotron_plugins.puzzle.hf_checkpoint import ParallelRanks
+        from nemotron_plugins.puzzle.model import build_puzzle_model, single_stage_process_groups, unwrap_model
+        from nemotron_plugins.rl.refit import DEFAULT_BUCKET_BYTES
+        from nemotron_plugins.runtime.config import ParallelConfig
+
+        self.layout = EngineLayout.current(tensor_parallel_size)
+        chunks = list(policy) if isinstance(policy, (list, tuple)) else [policy]
+        first = unwrap_model(chunks[0])
+        param = next(first.parameters())
+        groups, tp_rank, _ = single_stage_process_groups(tensor_parallel_size)
+        copy = build_puzzle_model(
+            puzzle_config,
+            parallel=ParallelConfig(tensor_model_parallel_size=tensor_parallel_size),
+            seq_length=seq_length or getattr(first, "max_sequence_length", None),
+            params_dtype=params_dtype or param.dtype,
+            device=param.device.type,
+            perform_initialization=False,
+            pg_collection=groups,
+        )
+        copy.requires_grad_(False)
+        copy.eval()
+        super().__init__(copy, tokenizer, config=config, default_sampling=default_sampling)
+        self.puzzle_config = puzzle_config
+        self.bucket_bytes = DEFAULT_BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+        self.ranks = ParallelRanks(tp_rank=tp_rank, tp_size=tensor_parallel_size, tp_group=groups.tp)
+        """The copy's TP rank / size / group (what the refit converts the HF tensors to)."""
+        self.update_weights(model=policy)
+
+    def update_weights(self, state_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        """Bring the copy to the policy's weights: ``model=`` the training model (this rank's stage / chunks; a
+        collective, the refit stream) or ``state_dict=`` HF-named whole tensors (trained FFN widths; local)."""
+        from nemotron_plugins.puzzle.hf_checkpoint import load_hf_tensors
+        from nemotron_plugins.rl.refit import stream_hf_weights
+
+        model = kwargs.pop("model", None)
+        if kwargs or (model is None) == (state_dict is None):
+            raise TypeError(
+                f"MegatronCopyEngine.update_weights takes model= (the training model) or state_dict= (HF tensors), "
+                f"got state_dict={'given' if state_dict is not None else None}, model="
+                f"{'given' if model is not None else None}, other {sorted(kwargs)}"
+            )
+        dtype = next(self.model.parameters()).dtype
+        if state_dict is not None:
+            buckets: Any = [[(k, v.to(dtype)) for k, v in state_dict.items()]]
+        else:
+            buckets = stream_hf_weights(
+                model, config=self.puzzle_config, bucket_bytes=self.bucket_bytes, dtype=dtype, export_widths=False
+            )
+        load_hf_tensors(self.model, buckets, self.puzzle_config, parallel=self.ranks)
+
+    def close(self) -> None:
+        """Drop the copy."""
+        self.model = None
