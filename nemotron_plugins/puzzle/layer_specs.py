@@ -87,6 +87,7 @@ The RoPE inverse frequencies are not in the state dict (computed from ``rope_the
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -181,18 +182,41 @@ def _linear_replacement_classes() -> dict[type, type]:
     return mapping
 
 
-def _patched_block_spec(block: Any, *, use_te: bool, core_attention: type | None = None) -> Any:
-    """Swap in :class:`PuzzleRMSNorm` (local specs), the corrected linear replacements (both),
-    :class:`~nemotron_plugins.puzzle.fused_swiglu.PuzzleMLP` for megatron's ``MLP`` (its fused SwiGLU compiled per
-    FFN width) and, when given, the core attention class of every GQA layer (replacing megatron's local
-    ``DotProductAttention``)."""
-    from megatron.core.transformer.dot_product_attention import DotProductAttention
+@functools.cache
+def _puzzle_layer_class() -> type:
+    """megatron's ``TransformerLayer`` whose SwiGLU MLP runs :func:`~nemotron_plugins.puzzle.fused_swiglu.fused_swiglu`.
+
+    The MLP is built by megatron as its own ``MLP`` (so the layer hands it its TP group, which it does only for that
+    exact class) and then retyped to :class:`~nemotron_plugins.puzzle.fused_swiglu.PuzzleMLP`, a subclass that adds
+    no state and only overrides ``forward``; parameters and state-dict names are megatron's.
+    """
     from megatron.core.transformer.mlp import MLP
-    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_layer import TransformerLayer
 
     from nemotron_plugins.puzzle.fused_swiglu import PuzzleMLP
 
-    replacements = {**_linear_replacement_classes(), MLP: PuzzleMLP}
+    class PuzzleTransformerLayer(TransformerLayer):
+        """megatron's ``TransformerLayer`` with :class:`PuzzleMLP` in place of ``MLP``."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if type(self.mlp) is MLP:
+                self.mlp.__class__ = PuzzleMLP
+
+    return PuzzleTransformerLayer
+
+
+def _patched_block_spec(block: Any, *, use_te: bool, core_attention: type | None = None) -> Any:
+    """Swap in :class:`PuzzleRMSNorm` (local specs), the corrected linear replacements (both),
+    the layer class whose MLP is :class:`~nemotron_plugins.puzzle.fused_swiglu.PuzzleMLP` (its fused SwiGLU compiled
+    per FFN width) and, when given, the core attention class of every GQA layer (replacing megatron's local
+    ``DotProductAttention``)."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+
+    replacements = _linear_replacement_classes()
+    layer_class = _puzzle_layer_class()
 
     def norm(module: Any) -> Any:
         return PuzzleRMSNorm if module is WrappedTorchNorm and not use_te else module
@@ -217,7 +241,8 @@ def _patched_block_spec(block: Any, *, use_te: bool, core_attention: type | None
             self_attention=attention(spec.submodules.self_attention),
             mlp=sub_block(spec.submodules.mlp),
         )
-        layer_specs.append(dataclasses.replace(spec, submodules=sub))
+        module = layer_class if spec.module is TransformerLayer else spec.module
+        layer_specs.append(dataclasses.replace(spec, module=module, submodules=sub))
     return dataclasses.replace(block, layer_specs=layer_specs, layer_norm=norm(block.layer_norm))
 
 
