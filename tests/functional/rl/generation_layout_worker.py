@@ -31,11 +31,10 @@ def prompts(vocab: int) -> list[list[int]]:
     ]
 
 
-def recipe(parallel: Any, megatron_layout: str) -> Any:
-    """The tiny GRPO recipe at ``parallel`` with the megatron engine at ``megatron_layout`` (generation TP1)."""
+def recipe(parallel: Any, megatron_layout: str, gen_tp: int) -> Any:
+    """The tiny GRPO recipe at ``parallel`` with the megatron engine at ``megatron_layout`` and generation TP."""
     from tests.run_configs import tiny_grpo
 
-    gen_tp = parallel.tensor_model_parallel_size if megatron_layout == "training" else 1
     config = tiny_grpo(
         "/tmp/unused",
         "algorithm.num_prompts_per_rollout=4",
@@ -69,11 +68,14 @@ def _copy_matches(engine: Any, policy: Any, cfg: Any) -> bool | None:
     if getattr(engine, "layout", None) is None:
         return None
     training = _hf_weights(policy, cfg)  # a collective over the training model-parallel group
-    copy = _hf_weights(engine.model, cfg, groups=RefitGroups())  # the TP1 copy: local
+    ranks = engine.ranks  # the copy's own TP group: its shards gathered over it
+    copy = _hf_weights(
+        engine.model, cfg, groups=RefitGroups(tp_rank=ranks.tp_rank, tp_size=ranks.tp_size, tp_group=ranks.tp_group)
+    )
     return training.keys() == copy.keys() and all(torch.equal(training[k], copy[k]) for k in training)
 
 
-def run_layout(parallel_kwargs: dict[str, Any], megatron_layout: str) -> dict[str, Any]:
+def run_layout(parallel_kwargs: dict[str, Any], megatron_layout: str, gen_tp: int) -> dict[str, Any]:
     """One layout's rollouts, update and refit (see the module docstring)."""
     from nemotron_plugins.chat.tokenizer import build_tiny_tokenizer
     from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
@@ -90,7 +92,7 @@ def run_layout(parallel_kwargs: dict[str, Any], megatron_layout: str) -> dict[st
         tokenizer = build_tiny_tokenizer()
         vocab = len(tokenizer)
         cfg = tiny_puzzle_config(vocab)
-        config = recipe(parallel, megatron_layout)
+        config = recipe(parallel, megatron_layout, gen_tp)
         model = build_puzzle_model(cfg, parallel=parallel, seq_length=SEQ, perform_initialization=False)
         init_weights_layout_invariant_(model, seed=SEED)
         if parallel.pipeline_model_parallel_size > 1:
@@ -129,11 +131,11 @@ def run_layout(parallel_kwargs: dict[str, Any], megatron_layout: str) -> dict[st
         destroy_distributed()
 
 
-def layouts_worker(rank: int, runs: dict[str, tuple[dict[str, Any], str]]) -> dict[str, Any]:
-    """Each named ``(parallel, megatron_layout)`` run in turn, in two gloo processes."""
+def layouts_worker(rank: int, runs: dict[str, tuple[dict[str, Any], str, int, str]]) -> dict[str, Any]:
+    """Each named ``(parallel, megatron_layout, generation TP, reference)`` run in turn, in two gloo processes."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")
     try:
-        return {name: run_layout(kwargs, layout) for name, (kwargs, layout) in runs.items()}
+        return {name: run_layout(kwargs, layout, gen_tp) for name, (kwargs, layout, gen_tp, _) in runs.items()}
     finally:
         torch.distributed.destroy_process_group()

@@ -1,7 +1,8 @@
 """The megatron engine at a generation layout of its own (a TP1 copy per rank, refreshed by the refit stream) gives
 the rollouts of the colocated layout whatever the training layout: training TP2 x DP1 and PP2 x DP1 with generation
 TP1 x DP2 reproduce training TP1 x DP2 decoding with the policy itself, greedy and sampled, before and after a GRPO
-update; the update matches; after it the copy equals the training weights. Two gloo processes."""
+update, and training DP2 with generation TP2 x DP1 reproduces training TP2 decoding with the policy; the update
+matches; after it the copy equals the training weights. Two gloo processes."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ from nemotron_plugins.runtime.distributed import run_local_processes
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo/CPU path is what this checks")
 
-RUNS = {
-    "colocated TP1 x DP2": ({}, "training"),
-    "TP2 training, TP1 x DP2 generation": ({"tensor_model_parallel_size": 2}, "generation"),
-    "PP2 training, TP1 x DP2 generation": ({"pipeline_model_parallel_size": 2}, "generation"),
+RUNS = {  # name: (training layout, megatron_layout, generation TP, the colocated run it must reproduce)
+    "colocated TP1 x DP2": ({}, "training", 1, "colocated TP1 x DP2"),
+    "TP2 training, TP1 x DP2 generation": ({"tensor_model_parallel_size": 2}, "generation", 1, "colocated TP1 x DP2"),
+    "PP2 training, TP1 x DP2 generation": (
+        {"pipeline_model_parallel_size": 2},
+        "generation",
+        1,
+        "colocated TP1 x DP2",
+    ),
+    "colocated TP2 x DP1": ({"tensor_model_parallel_size": 2}, "training", 2, "colocated TP2 x DP1"),
+    "DP2 training, TP2 x DP1 generation": ({}, "generation", 2, "colocated TP2 x DP1"),
 }
 
 
@@ -30,16 +38,16 @@ def _same_samples(got, want, what: str) -> None:
 
 def test_generation_layout_reproduces_colocated_rollouts() -> None:
     per_rank = run_local_processes(worker.layouts_worker, 2, (RUNS,), timeout_s=600)
-    reference = per_rank[0]["colocated TP1 x DP2"]
-    assert reference["embedded"] and reference["copy_matches_before"] is None
-    # The reference decodes two replicas' shares and samples differ between prompts: the comparison has content.
-    assert len(reference["before"]["sampled"].completion_ids) == 16
-    assert reference["before"]["sampled"].completion_ids != reference["after"]["sampled"].completion_ids
-    for name in RUNS:
+    for name, (_, _, gen_tp, ref_name) in RUNS.items():
+        reference = per_rank[0][ref_name]
+        assert reference["embedded"] and reference["copy_matches_before"] is None
+        # The reference's samples are many and change with the update: the comparison has content.
+        assert len(reference["before"]["sampled"].completion_ids) == 16
+        assert reference["before"]["sampled"].completion_ids != reference["after"]["sampled"].completion_ids
         for rank, result in enumerate(per_rank):
             run = result[name]
-            assert run["layout"] == (2, rank), f"{name}: generation replicas {run['layout']}"
-            if name != "colocated TP1 x DP2":
+            assert run["layout"] == (2 // gen_tp, rank // gen_tp), f"{name}: generation replicas {run['layout']}"
+            if name != ref_name:
                 assert not run["embedded"], name
                 assert run["copy_matches_before"] and run["copy_matches_after"], f"{name} rank {rank}: copy != policy"
             for when in ("before", "after"):
