@@ -712,7 +712,7 @@ def _next_batch(sampler: Any) -> list[int]:
 
 
 def _fmt(ev: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={int(v) if k == 'n' else round(v, 4)}" for k, v in ev.items())
+    return ", ".join(f"{k}={int(v) if k == 'n' else format(v, '.4g')}" for k, v in ev.items())
 
 
 def run_grpo(config: RecipeConfig) -> GRPOResult:
