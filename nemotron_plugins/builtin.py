@@ -9,6 +9,7 @@ BUILTIN_PLUGIN_MODULES = (
     "nemotron_plugins.chat.plugins",
     "nemotron_plugins.curriculum.plugins",
     "nemotron_plugins.rewards.plugins",
+    "nemotron_plugins.reward_model.plugins",
     "nemotron_plugins.rl.plugins",
     "recipes.plugins",
 )

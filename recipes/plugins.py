@@ -6,6 +6,15 @@ BUILTIN_RECIPES: dict[str, str] = {
     # Tiny CPU recipes: the whole pipeline on a ~1M-parameter Puzzle model, no downloads.
     "tiny_puzzle_sft_cpu": "recipes.tiny.tiny_puzzle:tiny_puzzle_sft_cpu_config",
     "tiny_puzzle_grpo_cpu": "recipes.tiny.tiny_puzzle:tiny_puzzle_grpo_cpu_config",
+    # Preference learning (issue 18): reward models and RPO.
+    "tiny_preference_sft_cpu": "recipes.preference:tiny_preference_sft_cpu_config",
+    "tiny_reward_model_cpu": "recipes.preference:tiny_reward_model_cpu_config",
+    "tiny_rpo_online_cpu": "recipes.preference:tiny_rpo_online_cpu_config",
+    "tiny_rpo_offline_cpu": "recipes.preference:tiny_rpo_offline_cpu_config",
+    "llama_nemotron_super_49b_rpo_64gpu_h100_bf16": (
+        "recipes.preference:llama_nemotron_super_49b_rpo_64gpu_h100_bf16_config"
+    ),
+    "llama_nemotron_nano_8b_rpo_8gpu_h100_bf16": "recipes.preference:llama_nemotron_nano_8b_rpo_8gpu_h100_bf16_config",
     # Llama-3.1-Nemotron-Nano-8B.
     "llama_nemotron_nano_8b_sft_8gpu_h100_bf16": (
         "recipes.llama_nemotron.nano_8b:llama_nemotron_nano_8b_sft_8gpu_h100_bf16_config"

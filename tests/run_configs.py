@@ -101,7 +101,8 @@ def paper_on_fixture(name: str, fixture, *overrides: str) -> RecipeConfig:
     config = build_recipe(name)
     data = fixture.sft_dir if config.task == "sft" else fixture.rl["train"]
     scaled = [*ONE_CPU_PROCESS, f"model.checkpoint={fixture.checkpoint}", f"data.path={data}"]
-    if config.is_rl:
+    online_rpo = config.task == "rpo" and config.preference is not None and config.preference.mode == "online"
+    if config.is_rl or online_rpo:
         scaled += MEGATRON_ROLLOUTS
         if config.sampler is not None:
             scaled.append("sampler.drop_pass_rate_at_least=null")

@@ -20,6 +20,8 @@ TRAINERS: dict[str, str] = {
     "sft": "nemotron_plugins.sft.trainer:run_sft",
     "grpo": "nemotron_plugins.rl.trainer:run_grpo",
     "rloo": "nemotron_plugins.rl.trainer:run_grpo",
+    "reward_model": "nemotron_plugins.reward_model.trainer:run_reward_model",
+    "rpo": "nemotron_plugins.preference.trainer:run_rpo",
 }
 """Task -> ``"module:function"`` taking the :class:`RecipeConfig`."""
 

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from nemotron_plugins.preference.config import PreferenceConfig
 from nemotron_plugins.rl.config import GRPOConfig
 from nemotron_plugins.runtime.config import (
     CheckpointConfig,
@@ -23,7 +24,7 @@ from nemotron_plugins.runtime.config import (
     ParallelConfig,
 )
 
-Task = Literal["sft", "grpo", "rloo"]
+Task = Literal["sft", "grpo", "rloo", "reward_model", "rpo"]
 RL_TASKS: tuple[str, ...] = ("grpo", "rloo")
 
 
@@ -52,9 +53,10 @@ class ClusterConfig:
         return self.nodes * self.devices_per_node
 
 
-DATASETS: tuple[str, ...] = ("synthetic_addition", "post_training")
-"""Values of ``data.dataset``: the generated arithmetic task of the tiny recipes, or files in the
-Llama-Nemotron Post-Training-Dataset format."""
+DATASETS: tuple[str, ...] = ("synthetic_addition", "post_training", "preference_pairs")
+"""Values of ``data.dataset``: the generated arithmetic task of the tiny recipes, files in the
+Llama-Nemotron Post-Training-Dataset format, or HelpSteer-style preference pairs (JSONL; reward models, offline RPO:
+:mod:`nemotron_plugins.preference.data`)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -216,7 +218,7 @@ class RecipeConfig:
     name: str
     """Recipe name (the registered name in ``RECIPES``)."""
     task: Task
-    """``sft``, ``grpo`` or ``rloo``; selects the trainer."""
+    """``sft``, ``grpo``, ``rloo``, ``reward_model`` or ``rpo``; selects the trainer."""
     description: str = ""
     """One line on what the recipe trains."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -251,7 +253,9 @@ class RecipeConfig:
     algorithm: GRPOConfig | None = None
     """RL algorithm: advantages and the clipped policy-gradient loss (RL only)."""
     generation: GenerationConfig | None = None
-    """Rollout generation (RL only)."""
+    """Rollout generation (RL and online RPO)."""
+    preference: PreferenceConfig | None = None
+    """Reward-model training and RPO / DPO settings (``task`` ``reward_model`` or ``rpo`` only)."""
     train_steps: int = 100
     """Optimizer steps (SFT) or rollout steps (RL)."""
     micro_batch_size: int = 1

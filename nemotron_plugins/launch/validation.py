@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from nemotron_plugins.launch.memory import MemoryEstimate, estimate_memory
 from nemotron_plugins.launch.pipeline_layout import balanced_layout, even_layout
+from nemotron_plugins.preference.config import PREFERENCE_TASKS
+from nemotron_plugins.preference.validation import is_online, preference_errors, preference_input_errors
 
 if TYPE_CHECKING:
     from nemotron_plugins.launch.recipe_config import RecipeConfig
@@ -273,6 +275,8 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
         for i, spec in enumerate(recipe.rewards or []):
             if spec.weight == 0:
                 errors.append(f"rewards[{i}] ({spec.name}) has weight 0; drop it instead")
+    elif recipe.task in PREFERENCE_TASKS:
+        pass  # preference_errors below
     else:
         for part in ("algorithm", "generation", "rewards", "sampler"):
             if getattr(recipe, part) is not None:
@@ -281,6 +285,7 @@ def check_batches(recipe: RecipeConfig) -> list[str]:
             errors.append(
                 f"data.max_seq_length={recipe.data.max_seq_length} exceeds model.seq_length={recipe.model.seq_length}"
             )
+    errors.extend(preference_errors(recipe))  # the reward_model / rpo tasks (and a stray preference block)
     if recipe.cluster.device == "cpu" and recipe.optimizer.bf16:
         errors.append("optimizer.bf16=true is GPU-only; CPU recipes train in fp32")
     return errors
@@ -394,6 +399,8 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
             errors.append("generation.batch_size is the megatron engine's; vLLM batches with generation.max_num_seqs")
         if gen is not None and gen.engine not in ("megatron", "vllm"):
             errors.append(f"generation.engine={gen.engine!r}: the trainer drives 'megatron' or 'vllm'")
+    elif recipe.task in PREFERENCE_TASKS:
+        pass  # checked by preference_errors (check_batches)
     else:
         if recipe.reward_workers is not None:
             errors.append("reward_workers is an RL setting; SFT scores no rewards")
@@ -461,6 +468,7 @@ def check_inputs(recipe: RecipeConfig) -> list[str]:
             f"sampler.pass_rates_path={recipe.sampler.pass_rates_path} does not exist (write it with "
             "`nemotron-plugins curriculum estimate`)"
         )
+    errors.extend(preference_input_errors(recipe))
     return errors
 
 
@@ -495,7 +503,7 @@ def check_data_schema(recipe: RecipeConfig, field_name: str, path: str, *, promp
 
     from nemotron_plugins.data.rows import REQUIRED_FIELDS, read_rows
 
-    prompts = recipe.is_rl if prompts is None else prompts
+    prompts = (recipe.is_rl or is_online(recipe)) if prompts is None else prompts
     rewards = {r.name for r in recipe.rewards or []}
     decoded = 0
     try:
