@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EMBEDDED_ENGINES = ("megatron", "embedded")
-"""Engines that decode with the trained module itself (no weights to copy)."""
+"""Engines that decode with the trained module itself (no weights to copy), unless built at a generation layout of
+their own (``generation.megatron_layout="generation"``: an engine with a ``layout``)."""
 TRAINER_ENGINES = (*EMBEDDED_ENGINES, "vllm")
 """Engines the trainer drives."""
 
@@ -94,8 +95,9 @@ class GenerationLayout:
 
     @classmethod
     def of_engine(cls, engine: Any) -> GenerationLayout:
-        """The layout an engine generates at: its own (``engine.layout``, e.g. vLLM's TP groups of consecutive ranks
-        with generation DP = world / generation TP, independent of training DP) when it has one, else
+        """The layout an engine generates at: its own (``engine.layout``, e.g. vLLM's or the megatron copy engine's
+        TP groups of consecutive ranks with generation DP = world / generation TP, independent of training DP) when it
+        has one, else
         :meth:`colocated`. A collective when the engine has its own layout (its peer group is created on every rank)."""
         own = getattr(engine, "layout", None)
         if own is None:
