@@ -60,22 +60,35 @@ class ValidationReport:
 
 
 def _context_parallel_errors(recipe: RecipeConfig) -> list[str]:
-    """Context parallelism: SFT splits its sequences over CP (``nemotron_plugins.sft.trainer``); RL does not yet."""
+    """Context parallelism: SFT (``nemotron_plugins.sft.trainer``) and the GRPO / RLOO update
+    (``nemotron_plugins.rl.policy_worker``) split their sequences over CP; RL generation runs whole sequences."""
     p, d, m = recipe.parallel, recipe.data, recipe.model
     cp = p.context_parallel_size
     if cp <= 1:
         return []
-    if recipe.is_rl:
-        return [
-            f"parallel.context_parallel_size={cp}: the {recipe.task} trainer does not split sequences over a "
-            "context-parallel group yet (only SFT does); use 1 (or a layout with more TP / PP)"
-        ]
     errors: list[str] = []
     if m.layer_spec == "puzzle_local":
         errors.append(
             f"parallel.context_parallel_size={cp} with model.layer_spec='puzzle_local': megatron's local attention "
             "has no context parallelism; use the default spec (SDPA without TE, TE with it)"
         )
+    if recipe.is_rl:
+        # The update pads every micro-batch to a multiple of 2 x CP itself; generation and the held-out evaluation
+        # decode whole sequences (the megatron engine with its CP switched off, every CP rank a generation replica).
+        gen = recipe.generation
+        if (
+            gen is not None
+            and gen.engine == "megatron"
+            and gen.megatron_layout == "training"
+            and m.layer_spec == "puzzle_te"
+        ):
+            errors.append(
+                f"parallel.context_parallel_size={cp} with model.layer_spec='puzzle_te' and generation.engine="
+                "'megatron': the megatron engine decodes whole sequences with the training module, and Transformer "
+                "Engine's attention keeps its context parallelism inside its kernel; use model.layer_spec="
+                "'puzzle_sdpa', generation.megatron_layout='generation' or generation.engine='vllm'"
+            )
+        return errors
     if recipe.evaluation.num_samples > 0:
         errors.append(
             f"evaluation.num_samples={recipe.evaluation.num_samples} with parallel.context_parallel_size={cp}: SFT's "

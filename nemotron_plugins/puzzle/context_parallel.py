@@ -41,8 +41,8 @@ For a trainer that only needs the batch split and the loss reduced, :func:`split
 :func:`split_packed_batch_for_context_parallel`) and :func:`context_parallel_loss` are the whole interface; the SFT
 trainer (``nemotron_plugins.sft.trainer``) uses them through the shared training stack.
 
-An RL policy update (GRPO / RLOO; not wired yet: validation refuses CP > 1 for RL) needs the same three steps on
-its rollout batch ``[b, s]`` (prompt + completion tokens, right-padded to a multiple of ``2 * cp``):
+An RL policy update (GRPO / RLOO: :mod:`nemotron_plugins.rl.policy_worker`) does the same three steps on its
+rollout batch ``[b, s]`` (prompt + completion tokens, right-padded to a multiple of ``2 * cp``):
 
 1. Shift first, split second: build the next-token targets, the completion mask, the old / reference log-probs and
    the per-token advantages at full length, then cut every one of them with :func:`split_for_context_parallel`, so
@@ -52,13 +52,20 @@ its rollout batch ``[b, s]`` (prompt + completion tokens, right-padded to a mult
 3. Token-mean losses divide by the global token count (:func:`context_parallel_loss`, or the global-batch count
    with ``calculate_per_token_loss``); sequence-mean losses (the mean over each completion's tokens, then over
    completions) divide each rank's per-sequence sums by :func:`sequence_token_counts`, the per-sequence token
-   counts summed over the CP group. Either way each rank backpropagates its own partial sum and DDP's gradient
-   sum over DP x CP completes it; statistics to log are all-reduced over the CP group.
+   counts summed over the CP group; a per-sequence quantity that enters the loss non-linearly (GSPO's sequence
+   log-ratio) is summed over CP with :func:`context_parallel_sum`, whose backward sums the gradient over CP too.
+   Either way each rank backpropagates its own partial sum and DDP's gradient sum over DP x CP completes it;
+   statistics to log are all-reduced over the CP group.
+
+Generation is not context-parallel: an engine that decodes with the training module (the megatron engine) runs it
+inside :func:`context_parallel_off`, which makes the forward see whole sequences (RoPE not cut to this rank's chunks,
+no K/V exchange), so the CP ranks of a replica can decode different prompts as extra generation replicas.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -67,6 +74,8 @@ __all__ = [
     "ContextParallelError",
     "context_parallel_chunk_ids",
     "context_parallel_loss",
+    "context_parallel_off",
+    "context_parallel_sum",
     "gather_kv_for_context_parallel",
     "gather_sequence",
     "local_positions",
@@ -417,3 +426,95 @@ def sequence_token_counts(loss_mask: torch.Tensor, group: Any = None) -> torch.T
     if group.size() > 1:
         torch.distributed.all_reduce(counts, group=group)
     return counts
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over a process group whose backward sums the incoming gradients over the group as well."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:  # noqa: D102
+        ctx.group = group
+        out = x.clone()
+        torch.distributed.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def context_parallel_sum(x: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """``x`` summed over the CP group, differentiably: the backward sums every rank's gradient of the sum too.
+
+    For a per-sequence quantity built from every CP rank's tokens that enters each rank's loss non-linearly (GSPO's
+    sequence log-ratio): with ``S = sum_r x_r`` and each rank backpropagating its own loss ``L_r(S)``, the gradient
+    that must reach rank ``r``'s ``x_r`` is ``sum_r' dL_r'/dS`` (every rank's loss depends on it), which is what the
+    backward's all-reduce gives; DDP's gradient sum over DP x CP then completes the parameters' gradient.
+
+    Args:
+        x: Any tensor (e.g. ``[b]`` per-sequence partial sums of this rank's tokens).
+        group: CP process group (default: megatron's); ``x`` itself when the group has one rank.
+
+    Returns:
+        The sum, equal on every CP rank.
+    """
+    group = _cp_group(group)
+    if group.size() == 1:
+        return x
+    return _AllReduceSum.apply(x, group)
+
+
+@contextmanager
+def context_parallel_off(model: Any) -> Iterator[Any]:
+    """Run ``model`` (a megatron ``GPTModel`` built with ``context_parallel_size > 1``) on whole sequences.
+
+    Generation is not context-parallel: a decoding step feeds one token per sequence and the KV cache holds the
+    whole prefix. Inside this context the model's forward sees its input as the whole sequence: the transformer
+    config's ``context_parallel_size`` reads 1 (megatron's rotary length is not multiplied by CP), the rotary
+    embeddings keep no CP group (the RoPE table is not cut to this rank's two chunks) and the SDPA core attention
+    exchanges no K/V over CP. Nothing inside communicates over the CP group, so the CP ranks of a replica may decode
+    different prompts. Everything is restored on exit. With a model built at CP = 1 this does nothing.
+
+    Args:
+        model: The ``GPTModel`` (or a wrapper whose ``modules()`` include its rotary embedding and core attentions).
+
+    Yields:
+        ``model``.
+
+    Raises:
+        ContextParallelError: A core attention whose context parallelism this cannot switch off (Transformer
+            Engine's ``DotProductAttention`` with a CP group): decode with ``generation.engine='vllm'`` or with the
+            SDPA attention (``model.layer_spec='puzzle_sdpa'``).
+    """
+    from nemotron_plugins.puzzle.attention import SDPACoreAttention
+
+    restore: list[tuple[Any, str, Any]] = []
+    try:
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if getattr(config, "context_parallel_size", 1) > 1:
+                restore.append((config, "context_parallel_size", config.context_parallel_size))
+                config.context_parallel_size = 1
+            if isinstance(module, SDPACoreAttention):
+                if module.cp_size > 1:
+                    restore.append((module, "cp_size", module.cp_size))
+                    module.cp_size = 1
+            elif "RotaryEmbedding" in type(module).__name__:  # megatron's RotaryEmbedding and its variants
+                group = getattr(module, "cp_group", None)
+                if group is not None and group.size() > 1:
+                    restore.append((module, "cp_group", group))
+                    module.cp_group = None
+            elif "DotProductAttention" in type(module).__name__:
+                group = getattr(module, "cp_group", None)
+                if group is not None and not isinstance(group, list) and group.size() > 1:
+                    raise ContextParallelError(
+                        f"{type(module).__name__} (Transformer Engine) runs context parallelism inside its kernel and "
+                        "cannot decode whole sequences on one CP rank; generate with generation.engine='vllm' or "
+                        "model.layer_spec='puzzle_sdpa'"
+                    )
+        yield model
+    finally:
+        for owner, name, value in reversed(restore):
+            setattr(owner, name, value)

@@ -37,6 +37,14 @@ answers are not favoured by a smaller per-token weight.
 
 With both defaults left at ``None`` the denominators are the micro-batch's own counts (a local mean): right when
 the whole global batch is one micro-batch on one rank.
+
+Context parallelism (``context_parallel_group`` with more than one rank): each CP rank holds a share of every
+sequence's tokens (``mask`` is 1 only on this rank's completion tokens) and backpropagates its partial sum; megatron
+DDP's gradient sum over DP x CP completes it. Token-level and ``"constant"`` losses need nothing more (their
+denominators are global counts). A sequence mean divides by the sequence's token count over the whole CP group
+(:func:`~nemotron_plugins.puzzle.context_parallel.sequence_token_counts`), and GSPO's sequence log-ratio is the
+CP-summed log-ratio over that count (:func:`~nemotron_plugins.puzzle.context_parallel.context_parallel_sum`, whose
+backward sums the gradient over CP), so every rank's terms add up to the CP=1 loss and gradient.
 """
 
 from __future__ import annotations
@@ -142,6 +150,7 @@ def compute_policy_loss(
     total_sequences_in_global_batch: float | None = None,
     loss_scale: float = 1.0,
     max_response_length: int | None = None,
+    context_parallel_group: Any = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy-gradient loss with optional KL penalty and importance-sampling correction.
 
@@ -161,6 +170,10 @@ def compute_policy_loss(
         loss_scale: Multiplies the returned loss (e.g. the DP size when the gradient reduction averages).
         max_response_length: The generation budget in tokens (``generation.max_new_tokens``); required by
             ``loss_aggregation="constant"``.
+        context_parallel_group: The CP group over which every sequence's tokens are split (``None`` or one rank:
+            each row holds its whole sequence); ``mask`` then marks this rank's tokens only (see the module
+            docstring). A collective over the group when ``loss_aggregation="sequence"`` or
+            ``ratio_level="sequence"``.
 
     Returns:
         ``(loss, metrics)``: the scalar loss to backpropagate and float metrics over this micro-batch's tokens:
@@ -203,11 +216,24 @@ def compute_policy_loss(
     maskf = mask.to(logprobs.dtype)
 
     sel = mask.bool()
+    split = context_parallel_group is not None and context_parallel_group.size() > 1
+    seq_tokens = None  # tokens of each whole sequence (over the CP group), for the sequence-level terms
+    if ratio_level == "sequence" or aggregation == "sequence":
+        if split:
+            from nemotron_plugins.puzzle.context_parallel import sequence_token_counts
+
+            seq_tokens = sequence_token_counts(maskf, context_parallel_group).to(logprobs.dtype)
+        else:
+            seq_tokens = maskf.sum(dim=1)
     log_ratio = logprobs - old_logprobs.detach()
     if ratio_level == "sequence":
         # GSPO: the mean token log-ratio of each sequence (padding excluded), shared by all its tokens.
-        seq_log_ratio = torch.where(sel, log_ratio, torch.zeros_like(log_ratio)).sum(dim=1, keepdim=True)
-        seq_log_ratio = seq_log_ratio / maskf.sum(dim=1, keepdim=True).clamp(min=1.0)
+        seq_log_ratio = torch.where(sel, log_ratio, torch.zeros_like(log_ratio)).sum(dim=1)
+        if split:
+            from nemotron_plugins.puzzle.context_parallel import context_parallel_sum
+
+            seq_log_ratio = context_parallel_sum(seq_log_ratio, context_parallel_group)
+        seq_log_ratio = (seq_log_ratio / seq_tokens.clamp(min=1.0)).unsqueeze(1)
         log_ratio = seq_log_ratio.expand_as(logprobs)
     ratio = torch.exp(log_ratio)
     clipped_ratio = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
@@ -254,8 +280,7 @@ def compute_policy_loss(
             raise ValueError(f"total_tokens_in_global_batch must be > 0, got {denom_f}")
         loss = (per_token * maskf).sum() / denom_f
     elif aggregation == "sequence":
-        seq_len = maskf.sum(dim=1)
-        seq_mean = (per_token * maskf).sum(dim=1) / seq_len.clamp(min=1.0)
+        seq_mean = (per_token * maskf).sum(dim=1) / seq_tokens.clamp(min=1.0)
         denom_f = float(
             logprobs.shape[0] if total_sequences_in_global_batch is None else total_sequences_in_global_batch
         )

@@ -116,15 +116,26 @@ class UpdatePlan:
     """The micro-batches of one global batch on this data-parallel rank, and the shapes megatron's schedule needs."""
 
     micro_batches: list[dict[str, Any]]
-    """Per micro-batch: the model inputs (``input_ids``, ``position_ids``, ``packed_seq_params`` when packed) and
-    the loss tensors cut to the micro-batch's own longest row (``targets``, ``mask``, ``advantages``,
-    ``generator_logprobs``, ``[m, w]``)."""
+    """Per micro-batch: the model inputs (``input_ids``, ``position_ids``, ``packed_seq_params`` when packed; this
+    rank's share of the sequence under context parallelism), the targets at the model's output positions
+    (``model_targets``), where the output positions go in the loss layout (``place``, absent when they are that
+    layout already), and the loss tensors in the loss layout, ``[m, w]`` with ``w`` the micro-batch's own longest
+    row (``targets``, ``mask``: only this CP rank's completion tokens, ``advantages``, ``generator_logprobs``)."""
     seq_length: int
-    """Sequence length of every micro-batch's model input (pipeline communication shape)."""
+    """Sequence length of every micro-batch's model input before the CP split (pipeline communication shape)."""
     micro_batch_size: int
     """Rows of every micro-batch's model input (1 when packed)."""
     fed_tokens: int
-    """Positions run through the model, padding included."""
+    """Positions run through the model by the whole CP group, padding included."""
+
+
+def _place_rows(mb: dict[str, Any], rows: torch.Tensor, cols: torch.Tensor, src: torch.Tensor) -> None:
+    """Record that the model's (flattened) output positions ``src`` are tokens ``(rows, cols)`` of the ``[m, w]``
+    loss layout, and keep only those tokens in the loss mask (the ones this CP rank computes)."""
+    mb["place"] = (rows, cols, src)
+    here = torch.zeros_like(mb["mask"])
+    here[rows, cols] = 1.0
+    mb["mask"] = mb["mask"] * here
 
 
 def plan_micro_batches(
@@ -135,6 +146,7 @@ def plan_micro_batches(
     pack: bool,
     uniform: bool,
     multiple: int = 8,
+    context_parallel: tuple[int, int] = (0, 1),
 ) -> UpdatePlan:
     """Cut ``rows`` of ``batch`` into micro-batches of ``micro`` sequences.
 
@@ -144,8 +156,25 @@ def plan_micro_batches(
     padded to its own longest row (not the rollout's). With ``uniform`` (pipeline parallelism: one communication
     shape) every micro-batch is padded to the plan's longest, and unpacked ones to ``micro`` rows (extra rows fully
     masked).
+
+    With context parallelism (``context_parallel = (cp_rank, cp_size)``, ``cp_size > 1``; ``multiple`` is raised to
+    a multiple of ``2 * cp_size``) the targets, masks and log-probs are built at full length first and only the
+    model inputs are cut, in megatron's load-balanced layout (:mod:`nemotron_plugins.puzzle.context_parallel`):
+    unpacked rows into ``2 * cp_size`` chunks, keeping chunks ``cp_rank`` and ``2 * cp_size - 1 - cp_rank``;
+    packed rows with every sequence padded to a multiple of ``2 * cp_size`` and cut on its own (megatron's ``thd``
+    CP layout, real and padded boundaries in the ``PackedSeqParams``). The micro-batch's ``mask`` then marks only
+    this rank's completion tokens, and ``place`` says where its log-probs go in the ``[m, w]`` loss layout.
     """
     from nemotron_plugins.puzzle.attention import packed_seq_params_from_segment_ids
+    from nemotron_plugins.puzzle.context_parallel import (
+        local_positions,
+        split_batch_for_context_parallel,
+        split_packed_batch_for_context_parallel,
+    )
+
+    cp_rank, cp = context_parallel
+    if cp > 1:
+        multiple = math.lcm(multiple, 2 * cp)
 
     def up(x: int) -> int:
         return max(multiple, -(-x // multiple) * multiple)
@@ -169,25 +198,55 @@ def plan_micro_batches(
             src = idx[seg]
             mb["unpack"] = (seg, cols)
             mb["input_ids"] = batch.input_ids[src, cols].unsqueeze(0)
-            mb["packed_targets"] = batch.targets[src, cols].unsqueeze(0)
+            mb["model_targets"] = batch.targets[src, cols].unsqueeze(0)
             mb["position_ids"] = cols.unsqueeze(0)
         else:
             mb["input_ids"] = batch.input_ids[idx, :w]
         out.append(mb)
     if pack:
-        length = max(up(int(mb["input_ids"].shape[1])) for mb in out) if uniform else None
-        for mb in out:
-            real = int(mb["input_ids"].shape[1])
-            target = length if length is not None else up(real)
+        if cp > 1:  # every sequence padded to a multiple of 2 * cp
+            step = 2 * cp
+            lengths = [int(((batch.lengths[mb["rows"]] + step - 1) // step * step).sum()) for mb in out]
+        else:
+            lengths = [int(mb["input_ids"].shape[1]) for mb in out]
+        length = max((up(n) for n in lengths), default=0) if uniform else None
+        for mb, n in zip(out, lengths, strict=True):
+            target = length if length is not None else up(n)
+            seg, cols = mb.pop("unpack")
+            real = int(seg.numel())
+            if cp > 1:
+                lens = batch.lengths[mb["rows"]]
+                cu = torch.cat([lens.new_zeros(1), torch.cumsum(lens, 0)])
+                local, params = split_packed_batch_for_context_parallel(
+                    {
+                        "input_ids": mb["input_ids"],
+                        "model_targets": mb["model_targets"],
+                        "position_ids": mb["position_ids"],
+                        "source": torch.arange(real).unsqueeze(0),
+                    },
+                    cu,
+                    cp_rank,
+                    cp,
+                    length=target,
+                    pad_values={"source": -1},
+                )
+                source = local.pop("source")[0]
+                mb.update(local)
+                mb["packed_seq_params"] = params
+                kept = torch.nonzero(source >= 0).flatten()
+                _place_rows(mb, seg[source[kept]], cols[source[kept]], kept)
+                continue
             extra = target - real
-            segments = torch.cat([mb["unpack"][0], torch.full((extra,), -1, dtype=torch.long)]).unsqueeze(0)
-            for key in ("input_ids", "packed_targets", "position_ids"):
+            segments = torch.cat([seg, torch.full((extra,), -1, dtype=torch.long)]).unsqueeze(0)
+            for key in ("input_ids", "model_targets", "position_ids"):
                 mb[key] = torch.cat([mb[key], mb[key].new_zeros(1, extra)], dim=1)
             mb["packed_seq_params"] = packed_seq_params_from_segment_ids(segments)
-        fed = sum(int(mb["input_ids"].numel()) for mb in out)
-        seq_length = max(int(mb["input_ids"].shape[1]) for mb in out) if out else 0
+            mb["place"] = (seg, cols, torch.arange(real))
+        fed = sum(length if length is not None else up(n) for n in lengths)
+        seq_length = max((length if length is not None else up(n) for n in lengths), default=0)
         return UpdatePlan(micro_batches=out, seq_length=seq_length, micro_batch_size=1, fed_tokens=fed)
     width = max((int(mb["input_ids"].shape[1]) for mb in out), default=0)
+    fed = 0
     for mb in out:
         w = up(width) if uniform else up(int(mb["input_ids"].shape[1]))
         missing_rows = micro - mb["rows"].numel() if uniform else 0
@@ -197,8 +256,15 @@ def plan_micro_batches(
         if missing_rows:
             mb["advantages"] = torch.cat([mb["advantages"], mb["advantages"].new_zeros(missing_rows)])
         n, w = mb["input_ids"].shape
+        fed += n * w
         mb["position_ids"] = torch.arange(w).unsqueeze(0).expand(n, w)
-    fed = sum(int(mb["input_ids"].numel()) for mb in out)
+        mb["model_targets"] = mb["targets"]
+        if cp > 1:
+            keys = ("input_ids", "position_ids", "model_targets")
+            mb.update(split_batch_for_context_parallel({k: mb[k] for k in keys}, cp_rank, cp))
+            cols = local_positions(w // cp, cp, cp_rank)
+            grid_rows = torch.arange(n).repeat_interleave(cols.numel())
+            _place_rows(mb, grid_rows, cols.repeat(n), torch.arange(grid_rows.numel()))
     return UpdatePlan(micro_batches=out, seq_length=up(width), micro_batch_size=micro, fed_tokens=fed)
 
 
@@ -235,13 +301,14 @@ def _logprobs(output: torch.Tensor, targets: torch.Tensor, temperature: float, v
 def _micro_batch_logprobs(
     output: torch.Tensor, mb: Mapping[str, Any], temperature: float, vocab_size: int
 ) -> torch.Tensor:
-    """``[m, w]`` log-probs of the micro-batch's targets (unpacked from the packed row when packed)."""
-    if "unpack" not in mb:
-        return _logprobs(output, mb["targets"].to(output.device), temperature, vocab_size)
-    packed = _logprobs(output, mb["packed_targets"].to(output.device), temperature, vocab_size)[0]
-    seg, cols = mb["unpack"]
-    out = packed.new_zeros(tuple(mb["targets"].shape))
-    return out.index_put((seg.to(out.device), cols.to(out.device)), packed[: seg.numel()])
+    """``[m, w]`` log-probs of the micro-batch's targets in the loss layout (unpacked from the packed row when
+    packed; 0 at the positions another CP rank computes)."""
+    lp = _logprobs(output, mb["model_targets"].to(output.device), temperature, vocab_size)
+    if "place" not in mb:
+        return lp
+    rows, cols, src = (t.to(lp.device) for t in mb["place"])
+    out = lp.new_zeros(tuple(mb["targets"].shape))
+    return out.index_put((rows, cols), lp.reshape(-1)[src])
 
 
 def _run_schedule(model: Any, plan: UpdatePlan, step_fn: Any, *, forward_only: bool) -> list[Any]:
@@ -275,6 +342,81 @@ def _forward_logprobs(model: Any, plan: UpdatePlan, temperature: float, vocab_si
     return [r["logprobs"] for r in reports]
 
 
+def policy_logprobs(
+    model: Any,
+    batch: PolicyBatch,
+    config: RecipeConfig,
+    *,
+    vocab_size: int,
+    pack: bool | None = None,
+) -> torch.Tensor:
+    """``[N, W]`` log-probs of ``batch``'s targets under ``model`` (0 past each row's length), on every rank.
+
+    The rows are split over the data-parallel replicas and every sequence over the context-parallel ranks as in
+    :func:`policy_update`; each rank's values are put back at their positions and summed over all ranks (only the
+    last pipeline stage's TP rank 0 contributes), so the result is in the batch's token order, identical on every
+    rank and equal to the single-rank forward.
+
+    Args:
+        model: The policy (megatron DDP-wrapped or not) or the reference model.
+        batch: The samples (:func:`pack_policy_batch`).
+        config: The run config (``micro_batch_size``, ``generation.temperature``, ``parallel``).
+        vocab_size: Real vocabulary size.
+        pack: Pack micro-batches (``None``: as :func:`policy_update` decides).
+    """
+    from megatron.core import parallel_state as ps
+
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    plan = plan_micro_batches(
+        batch,
+        torch.arange(len(batch))[dp_rank::dp],
+        config.micro_batch_size,
+        pack=_packs(model, config) if pack is None else pack,
+        uniform=ps.get_pipeline_model_parallel_world_size() > 1,
+        multiple=_length_multiple(config),
+        context_parallel=(ps.get_context_parallel_rank(), ps.get_context_parallel_world_size()),
+    )
+    module = model.module if hasattr(model, "module") else model
+    was_training = module.training
+    module.eval()
+    try:
+        per_mb = _forward_logprobs(model, plan, config.generation.temperature, vocab_size)
+    finally:
+        module.train(was_training)
+    out = torch.zeros(batch.targets.shape, dtype=torch.float64)
+    if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
+        for mb, lp in zip(plan.micro_batches, per_mb, strict=True):
+            here = torch.ones_like(lp)
+            if "place" in mb:
+                rows, cols, _ = mb["place"]
+                here = torch.zeros_like(lp).index_put((rows, cols), torch.ones(rows.numel()))
+            n, w = mb["rows"].numel(), min(lp.shape[1], out.shape[1])
+            out[mb["rows"], :w] += (lp * here)[:n, :w].double()
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(out)
+    real = torch.arange(out.shape[1]).unsqueeze(0) < batch.lengths.unsqueeze(1)
+    return (out * real).float()
+
+
+def _packs(model: Any, config: RecipeConfig) -> bool:
+    """Whether the update packs micro-batches: on CUDA with an attention that takes ``PackedSeqParams``.
+
+    Packing needs an attention that runs each packed sequence on its own (TE / FlexAttention / per-document SDPA
+    on CUDA); on CPU the SDPA path masks the whole packed row densely (quadratic in its length, measured ~8x slower
+    than padding in benchmarks/grpo_step.py), so there each micro-batch is padded to its own longest row instead.
+    megatron's local attention takes no PackedSeqParams at all.
+    """
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    return on_cuda and config.model.layer_spec != "puzzle_local"
+
+
+def _length_multiple(config: RecipeConfig) -> int:
+    """What every micro-batch's length is rounded up to: 8, and with sequence parallelism each (CP rank's share
+    of the) sequence split over TP; :func:`plan_micro_batches` adds the ``2 * CP`` chunks."""
+    p = config.parallel
+    return math.lcm(8, p.context_parallel_size * p.tensor_model_parallel_size) if p.sequence_parallel else 8
+
+
 def policy_update(
     model: Any,
     optimizer: Any,
@@ -285,6 +427,7 @@ def policy_update(
     ref_model: Any | None = None,
     scheduler: Any | None = None,
     loss_fn: Any | None = None,
+    pack: bool | None = None,
 ) -> dict[str, float]:
     """The rollout's optimizer steps on the clipped policy loss (``epochs_per_rollout`` x rollout /
     ``global_batch_size``), each through the shared :func:`~nemotron_plugins.training.step.optimizer_step`.
@@ -303,7 +446,9 @@ def policy_update(
         ref_model: Frozen reference policy (same layout), needed when ``algorithm.beta > 0``.
         scheduler: megatron's LR scheduler, advanced once per optimizer step.
         loss_fn: The algorithm's loss (``RLAlgorithm.loss``); default :func:`~nemotron_plugins.rl.loss.
-            compute_policy_loss`.
+            compute_policy_loss`; with context parallelism it is given ``context_parallel_group``.
+        pack: Pack each micro-batch into one row (``None``: on CUDA with an attention that takes
+            ``PackedSeqParams``, see :func:`plan_micro_batches`).
 
     Returns:
         Metrics identical on every rank: ``loss`` (mean over optimizer steps of the global-batch loss),
@@ -322,20 +467,24 @@ def policy_update(
     # ``updates_per_rollout`` counts every epoch's steps; one epoch is that many over the epochs.
     updates_per_epoch = max(1, cfg.updates_per_rollout(config.global_batch_size) // cfg.epochs_per_rollout)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    # Context parallelism: every rank of a CP group holds the same rows and keeps its share of each sequence.
+    cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+    cp_kwargs = {"context_parallel_group": ps.get_context_parallel_group()} if cp > 1 else {}
     uniform = ps.get_pipeline_model_parallel_world_size() > 1
-    # Packing needs an attention that runs each packed sequence on its own (TE / FlexAttention / per-document SDPA
-    # on CUDA); on CPU the SDPA path masks the whole packed row densely (quadratic in its length, measured ~8x slower
-    # than padding in benchmarks/grpo_step.py), so there each micro-batch is padded to its own longest row instead.
-    # megatron's local attention takes no PackedSeqParams at all.
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    pack = on_cuda and config.model.layer_spec != "puzzle_local"
-    tp = ps.get_tensor_model_parallel_world_size()
-    multiple = math.lcm(8, tp) if config.parallel.sequence_parallel else 8
+    pack = _packs(model, config) if pack is None else pack
     reports_rank = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     n = len(batch)
     chunks = [c for c in torch.arange(n).tensor_split(updates_per_epoch) if c.numel()]
     plans = [
-        plan_micro_batches(batch, chunk[dp_rank::dp], micro, pack=pack, uniform=uniform, multiple=multiple)
+        plan_micro_batches(
+            batch,
+            chunk[dp_rank::dp],
+            micro,
+            pack=pack,
+            uniform=uniform,
+            multiple=_length_multiple(config),
+            context_parallel=(cp_rank, cp),
+        )
         for chunk in chunks
     ]
 
@@ -355,13 +504,14 @@ def policy_update(
                 mb["ref_logprobs"] = lp
     module.train()
 
-    # Positions one epoch runs through the model (this replica's plans) beside the real ones and what padding every
-    # row to the rollout's longest would run; summed over the replicas below.
+    # Positions one epoch runs through the model (this replica's plans, its whole CP group) beside the real ones and
+    # what padding every row to the rollout's longest would run; summed over the replicas below.
+    counts = reports_rank and cp_rank == 0
     fed = torch.tensor(
         [
-            float(sum(p.fed_tokens for p in plans)) if reports_rank else 0.0,
-            float(batch.lengths.sum()) if reports_rank and dp_rank == 0 else 0.0,
-            float(batch.input_ids.numel()) if reports_rank and dp_rank == 0 else 0.0,
+            float(sum(p.fed_tokens for p in plans)) if counts else 0.0,
+            float(batch.lengths.sum()) if counts and dp_rank == 0 else 0.0,
+            float(batch.input_ids.numel()) if counts and dp_rank == 0 else 0.0,
         ],
         dtype=torch.float64,
     )
@@ -396,6 +546,7 @@ def policy_update(
                         total_tokens_in_global_batch=gt,
                         total_sequences_in_global_batch=gs,
                         max_response_length=config.generation.max_new_tokens,
+                        **cp_kwargs,
                     )
                     tokens_here = float(mask.sum())
                     # The generator's log-probs against the policy that generated them (the old policy, before

@@ -248,8 +248,13 @@ def test_balanced_layout_rejects_too_many_stages() -> None:
         ("tiny_puzzle_sft_cpu", ["model.params_dtype=bfloat16"], "model.params_dtype='bfloat16' with optimizer.bf16"),
         (
             "tiny_puzzle_grpo_cpu",
-            ["parallel.context_parallel_size=2", "cluster.devices_per_node=2"],
-            "context_parallel_size=2: the grpo trainer does not split sequences",
+            ["parallel.context_parallel_size=2", "cluster.devices_per_node=2", "model.layer_spec=puzzle_te"],
+            "Transformer Engine's attention keeps its context parallelism inside its kernel",
+        ),
+        (
+            "tiny_puzzle_grpo_cpu",
+            ["parallel.context_parallel_size=2", "cluster.devices_per_node=2", "model.layer_spec=puzzle_local"],
+            "megatron's local attention has no context parallelism",
         ),
         (
             "tiny_puzzle_sft_cpu",
@@ -328,3 +333,19 @@ def test_data_schema_and_architecture_are_checked(tmp_path) -> None:
     ).errors
     assert any("Post-Training SFT rows need" in e and "missing ['reasoning', 'system_prompt']" in e for e in errors)
     assert any("model.config_path=" in e and "describes another architecture" in e for e in errors)
+
+
+def test_rl_validates_with_context_parallelism() -> None:
+    """GRPO / RLOO split sequences over CP (the update pads to 2 x CP itself; generation and the held-out
+    evaluation decode whole sequences), so the SFT-only CP rules do not apply to them."""
+    config = build_recipe(
+        "tiny_puzzle_grpo_cpu",
+        [
+            "parallel.context_parallel_size=2",
+            "cluster.devices_per_node=2",
+            "data.max_seq_length=90",  # not a multiple of 2 x CP: RL pads its micro-batches itself
+            "evaluation.num_samples=4",
+        ],
+    )
+    report = validate_recipe(config)
+    assert report.ok, report.errors
