@@ -11,6 +11,12 @@ r, r + dp, ...), cut into micro-batches of ``micro_batch_size`` sequences that a
 CUDA (:func:`plan_micro_batches`, megatron ``PackedSeqParams``; on CPU padded to each micro-batch's own longest
 row) and run through megatron's ``forward_backward_func``
 with the clipped loss, each micro-batch's loss divided by the GLOBAL batch's token count.
+
+With context parallelism (CP > 1) the CP ranks of a replica take the same rows and each feeds the model its share of
+every sequence (megatron's load-balanced chunks, cut after the next-token shift); log-probs return to the full-length
+loss layout, where each rank's mask keeps its own tokens, so per-token terms stay local, token-level normalisers are
+the CP1 ones and sequence-level ones are reduced over CP (:mod:`nemotron_plugins.rl.loss`); DDP sums the gradients
+over DP x CP. :func:`policy_logprobs` gathers per-token log-probs back into the batch's token order.
 """
 
 from __future__ import annotations
