@@ -4,7 +4,7 @@ Shared by ``test_grpo_context_parallel.py``: the same initial weights (``init_we
 rollout batch and config as ``grpo_parallel_worker`` (KL to a frozen reference, the importance-sampling correction,
 megatron's vocabulary padding), each case returning what must not depend on the layout: the log-probs before the
 update (gathered back over CP into the batch's token order), the update's metrics, the log-probs after it and, when
-every rank holds whole tensors (no TP), the updated weights.
+every rank holds whole tensors (no TP / PP), the updated weights.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ CASES = {
     "token": [],
     # GSPO's sequence ratio (summed over CP with its gradient) and the per-sequence mean (counts over CP).
     "sequence": ["algorithm.ratio_level=sequence", "algorithm.loss_aggregation=sequence"],
+    # Dr. GRPO's constant normaliser (sequences x generation budget).
+    "constant": ["algorithm.loss_aggregation=constant"],
 }
 """Loss settings compared across layouts, by name."""
 
@@ -45,6 +47,8 @@ def run_case(parallel_kwargs: dict[str, Any], overrides: list[str], pack: bool) 
         def build() -> Any:
             model = build_puzzle_model(cfg, parallel=parallel, seq_length=base.SEQ, perform_initialization=False)
             init_weights_layout_invariant_(model, seed=base.SEED)
+            if parallel.pipeline_model_parallel_size > 1:
+                model.config.pipeline_dtype = torch.float32
             return model
 
         model, ref = build(), build()
@@ -55,7 +59,7 @@ def run_case(parallel_kwargs: dict[str, Any], overrides: list[str], pack: bool) 
         metrics = policy_update(ddp, optimizer, batch, config, vocab_size=base.VOCAB, ref_model=ref, pack=pack)
         after = policy_logprobs(ddp, batch, config, vocab_size=base.VOCAB, pack=pack)
         weights = None
-        if ctx.tp_size == 1:
+        if ctx.tp_size == 1 and ctx.pp_size == 1:
             weights = {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
         return {"before": before, "after": after, "metrics": metrics, "weights": weights}
     finally:
