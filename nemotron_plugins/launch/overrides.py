@@ -215,9 +215,11 @@ def set_by_path(config: Any, key: str, raw: str, *, context: str = "") -> None:
                 return
             child = getattr(obj, part)
             if child is None:
+                part_after = parts[depth + 1] if depth + 1 < len(parts) else "field"
                 raise OverrideError(
                     f"{here} is not set in this recipe{context} (it is None), so {key!r} cannot be overridden; "
-                    f"a {_type_name(tp)} block exists only in recipes that use it"
+                    f"turn the {_type_name(tp)} block on first with {here}={{}} (its defaults) or "
+                    f"{here}={{\"{part_after}\": ...}}"
                 )
             obj = child
         elif isinstance(obj, list):

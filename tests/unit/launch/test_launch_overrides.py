@@ -72,9 +72,10 @@ def test_unknown_key_suggests_nearest() -> None:
     assert "parallel.tensor_model_parallel_size" in str(info.value)
 
 
-def test_unset_block_cannot_be_overridden() -> None:
-    with pytest.raises(OverrideError, match="sampler is not set in this recipe"):
+def test_unset_block_cannot_be_overridden_and_the_error_says_how_to_turn_it_on() -> None:
+    with pytest.raises(OverrideError, match="sampler is not set in this recipe") as info:
         tiny("sampler.width=0.2")
+    assert 'sampler={} (its defaults) or sampler={"width": ...}' in str(info.value)
 
 
 def test_unknown_recipe_suggests_names() -> None:
