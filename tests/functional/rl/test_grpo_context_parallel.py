@@ -58,9 +58,10 @@ def test_cp2_update_equals_cp1() -> None:
 
 @pytest.mark.slow
 def test_tp2_cp2_update_equals_tp1_cp1() -> None:
+    """TP2 with sequence parallelism x CP2: each CP rank's share of a sequence is split over TP as well."""
     torch.set_num_threads(1)
     runs = [
-        (name, {"tensor_model_parallel_size": 2, "context_parallel_size": 2}, ov, False)
+        (name, {"tensor_model_parallel_size": 2, "sequence_parallel": True, "context_parallel_size": 2}, ov, False)
         for name, ov in worker.CASES.items()
     ]
     reference = {name: worker.run_case({}, ov, False) for name, _, ov, _ in runs}
