@@ -10,21 +10,24 @@ RL prompt rows carry their prompt (``messages``, or the Post-Training ``input`` 
 ``ground_truth`` and optionally which reward scores them (a ``reward`` column naming one of the recipe's rewards);
 :func:`load_prompt_rows` normalises them to ``{"id", "messages", "ground_truth", "reasoning", "reward"?}``.
 
-Public API: :func:`prepare_synthetic_data`, :func:`sft_row_source`, :func:`iter_training_rows`,
+``data.blend`` (instead of ``data.path``) mixes several weighted sources with MCQ / open-ended templates, filtered to
+verifiable answers (:mod:`nemotron_plugins.data.blend`), for RL prompts and SFT rows.
+
+Public API: :func:`prepare_synthetic_data`, :func:`sft_row_source`, :func:`sft_training_rows`, :func:`iter_training_rows`,
 :func:`load_prompt_rows`, :class:`DataSourceError`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nemotron_plugins.data.rows import RawRow, read_rows
 
 if TYPE_CHECKING:
-    from nemotron_plugins.launch.recipe_config import DataConfig
+    from nemotron_plugins.launch.recipe_config import DataConfig, RewardSpec
 
 
 class DataSourceError(ValueError):
@@ -68,6 +71,20 @@ def sft_row_source(data: DataConfig, output_dir: str | os.PathLike[str]) -> Path
     if not data.path:
         raise DataSourceError(missing_path_message(data))
     return Path(data.path)
+
+
+def sft_training_rows(
+    data: DataConfig, output_dir: str | os.PathLike[str], *, seed: int
+) -> tuple[Iterable[RawRow], str]:
+    """``(SFT rows, where they come from)``: ``data.blend`` sampled by weight from ``seed`` (its report printed and
+    written to ``output_dir``), else the rows of :func:`sft_row_source` in ``data.splits``."""
+    if data.blend is not None:
+        from nemotron_plugins.data.blend import build_sft_blend
+
+        rows, report = build_sft_blend(data, seed=seed, output_dir=output_dir)
+        return rows, f"data.blend ({len(report.sources)} sources)"
+    source = sft_row_source(data, output_dir)
+    return iter_training_rows(source, data.splits), str(source)
 
 
 def missing_path_message(data: DataConfig) -> str:
@@ -137,13 +154,35 @@ def read_prompt_rows(
 
 
 def load_prompt_rows(
-    data: DataConfig, output_dir: str | os.PathLike[str], *, num_heldout: int
+    data: DataConfig,
+    output_dir: str | os.PathLike[str],
+    *,
+    num_heldout: int,
+    seed: int | None = None,
+    rewards: Sequence[RewardSpec] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(training prompts, held-out prompts)`` for RL (synthetic files must be written already).
+
+    With ``data.blend`` the training prompts are the blend (:func:`~nemotron_plugins.data.blend.build_prompt_blend`:
+    templates, the verifiable filter with ``rewards``, weighted sampling from ``seed``; its report is printed and
+    written to ``output_dir``); held-out prompts still come from ``data.eval_path``.
 
     Raises:
         DataSourceError: Naming the field, file and line of what is missing or malformed.
     """
+    if data.blend is not None:
+        from nemotron_plugins.data.blend import BlendError, build_prompt_blend
+
+        if seed is None or rewards is None:
+            raise DataSourceError("data.blend: the run's seed and rewards are needed to build the blend")
+        try:
+            train, _ = build_prompt_blend(data, rewards=rewards, seed=seed, output_dir=output_dir)
+        except BlendError as exc:
+            raise DataSourceError(str(exc)) from exc
+        heldout: list[dict[str, Any]] = []
+        if num_heldout and data.eval_path:
+            heldout = read_prompt_rows(data.eval_path, splits=data.splits, reasoning=data.reasoning, limit=num_heldout)
+        return train, heldout
     if data.dataset == SYNTHETIC:
         base = synthetic_data_dir(output_dir)
         train_path, heldout_path = base / "rl_train.jsonl", base / "rl_heldout.jsonl"

@@ -78,6 +78,30 @@ class SyntheticDataConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class BlendSource:
+    """One source of a multi-domain data blend (``data.blend``; Nemotron-CrossThink style, see
+    :mod:`nemotron_plugins.data.blend`)."""
+
+    path: str
+    """The source's rows: a JSONL / parquet file, a directory of them, or a saved ``datasets`` directory."""
+    weight: float = 1.0
+    """Share of the blend: ``weight / sum(weights)`` of its rows (> 0)."""
+    template: Literal["as_is", "mcq", "open_ended"] = "as_is"
+    """RL prompts: ``as_is`` keeps the rows; ``mcq`` writes question + lettered options + "answer with the letter"
+    (gold: the letter); ``open_ended`` writes the question without options (gold: the answer text). SFT: ``as_is``
+    only."""
+    domain: str | None = None
+    """Name in the blend report (several sources may share one); ``None``: the file / directory name."""
+    max_rows: int | None = None
+    """Read at most this many usable rows of the source (in file order); ``None``: all."""
+    reward: str | None = None
+    """RL: the reward (one of ``rewards``) that scores this source's rows, written to their ``reward`` column;
+    ``None``: the rows' own ``reward`` column, else every reward of the recipe."""
+    max_answer_words: int | None = None
+    """``open_ended``: drop rows whose answer has more words (CrossThink keeps short answers); ``None``: no cap."""
+
+
+@dataclass(kw_only=True, slots=True)
 class DataConfig:
     """Where the training examples (SFT) or prompts (RL) come from."""
 
@@ -113,6 +137,11 @@ class DataConfig:
     """Cap on training rows (RL: prompts) after filtering; ``None`` uses all."""
     synthetic: SyntheticDataConfig | None = None
     """Settings of ``dataset="synthetic_addition"`` (required there, rejected otherwise)."""
+    blend: list[BlendSource] | None = None
+    """``post_training`` only, instead of ``path``: weighted sources with MCQ / open-ended templates, filtered to
+    answers the recipe's rewards can verify, sampled by weight from ``seed`` (``num_train_samples`` rows, else the
+    most the weights allow without repeating a row); see ``docs/recipes.md``, "Data blends (CrossThink)"."""
+
 
 
 @dataclass(kw_only=True, slots=True)

@@ -320,6 +320,57 @@ def _generation_layout_errors(recipe: RecipeConfig) -> list[str]:
     return []
 
 
+def blend_errors(recipe: RecipeConfig) -> list[str]:
+    """``data.blend`` (CrossThink-style weighted sources): each source's settings, naming ``data.blend[i].<field>``,
+    and the settings it cannot be combined with."""
+    from nemotron_plugins.data.blend import TEMPLATES
+    from nemotron_plugins.launch.recipe_config import RL_TASKS
+
+    d = recipe.data
+    if d.blend is None:
+        return []
+    errors: list[str] = []
+    if d.dataset != "post_training":
+        errors.append(f"data.blend needs data.dataset='post_training' (got {d.dataset!r})")
+    if d.path:
+        errors.append("data.blend and data.path are both set: a blend lists its files itself; remove data.path")
+    if recipe.task not in ("sft", *RL_TASKS):
+        errors.append(f"data.blend is read by SFT, GRPO and RLOO; task {recipe.task!r} reads data.path")
+    if not d.blend:
+        errors.append("data.blend=[] has no sources; list them or set data.blend=null")
+    rewards = [r.name for r in recipe.rewards or []]
+    for i, s in enumerate(d.blend):
+        key = f"data.blend[{i}]"
+        if not isinstance(s.path, str) or not s.path:
+            errors.append(f"{key}.path must be a file or directory of rows, got {s.path!r}")
+        if isinstance(s.weight, bool) or not isinstance(s.weight, int | float) or not math.isfinite(s.weight):
+            errors.append(f"{key}.weight={s.weight!r} must be a finite number > 0")
+        elif s.weight <= 0:
+            errors.append(f"{key}.weight={s.weight} must be > 0 (leave the source out instead)")
+        if s.template not in TEMPLATES:
+            errors.append(f"{key}.template={s.template!r} is unknown; valid: {list(TEMPLATES)}")
+        elif recipe.task == "sft" and s.template != "as_is":
+            errors.append(
+                f"{key}.template={s.template!r}: SFT rows keep their prompt and target; use 'as_is' (templates "
+                "rewrite RL prompts)"
+            )
+        if s.max_rows is not None and s.max_rows < 1:
+            errors.append(f"{key}.max_rows={s.max_rows} must be >= 1 (or null: all rows)")
+        if s.max_answer_words is not None:
+            if s.template != "open_ended":
+                errors.append(f"{key}.max_answer_words applies to template='open_ended' only")
+            elif s.max_answer_words < 1:
+                errors.append(f"{key}.max_answer_words={s.max_answer_words} must be >= 1")
+        if s.domain is not None and not str(s.domain).strip():
+            errors.append(f"{key}.domain is empty; name it or leave it null (the file name)")
+        if s.reward is not None:
+            if not recipe.is_rl:
+                errors.append(f"{key}.reward is an RL setting; task {recipe.task!r} scores no rewards")
+            elif s.reward not in rewards:
+                errors.append(f"{key}.reward={s.reward!r} is not one of the recipe's rewards {rewards}")
+    return errors
+
+
 def check_fields(recipe: RecipeConfig) -> list[str]:
     """Settings a run of this task would not act on are refused, naming the field (a setting is used or
     refused); returns the errors."""
@@ -359,6 +410,7 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
         )
     errors.extend(_context_parallel_errors(recipe))
     errors.extend(_generation_layout_errors(recipe))
+    errors.extend(blend_errors(recipe))
     if recipe.checkpoint.keep_last < 1:
         errors.append(f"checkpoint.keep_last={recipe.checkpoint.keep_last} must be >= 1")
     if recipe.checkpoint.save_interval < 0:
@@ -457,10 +509,15 @@ def check_inputs(recipe: RecipeConfig) -> list[str]:
             errors.append(f"model.checkpoint={m.checkpoint}: no *.safetensors weights there")
     if recipe.init_checkpoint and not recipe.init_from_recipe and not Path(recipe.init_checkpoint).exists():
         errors.append(f"init_checkpoint={recipe.init_checkpoint} does not exist")
+    for i, source in enumerate(d.blend or []):
+        if isinstance(source.path, str) and source.path and not Path(source.path).exists():
+            errors.append(f"data.blend[{i}].path={source.path} does not exist")
+        elif isinstance(source.path, str) and source.path:
+            errors.extend(_blend_source_errors(i, source.path))
     if d.dataset == "post_training":
-        if not d.path:
+        if not d.path and d.blend is None:
             errors.append(missing_path_message(d))
-        elif not Path(d.path).exists():
+        elif d.path and not Path(d.path).exists():
             errors.append(f"data.path={d.path} does not exist")
         if d.eval_path and not Path(d.eval_path).exists():
             errors.append(f"data.eval_path={d.eval_path} does not exist")
@@ -499,6 +556,22 @@ def _compare_architectures(checkpoint: str, config_path: str) -> list[str]:
             f"model.config_path={config_path} describes another architecture than model.checkpoint={checkpoint}; "
             "set model.config_path=null to use the checkpoint's own config.json"
         ]
+    return []
+
+
+def _blend_source_errors(index: int, path: str) -> list[str]:
+    """A blend source must be readable and decode at least one of its first rows (the blend itself drops and counts
+    rows its template or the verifiable filter cannot use, per source and reason)."""
+    from itertools import islice
+
+    from nemotron_plugins.data.rows import read_rows
+
+    key = f"data.blend[{index}].path={path}"
+    try:
+        if not any(raw.row is not None for raw in islice(read_rows(path), SCHEMA_SAMPLE_ROWS)):
+            return [f"{key}: no readable rows in the first {SCHEMA_SAMPLE_ROWS}"]
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        return [f"{key}: cannot be read: {exc}"]
     return []
 
 

@@ -81,7 +81,13 @@ def load_prompt_rows(config: RecipeConfig) -> tuple[list[dict[str, Any]], list[d
     from nemotron_plugins.data.sources import check_reward_routing
     from nemotron_plugins.data.sources import load_prompt_rows as read_rows
 
-    train, heldout = read_rows(config.data, _output_dir(config), num_heldout=config.evaluation.num_samples)
+    train, heldout = read_rows(
+        config.data,
+        _output_dir(config),
+        num_heldout=config.evaluation.num_samples,
+        seed=config.seed,
+        rewards=config.rewards or [],
+    )
     alg = config.algorithm
     if len(train) < alg.num_prompts_per_rollout:
         raise ValueError(

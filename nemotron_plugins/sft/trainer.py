@@ -532,7 +532,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
 
     from nemotron_plugins.data.packing import pack_examples
     from nemotron_plugins.data.sft import build_sft_examples
-    from nemotron_plugins.data.sources import SYNTHETIC, iter_training_rows, prepare_synthetic_data, sft_row_source
+    from nemotron_plugins.data.sources import SYNTHETIC, prepare_synthetic_data, sft_training_rows
     from nemotron_plugins.puzzle.block_config import to_hf_config
     from nemotron_plugins.runtime.distributed import barrier
     from nemotron_plugins.runtime.metrics import MetricsLogger
@@ -567,9 +567,9 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         if is_rank0:
             prepare_synthetic_data(cfg.data, output_dir)
         barrier()
-    source = sft_row_source(cfg.data, output_dir)
+    training_rows, source = sft_training_rows(cfg.data, output_dir, seed=cfg.seed)
     examples, report = build_sft_examples(
-        iter_training_rows(source, cfg.data.splits),
+        training_rows,
         tokenizer,
         max_seq_len=cfg.data.max_seq_length,
         template=cfg.data.chat_template,
