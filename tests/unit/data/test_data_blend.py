@@ -90,7 +90,9 @@ def test_open_ended_template_drops_the_options_and_keeps_the_answer_text() -> No
     # Without options the question is the last user turn and the gold is the answer text as given.
     plain = {"messages": [{"role": "user", "content": "How many sides has a hexagon?"}], "ground_truth": "6"}
     out = apply_template(plain, "open_ended")
-    assert out["messages"] == [{"role": "user", "content": f"How many sides has a hexagon?\n\n{OPEN_ENDED_INSTRUCTION}"}]
+    assert out["messages"] == [
+        {"role": "user", "content": f"How many sides has a hexagon?\n\n{OPEN_ENDED_INSTRUCTION}"}
+    ]
     assert out["ground_truth"] == "6"
 
 
@@ -180,7 +182,9 @@ def test_weights_are_honoured_within_a_binomial_bound(tmp_path) -> None:
     weights = [1.0, 2.0, 5.0]
     paths = [_write_pool(tmp_path / f"s{i}.jsonl", 400, f"s{i}") for i in range(3)]
     data = DataConfig(
-        blend=[BlendSource(path=p, weight=w, domain=f"d{i}") for i, (p, w) in enumerate(zip(paths, weights))],
+        blend=[
+            BlendSource(path=p, weight=w, domain=f"d{i}") for i, (p, w) in enumerate(zip(paths, weights, strict=True))
+        ],
         num_train_samples=600,
     )
     rows, report = build_prompt_blend(data, rewards=MATH_ONLY, seed=11)
@@ -252,7 +256,12 @@ def test_sft_blend_samples_post_training_rows_and_refuses_templates(tmp_path) ->
 def _grpo(*overrides: str):
     return build_recipe(
         "tiny_puzzle_grpo_cpu",
-        ["data.dataset=post_training", "data.synthetic=null", "rewards=[{'name': 'math'}, {'name': 'mcq'}]", *overrides],
+        [
+            "data.dataset=post_training",
+            "data.synthetic=null",
+            "rewards=[{'name': 'math'}, {'name': 'mcq'}]",
+            *overrides,
+        ],
     )
 
 
