@@ -307,3 +307,28 @@ def test_inputs_check_each_source_path_and_an_unset_path_is_not_asked_for(tmp_pa
     bad.write_text("not json\n", encoding="utf-8")
     config.data.blend[1].path = str(bad)
     assert check_inputs(config) == [f"data.blend[1].path={bad}: no readable rows in the first 200"]
+
+
+def test_every_blend_source_field_is_read_by_the_blend_builder(monkeypatch) -> None:
+    """The ``BlendSource`` counterpart of ``test_every_field_reaches_the_run`` (no built-in recipe has a blend): each
+    field is read by the code that builds the blend, not only by validation."""
+    import dataclasses
+    import sys
+
+    names = {f.name for f in dataclasses.fields(BlendSource)}
+    seen: set[str] = set()
+
+    def getattribute(self, name):
+        if name in names and not sys._getframe(1).f_code.co_filename.endswith(("validation.py", "dataclasses.py")):
+            seen.add(name)
+        return object.__getattribute__(self, name)
+
+    monkeypatch.setattr(BlendSource, "__getattribute__", getattribute, raising=False)
+    data = DataConfig(
+        blend=[
+            BlendSource(path=QA, template="open_ended", reward="math", domain="qa", max_rows=3, max_answer_words=4),
+            BlendSource(path=MATH, weight=2.0),
+        ]
+    )
+    build_prompt_blend(data, rewards=MATH_ONLY, seed=0)
+    assert seen == names
