@@ -222,6 +222,14 @@ class GenerationConfig:
     ``tensor_model_parallel_size`` (generation DP = world / that), refreshed from the training shards after every
     update through the refit stream; any training TP / PP / DP, at the memory of one more model replica per
     generation-TP group."""
+    async_rollouts: bool = False
+    """GRPO / RLOO: one-step off-policy generation overlapped with training. While the policy worker updates on
+    step ``t``'s rollouts, a background thread generates and scores step ``t + 1``'s with the weights the generation
+    engine holds (those before update ``t``), and the engine is refitted after the update; the update trains on
+    rollouts one policy version old, corrected by ``algorithm.importance_sampling_correction`` (required). Needs an
+    engine with weights of its own: ``megatron_layout="generation"`` or ``engine="vllm"`` (the colocated megatron
+    engine decodes with the model being updated). The step before a checkpoint does not prefetch, so a resumed run
+    is the uninterrupted one (see ``docs/grpo.md``)."""
     temperature: float = 1.0
     """Sampling temperature; the loss uses log-probs of the same tempered distribution."""
     top_p: float = 1.0

@@ -320,6 +320,30 @@ def _generation_layout_errors(recipe: RecipeConfig) -> list[str]:
     return []
 
 
+def _async_rollout_errors(recipe: RecipeConfig) -> list[str]:
+    """``generation.async_rollouts``: GRPO / RLOO only, with an engine whose weights the update does not touch, and
+    with the importance-sampling correction of the one-step-stale rollouts."""
+    gen = recipe.generation
+    if gen is None or not gen.async_rollouts:
+        return []
+    if not recipe.is_rl:
+        return [f"generation.async_rollouts=true is a GRPO / RLOO setting; task {recipe.task!r} does not overlap"]
+    errors = []
+    if gen.engine == "megatron" and gen.megatron_layout == "training":
+        errors.append(
+            "generation.async_rollouts=true with generation.engine='megatron' at generation.megatron_layout="
+            "'training': that engine decodes with the model being updated, so generation cannot overlap the update; "
+            "set generation.megatron_layout='generation' (a copy refitted after each update) or generation.engine="
+            "'vllm'"
+        )
+    if recipe.algorithm is not None and not recipe.algorithm.importance_sampling_correction:
+        errors.append(
+            "generation.async_rollouts=true trains on rollouts of the previous policy version: set "
+            "algorithm.importance_sampling_correction=true (the truncated weight pi_old / pi_generator corrects for it)"
+        )
+    return errors
+
+
 def blend_errors(recipe: RecipeConfig) -> list[str]:
     """``data.blend`` (CrossThink-style weighted sources): each source's settings, naming ``data.blend[i].<field>``,
     and the settings it cannot be combined with."""
@@ -410,6 +434,7 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
         )
     errors.extend(_context_parallel_errors(recipe))
     errors.extend(_generation_layout_errors(recipe))
+    errors.extend(_async_rollout_errors(recipe))
     errors.extend(blend_errors(recipe))
     if recipe.checkpoint.keep_last < 1:
         errors.append(f"checkpoint.keep_last={recipe.checkpoint.keep_last} must be >= 1")

@@ -250,11 +250,16 @@ def _world_rank() -> tuple[int, int]:
 
 
 def distributed_score(
-    rewards: Mapping[str, tuple[float, Any]], texts: Sequence[str], rows: Sequence[Mapping[str, Any]]
+    rewards: Mapping[str, tuple[float, Any]],
+    texts: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    group: Any = None,
 ) -> RewardScores:
-    """:func:`score_completions` with the work split over all ranks (rank r scores samples r, r + world, ...) and
-    the scores all-gathered; every rank returns all scores."""
+    """:func:`score_completions` with the work split over the ranks of ``group`` (default: the world; rank r scores
+    samples r, r + world, ...) and the scores all-gathered; every rank returns all scores."""
     world, rank = _world_rank()
+    if group is not None:
+        world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     if world == 1:
         return score_completions(rewards, texts, rows)
     mine = list(range(rank, len(texts), world))
@@ -273,7 +278,7 @@ def distributed_score(
     applies = {name: torch.zeros(len(texts), dtype=torch.bool) for name in rewards}
     failed = {name: torch.zeros(len(texts), dtype=torch.bool) for name in rewards}
     last_error: dict[str, str] = {}
-    for gathered in all_gather_objects(local):
+    for gathered in all_gather_objects(local, group):
         for name, (idx, scores, app, fail, error) in gathered.items():
             if idx:
                 per[name][idx] = torch.tensor(scores, dtype=torch.float64)
@@ -474,9 +479,10 @@ def rollout_round(
     rewards: Mapping[str, tuple[float, Any]],
     seed: int,
     timings: dict[str, float],
+    score_group: Any = None,
 ) -> RolloutRound:
-    """Generate ``num_generations`` completions for each prompt of ``batch``, score them and compute advantages
-    (adds the rollout / reward seconds to ``timings``)."""
+    """Generate ``num_generations`` completions for each prompt of ``batch``, score them over ``score_group``
+    (default: the world) and compute advantages (adds the rollout / reward seconds to ``timings``)."""
     cfg, gen = config.algorithm, config.generation
     g = cfg.num_generations
     t0 = time.perf_counter()
@@ -492,7 +498,7 @@ def rollout_round(
     sample_rows = [rows[batch[i]] for i in samples.prompt_index]
     texts = decode_completions(tokenizer, samples.completion_ids)
     t1 = time.perf_counter()
-    scores = distributed_score(rewards, texts, sample_rows)
+    scores = distributed_score(rewards, texts, sample_rows, group=score_group)
     timings["reward"] += time.perf_counter() - t1
     lengths = torch.tensor([len(c) for c in samples.completion_ids], dtype=torch.float64)
     finished = torch.tensor(samples.finished, dtype=torch.bool)
@@ -511,6 +517,55 @@ def rollout_round(
     )
 
 
+def collect_rounds(
+    *,
+    step: int,
+    generation: Any,
+    config: RecipeConfig,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    prompt_ids: Sequence[Sequence[int]],
+    batch: Sequence[int],
+    rewards: Mapping[str, tuple[float, Any]],
+    timings: dict[str, float],
+    next_batch: Any | None = None,
+    score_group: Any = None,
+) -> list[RolloutRound]:
+    """The scored rollout rounds of ``step``: one on the prompts ``batch`` (seeded by the run seed and the step) and,
+    with ``skip_uniform_groups`` and ``next_batch``, up to ``algorithm.max_refill_rounds`` refills until
+    ``num_prompts_per_rollout`` groups have signal (see :func:`train_step`); rewards are scored over ``score_group``
+    (default: the world), the rollout / reward seconds added to ``timings``.
+
+    Raises:
+        RewardFailureError: A round's rewards failed past ``max_reward_failure_rate``.
+    """
+    from nemotron_plugins.registry import ALGORITHMS
+
+    cfg = config.algorithm
+    common = {
+        "generation": generation,
+        "config": config,
+        "algorithm": ALGORITHMS.get(cfg.algorithm),
+        "tokenizer": tokenizer,
+        "rows": rows,
+        "prompt_ids": prompt_ids,
+        "rewards": rewards,
+        "timings": timings,
+        "score_group": score_group,
+    }
+    rounds = [rollout_round(batch=batch, seed=mix_seed(config.seed, step), **common)]
+    check_reward_failures(rounds[0].scores, config.max_reward_failure_rate, f"step {step + 1}")
+    refill_rounds = cfg.max_refill_rounds  # extra rounds allowed; none without skipping or a sampler to draw from
+    if not cfg.skip_uniform_groups or next_batch is None:
+        refill_rounds = 0
+    wanted = cfg.num_prompts_per_rollout
+    while len(rounds) <= refill_rounds and sum(int(r.keep_groups.sum()) for r in rounds) < wanted:
+        extra = rollout_round(batch=next_batch(), seed=mix_seed(config.seed, step, len(rounds)), **common)
+        check_reward_failures(extra.scores, config.max_reward_failure_rate, f"step {step + 1} (refill)")
+        rounds.append(extra)
+    return rounds
+
+
 def train_step(
     *,
     step: int,
@@ -520,10 +575,12 @@ def train_step(
     tokenizer: Any,
     rows: Sequence[Mapping[str, Any]],
     prompt_ids: Sequence[Sequence[int]],
-    batch: Sequence[int],
+    batch: Sequence[int] | None,
     rewards: Mapping[str, tuple[float, Any]],
     pass_rates: Sequence[float] | None = None,
     next_batch: Any | None = None,
+    rollouts: Any | None = None,
+    prefetch_next: bool = False,
 ) -> dict[str, float]:
     """One rollout + update on the prompts ``batch`` (every rank calls it); returns the step's metrics.
 
@@ -535,7 +592,12 @@ def train_step(
     is renormalised over the rest; a group left with < 2 scored samples drops out) and the step stops past
     ``max_reward_failure_rate``. With ``skip_uniform_groups``, groups without signal are dropped and, when
     ``next_batch`` (a callable returning the sampler's next prompt indices) is given, up to
-    ``algorithm.max_refill_rounds`` extra rollouts refill the update to ``num_prompts_per_rollout`` groups."""
+    ``algorithm.max_refill_rounds`` extra rollouts refill the update to ``num_prompts_per_rollout`` groups.
+
+    With ``rollouts`` (an :class:`~nemotron_plugins.rl.async_rollout.AsyncRollouts`; ``generation.async_rollouts``)
+    the step's rounds come from it (prefetched during the previous step's update, their prompts drawn by its own
+    collection; ``batch`` is not used) and, with ``prefetch_next``, step ``step + 1``'s rounds are collected in the
+    background while this step's update runs, then joined before the generation engine is refitted."""
     from nemotron_plugins.registry import ALGORITHMS
 
     cfg = config.algorithm
@@ -544,25 +606,24 @@ def train_step(
     wanted = cfg.num_prompts_per_rollout
     t0 = time.perf_counter()
     timings = {"rollout": 0.0, "reward": 0.0}
-    common = {
-        "generation": generation,
-        "config": config,
-        "algorithm": algorithm,
-        "tokenizer": tokenizer,
-        "rows": rows,
-        "prompt_ids": prompt_ids,
-        "rewards": rewards,
-        "timings": timings,
-    }
-    rounds = [rollout_round(batch=batch, seed=mix_seed(config.seed, step), **common)]
-    check_reward_failures(rounds[0].scores, config.max_reward_failure_rate, f"step {step + 1}")
-    refill_rounds = cfg.max_refill_rounds  # extra rounds allowed; none without skipping or a sampler to draw from
-    if not cfg.skip_uniform_groups or next_batch is None:
-        refill_rounds = 0
-    while len(rounds) <= refill_rounds and sum(int(r.keep_groups.sum()) for r in rounds) < wanted:
-        extra = rollout_round(batch=next_batch(), seed=mix_seed(config.seed, step, len(rounds)), **common)
-        check_reward_failures(extra.scores, config.max_reward_failure_rate, f"step {step + 1} (refill)")
-        rounds.append(extra)
+    async_metrics: dict[str, float] = {}
+    if rollouts is None:
+        rounds = collect_rounds(
+            step=step,
+            generation=generation,
+            config=config,
+            tokenizer=tokenizer,
+            rows=rows,
+            prompt_ids=prompt_ids,
+            batch=batch,
+            rewards=rewards,
+            timings=timings,
+            next_batch=next_batch,
+        )
+    else:
+        taken = rollouts.take(step)
+        rounds, timings, async_metrics = taken.rounds, taken.timings, taken.metrics
+    batch = rounds[0].batch
 
     # The update's samples: kept groups in draw order, at most ``wanted`` of them; within a group the samples
     # whose reward failed and those the algorithm masks out are left out.
@@ -613,6 +674,8 @@ def train_step(
     if pass_rates is not None:
         metrics["curriculum/batch_pass_rate"] = float(sum(pass_rates[i] for i in batch) / len(batch))
     t2 = time.perf_counter()
+    if rollouts is not None and prefetch_next:
+        rollouts.start(step + 1)  # generates with the engine's weights (before this update) while it runs
     if completions:
         packed = pack_policy_batch(
             prompts,
@@ -624,10 +687,18 @@ def train_step(
         metrics.update(policy.update(packed, algorithm.loss))
         metrics["train/sequences"] = float(len(completions))
         metrics["train/tokens"] = float(packed.mask.sum())
-        generation.refit(policy)
     else:
         metrics["train/sequences"] = 0.0
         metrics["train/tokens"] = 0.0
+    if rollouts is not None:
+        async_metrics["time/async_wait_s"] = rollouts.wait()  # the next step's rollouts are done before the refit
+        if completions:
+            rollouts.updated()
+    if completions:
+        generation.refit(policy)
+        if rollouts is not None:
+            rollouts.refitted()
+    metrics.update(async_metrics)
     t_train = time.perf_counter() - t2
     generated = float(lengths.sum())
     metrics["time/rollout_s"] = timings["rollout"]
@@ -837,6 +908,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
             # optimizer's sharded moments and fp32 main params included), scheduler, RNG and the data position
             # come from the checkpoint, at the saved layout or another one.
             loaded = policy.load(load_dir)
+            generation.refit(policy)  # an engine with weights of its own was built from the initial policy
             state = loaded["state"]
             pass_rates = state.get("pass_rates")
             result.before = dict(state.get("before", {}))
@@ -905,9 +977,34 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
             )
 
         end_step = config.stop_after_steps or config.train_steps
+        interval = config.checkpoint.save_interval
+
+        def saves_at(at: int) -> bool:
+            return bool(interval and at % interval == 0) or at == end_step
+
+        rollouts = None
+        if gen.async_rollouts:
+            from nemotron_plugins.rl.async_rollout import AsyncRollouts
+
+            def collect(at: int, timings: dict[str, float], group: Any) -> list[RolloutRound]:
+                return collect_rounds(
+                    step=at,
+                    generation=generation,
+                    config=config,
+                    tokenizer=tokenizer,
+                    rows=rows,
+                    prompt_ids=prompt_ids,
+                    batch=_next_batch(sampler),
+                    rewards=rewards,
+                    timings=timings,
+                    next_batch=lambda: _next_batch(sampler),
+                    score_group=group,
+                )
+
+            rollouts = AsyncRollouts(collect)
         with metrics_log:
             while step < end_step:
-                batch = _next_batch(sampler)
+                batch = _next_batch(sampler) if rollouts is None else None
                 metrics = train_step(
                     step=step,
                     policy=policy,
@@ -920,6 +1017,9 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
                     rewards=rewards,
                     pass_rates=kept_rates,
                     next_batch=lambda: _next_batch(sampler),
+                    rollouts=rollouts,
+                    # no rollouts in flight at a checkpoint: the step after it collects from the saved weights
+                    prefetch_next=not saves_at(step + 1),
                 )
                 step += 1
                 metrics["lr"] = policy.learning_rate()
@@ -930,8 +1030,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
                 if is_rank0 and step % logging_cfg.log_interval == 0 and not logging_cfg.progress_bar:
                     say(f"step {step}/{config.train_steps}: {_fmt({k: metrics[k] for k in metrics if '/' not in k})}")
                 result.history.append(metrics)
-                interval = config.checkpoint.save_interval
-                if (interval and step % interval == 0) or step == end_step:
+                if saves_at(step):
                     save(step)
         result.steps = step
         if heldout and step == config.train_steps:
