@@ -9,8 +9,9 @@ directory), filtered by ``data.splits`` / ``data.reasoning`` like ``data.path`` 
    options and an instruction to answer with the letter (gold: the letter, ``metadata.choices``: the options);
    ``open_ended`` writes the question without options and asks for a boxed answer (gold: the answer text, the
    correct option's text when the source gives a letter). A templated source row carries ``question`` (else its last
-   user turn is the question), ``options`` (a list of texts, or ``{"A": text, ...}``; else ``metadata.choices``) and
-   its gold in ``ground_truth`` (or ``answer``): a letter, a 0-based option index, or the option / answer text.
+   user turn is the question), ``options`` or ``choices`` (a list of texts, or ``{"A": text, ...}``; else
+   ``metadata.choices``; MMLU-Pro style rows read as they are) and its gold in ``ground_truth`` (or ``answer``): a
+   letter, a 0-based option index, or the option / answer text.
 2. **Verifiable filter**: a row is kept only when each reward that scores it and has a gold check (``math``:
    math-verify must parse the gold and accept ``\\boxed{gold}``; ``mcq``: the gold must be a valid letter of its
    options) gives full marks to the reference reply, scored in-process by the real reward with the recipe's options.
@@ -223,7 +224,7 @@ class BlendReport:
 
 
 def _options(row: Mapping[str, Any]) -> list[str] | None:
-    options = row.get("options")
+    options = row.get("options", row.get("choices"))
     if options is None:
         metadata = row.get("metadata")
         options = metadata.get("choices") if isinstance(metadata, Mapping) else None
@@ -321,7 +322,8 @@ def apply_template(row: Mapping[str, Any], template: str, *, max_answer_words: i
     question = _question(row)
     gold = _gold(row)
     options = _options(row)
-    out = {k: v for k, v in row.items() if k not in ("messages", "input", "system_prompt", "options", "question")}
+    dropped = ("messages", "input", "system_prompt", "options", "choices", "question")
+    out = {k: v for k, v in row.items() if k not in dropped}
     metadata = dict(row["metadata"]) if isinstance(row.get("metadata"), Mapping) else {}
     if template == "mcq":
         if options is None or len(options) < 2:

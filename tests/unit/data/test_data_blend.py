@@ -332,3 +332,10 @@ def test_every_blend_source_field_is_read_by_the_blend_builder(monkeypatch) -> N
     )
     build_prompt_blend(data, rewards=MATH_ONLY, seed=0)
     assert seen == names
+
+
+def test_mmlu_pro_style_rows_take_both_templates() -> None:
+    row = {"question": "2+2?", "choices": ["3", "4", "5"], "answer": "B", "answer_index": 1, "category": "math"}
+    mcq = apply_template(row, "mcq")
+    assert mcq["ground_truth"] == "B" and mcq["metadata"] == {"choices": ["3", "4", "5"]} and "choices" not in mcq
+    assert apply_template(row, "open_ended")["ground_truth"] == "4"
