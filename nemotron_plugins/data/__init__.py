@@ -10,6 +10,8 @@ Modules (lower layer: imports only from chat and registry):
 - :mod:`~nemotron_plugins.data.packing`: ``pack_examples(examples, seq_len) -> list[PackedSequence]`` with
   ``input_ids, labels, loss_mask, position_ids, seq_boundaries`` (+ ``cu_seqlens``, ``attention_allowed()``).
 - :mod:`~nemotron_plugins.data.torch_dataset`: ``PackedSFTDataset``, ``collate_packed`` (imports torch).
+- :mod:`~nemotron_plugins.data.blend`: ``data.blend`` (Nemotron-CrossThink style): weighted sources, ``mcq`` /
+  ``open_ended`` templates, filtering to golds the rewards can verify, seeded sampling, a per-source report.
 - :mod:`~nemotron_plugins.data.synthetic`: addition problems with digit-step ``<think>`` traces, optional
   corruption, RL prompt rows, ``extract_answer`` / ``check_answer``, ``write_synthetic_dataset``.
 """
