@@ -1,24 +1,25 @@
 """A synthetic preference task with a verifiable rule, for the CPU demonstrations of the reward model and RPO.
 
-The prompt gives six distinct lowercase letters; a reply is six lowercase letters, and it is better the more of its
-letters come from the prompt (:func:`rule_score`: the count, 0-6). A reward model has to compare the reply against
-the prompt to learn the preference (the letter sets change from prompt to prompt), and a policy can be scored on it
-without any model (the rule is the ground truth behind the reward model).
+The prompt asks for six lowercase letters with as many vowels as possible (and carries six random "seed" letters,
+so prompts differ and held-out prompts are new); a reply is better the more vowels among its first six characters
+(:func:`rule_score`, 0-6). The rule is the ground truth behind the reward model: a policy can be scored on it
+without any model. (A first version asked for letters taken from the prompt's own six; a ~1M-parameter reward model
+stayed at chance on it within the CPU budget, so the rule was made local to the reply.)
 
 :func:`write_preference_task` writes, into one directory:
 
 * ``sft.jsonl``: Post-Training-format SFT rows whose replies follow the rule only partly (each row draws a rule
-  probability uniformly from [0, 1] and each letter is taken from the prompt with that probability), so the SFT
-  policy's samples have a spread of quality for RPO to improve on;
+  probability uniformly from [0, 1] and each letter is a vowel with that probability), so the SFT policy's samples
+  have a spread of quality for RPO to improve on;
 * ``pairs_train.jsonl`` / ``pairs_heldout.jsonl``: HelpSteer-style preference pairs (two such replies with
   different scores; ``chosen_reward`` / ``rejected_reward`` = their rule scores);
-* ``prompts_train.jsonl`` / ``prompts_heldout.jsonl``: RL prompt rows (``messages``, ``ground_truth`` = the
+* ``prompts_train.jsonl`` / ``prompts_heldout.jsonl``: RL prompt rows (``messages``, ``ground_truth`` = the seed
   letters) for online RPO.
 
-Held-out files use letter sets that never occur in any training file. Command line::
+Held-out files use seed letters that never occur in any training file. Command line::
 
     python -m nemotron_plugins.preference.synthetic write DIR [--seed N]
-    python -m nemotron_plugins.preference.synthetic score SAMPLES.jsonl   # mean rule score of {"prompt_letters", "reply"}
+    python -m nemotron_plugins.preference.synthetic score SAMPLES.jsonl   # mean rule score of {"completion"} rows
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ SYSTEM = "detailed thinking off"
 """The reasoning-off system prompt (the task is answered without a think block)."""
 
 
+VOWELS = "aeiou"
+"""The letters the rule rewards."""
+
+
 def prompt_text(letters: str) -> str:
-    """The user turn of a prompt."""
-    return f"Write {LETTERS} letters using only: {letters}"
+    """The user turn of a prompt (``letters``: the prompt's seed letters)."""
+    return f"Write {LETTERS} letters, as many vowels as you can. Seed: {letters}"
 
 
 def prompt_messages(letters: str) -> list[dict[str, str]]:
@@ -48,17 +53,15 @@ def prompt_messages(letters: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt_text(letters)}]
 
 
-def rule_score(letters: str, reply: str) -> int:
-    """How many of the reply's first six characters are letters of the prompt (0-6); a shorter reply counts only
-    what it has."""
-    allowed = set(letters)
-    return sum(ch in allowed for ch in reply.strip()[:LETTERS])
+def rule_score(reply: str) -> int:
+    """How many of the reply's first six characters are vowels (0-6); a shorter reply counts only what it has."""
+    return sum(ch in VOWELS for ch in reply.strip()[:LETTERS])
 
 
-def sample_reply(letters: str, p_follow: float, rng: random.Random) -> str:
-    """Six letters, each from ``letters`` with probability ``p_follow``, else from the other letters."""
-    others = [c for c in string.ascii_lowercase if c not in letters]
-    return "".join(rng.choice(letters) if rng.random() < p_follow else rng.choice(others) for _ in range(LETTERS))
+def sample_reply(p_follow: float, rng: random.Random) -> str:
+    """Six letters, each a vowel with probability ``p_follow``, else a consonant."""
+    consonants = [c for c in string.ascii_lowercase if c not in VOWELS]
+    return "".join(rng.choice(VOWELS) if rng.random() < p_follow else rng.choice(consonants) for _ in range(LETTERS))
 
 
 def _letter_sets(n: int, rng: random.Random, exclude: set[str]) -> list[str]:
@@ -74,8 +77,8 @@ def _letter_sets(n: int, rng: random.Random, exclude: set[str]) -> list[str]:
 
 def _pair(letters: str, rng: random.Random) -> dict[str, Any]:
     while True:
-        a, b = (sample_reply(letters, rng.random(), rng) for _ in range(2))
-        sa, sb = rule_score(letters, a), rule_score(letters, b)
+        a, b = (sample_reply(rng.random(), rng) for _ in range(2))
+        sa, sb = rule_score(a), rule_score(b)
         if sa != sb:
             break
     (chosen, sc), (rejected, sr) = sorted(((a, sa), (b, sb)), key=lambda t: -t[1])
@@ -91,7 +94,7 @@ def _pair(letters: str, rng: random.Random) -> dict[str, Any]:
 def _sft_row(letters: str, rng: random.Random) -> dict[str, Any]:
     return {
         "input": [{"role": "user", "content": prompt_text(letters)}],
-        "output": sample_reply(letters, rng.random(), rng),
+        "output": sample_reply(rng.random(), rng),
         "reasoning": "off",
         "system_prompt": SYSTEM,
         "category": "chat",
@@ -151,10 +154,10 @@ def write_preference_task(
 
 
 def mean_rule_score(samples: Sequence[dict[str, Any]]) -> float:
-    """Mean :func:`rule_score` / 6 over ``{"ground_truth": letters, "completion": reply}`` samples."""
+    """Mean :func:`rule_score` / 6 over ``{"completion": reply}`` samples."""
     if not samples:
         raise ValueError("no samples to score")
-    return sum(rule_score(str(s["ground_truth"]), str(s["completion"])) for s in samples) / (LETTERS * len(samples))
+    return sum(rule_score(str(s["completion"])) for s in samples) / (LETTERS * len(samples))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     w = sub.add_parser("write", help="write the task's files into DIR")
     w.add_argument("out_dir")
     w.add_argument("--seed", type=int, default=0)
-    s = sub.add_parser("score", help="mean rule score of evaluation samples (JSONL with ground_truth, completion)")
+    s = sub.add_parser("score", help="mean rule score of evaluation samples (JSONL with completion, optional mode)")
     s.add_argument("path")
     args = parser.parse_args(argv)
     if args.command == "write":
@@ -172,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {path}")
         return 0
     rows = [json.loads(line) for line in Path(args.path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    print(f"{len(rows)} samples, mean rule score {mean_rule_score(rows):.4f}")
+    for mode in sorted({str(r.get("mode", "all")) for r in rows}):
+        part = [r for r in rows if str(r.get("mode", "all")) == mode]
+        print(f"{mode}: {len(part)} samples, mean rule score (vowel share) {mean_rule_score(part):.4f}")
     return 0
 
 

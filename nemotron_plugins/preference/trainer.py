@@ -373,18 +373,22 @@ def _run(cfg: RecipeConfig) -> RPOResult:  # noqa: C901, PLR0912, PLR0915 - one 
             if ev.num_samples and cfg.data.eval_path
             else []
         )
-        train_prompts = [prompt_ids(tokenizer, r["messages"], template) for r in train_rows]
-        eval_prompts = [prompt_ids(tokenizer, r["messages"], template) for r in eval_rows]
-        too_long = [i for i, p in enumerate(train_prompts + eval_prompts) if len(p) > cfg.data.max_seq_length]
-        if too_long:
-            raise RPOConfigError(
-                f"data: {len(too_long)} prompt(s) are longer than data.max_seq_length={cfg.data.max_seq_length}"
-            )
+        # Prompts longer than data.max_seq_length are dropped and counted (as the RL trainer does).
+        limit = cfg.data.max_seq_length
+        encoded = [(r, prompt_ids(tokenizer, r["messages"], template)) for r in train_rows]
+        train_rows = [r for r, p in encoded if len(p) <= limit]
+        encoded_eval = [(r, prompt_ids(tokenizer, r["messages"], template)) for r in eval_rows]
+        eval_rows = [r for r, p in encoded_eval if len(p) <= limit]
+        eval_prompts = [p for _, p in encoded_eval if len(p) <= limit]
+        too_long = len(encoded) - len(train_rows) + len(encoded_eval) - len(eval_rows)
+        if not train_rows:
+            raise RPOConfigError(f"data.path: no prompt of {cfg.data.path} fits data.max_seq_length={limit}")
         rewards = build_rewards(cfg)
         engine = build_engine(cfg, model, arch, tokenizer)
         train_items: Sequence[Any] = train_rows
         say(
-            f"[rpo] online: {len(train_rows)} prompts from {cfg.data.path}, {len(eval_rows)} held-out; rewards "
+            f"[rpo] online: {len(train_rows)} prompts from {cfg.data.path}, {len(eval_rows)} held-out ({too_long} "
+            f"longer than data.max_seq_length dropped); rewards "
             f"{list(rewards)}; weights: {source}",
             flush=True,
         )

@@ -111,8 +111,9 @@ def _broadcast_from_last_stage(values: torch.Tensor) -> torch.Tensor:
 def evaluate_pairs(
     model: Any, pairs: Sequence[EncodedPair], *, micro: int, pad_id: int, use_margin: bool = False
 ) -> dict[str, float]:
-    """Held-out ``accuracy`` (share of pairs with ``r_c > r_r``), mean Bradley-Terry ``loss`` and the mean reward
-    ``gap`` over ``pairs`` (every rank computes all of them; TP ranks together)."""
+    """Held-out ``accuracy`` (share of pairs with ``r_c > r_r``, a tie counting one half: an untrained, zero-initialised
+    head scores 0.5), mean Bradley-Terry ``loss`` and the mean reward ``gap`` over ``pairs`` (every rank computes all
+    of them; TP ranks together)."""
     from nemotron_plugins.preference.losses import bradley_terry_loss
     from nemotron_plugins.preference.pairs import split_micro_batches
 
@@ -130,7 +131,7 @@ def evaluate_pairs(
         margin = mb["margin"].double() if use_margin else None
         stats += torch.stack(
             [
-                (chosen > rejected).double().sum(),
+                (chosen > rejected).double().sum() + 0.5 * (chosen == rejected).double().sum(),
                 bradley_terry_loss(chosen, rejected, margin).sum(),
                 (chosen - rejected).sum(),
             ]
@@ -276,7 +277,7 @@ def _run(cfg: RecipeConfig) -> RewardModelResult:  # noqa: PLR0915 - one linear 
                     m = r.numel() // 2
                     margin = mb["margin"].to(r.device) if use_margin else None
                     losses = bradley_terry_loss(r[:m], r[m:], margin)
-                    correct = (r[:m] > r[m:]).float().sum().detach()
+                    correct = ((r[:m] > r[m:]).float().sum() + 0.5 * (r[:m] == r[m:]).float().sum()).detach()
                     # Normalised by the GLOBAL batch's pairs: DDP sums the replicas' gradients.
                     return losses.sum() / gbs, torch.tensor(m), {"loss_sum": losses.sum().detach(), "correct": correct}
 

@@ -22,6 +22,7 @@ import torch
 
 from nemotron_plugins.launch import recipe_config as rc
 from nemotron_plugins.launch.build import build_recipe
+from nemotron_plugins.preference.config import PreferenceConfig
 from nemotron_plugins.rl.config import GRPOConfig
 from nemotron_plugins.runtime import config as runtime_config
 from recipes import plugins as recipe_plugins
@@ -37,6 +38,7 @@ CONFIG_CLASSES = (
     rc.RewardSpec,
     rc.GenerationConfig,
     GRPOConfig,
+    PreferenceConfig,
     runtime_config.ModelConfig,
     runtime_config.ParallelConfig,
     runtime_config.OptimizerConfig,
@@ -113,7 +115,49 @@ def _scaled(name: str, fixture, out: Path):
         "global_batch_size=4",
         "train_steps=1",
         *(rl + sampler if build_recipe(name).is_rl else []),
+        *(_ONLINE_RPO if _is_online_rpo(name) else []),
     )
+
+
+_ONLINE_RPO = ["generation.max_new_tokens=8", "preference.num_generations=2", "evaluation.num_samples=0"]
+
+
+def _is_online_rpo(name: str) -> bool:
+    config = build_recipe(name)
+    return config.preference is not None and config.preference.mode == "online"
+
+
+def _run_preference_tasks(fixture, tmp_path: Path) -> None:
+    """The preference tasks (issue 18) as a user runs them: a reward model, online RPO scored by it, offline RPO;
+    then the paper RPO recipes scaled onto the fixture (online: the fixture's RL rows with their rewards; offline:
+    a pairs file)."""
+    from nemotron_plugins.launch.dispatch import run_recipe
+    from nemotron_plugins.launch.validation import validate_recipe
+    from nemotron_plugins.preference.synthetic import write_preference_task
+
+    task = write_preference_task(
+        tmp_path / "pref_data", sft_rows=8, train_pairs=16, heldout_pairs=4, train_prompts=8, heldout_prompts=4
+    )
+    small = ["init_from_recipe=null", "train_steps=1", "micro_batch_size=2", "global_batch_size=4"]
+    pairs = [f"data.path={task['pairs_train']}", f"data.eval_path={task['pairs_heldout']}"]
+    prompts = [f"data.path={task['prompts_train']}", f"data.eval_path={task['prompts_heldout']}"]
+    rm = tmp_path / "pref" / "rm"
+    run_recipe(build_recipe("tiny_reward_model_cpu", [*small, *pairs, f"output_dir={rm}", "evaluation.num_samples=4"]))
+    reward = (
+        f"rewards=[{{'name': 'megatron_reward_model', 'options': {{'checkpoint': '{rm / 'checkpoints'}', "
+        "'max_length': 128}}]"
+    )
+    online = [*small, *prompts, reward, "generation.max_new_tokens=8", "evaluation.num_samples=4"]
+    run_recipe(build_recipe("tiny_rpo_online_cpu", [*online, f"output_dir={tmp_path / 'pref' / 'online'}"]))
+    offline = [*small, *pairs, "evaluation.num_samples=4", f"output_dir={tmp_path / 'pref' / 'offline'}"]
+    run_recipe(build_recipe("tiny_rpo_offline_cpu", offline))
+    for name in ("llama_nemotron_super_49b_rpo_64gpu_h100_bf16", "llama_nemotron_nano_8b_rpo_8gpu_h100_bf16"):
+        config = _scaled(name, fixture, tmp_path / "paper")
+        if config.data.dataset == "preference_pairs":
+            config.data.path = task["pairs_train"]
+        report = validate_recipe(config)
+        assert report.ok, (name, report.errors)
+        run_recipe(config)
 
 
 def test_every_recipe_field_is_read_by_the_run(reads, tmp_path) -> None:
@@ -175,6 +219,8 @@ def test_every_recipe_field_is_read_by_the_run(reads, tmp_path) -> None:
         report = validate_recipe(config)
         assert report.ok, (name, report.errors)
         run_recipe(config)
+
+    _run_preference_tasks(fixture, tmp_path)
 
     # What the full-scale runs build but this machine cannot run: the vLLM engine settings, the sbatch scripts.
     options = SlurmOptions(account="acct", partition="batch", job_dir=str(tmp_path / "jobs"))
