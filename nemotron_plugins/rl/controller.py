@@ -15,7 +15,9 @@ each (seeded by run seed, step and replica, so a resumed run draws the same samp
 (1/world each, every reward behind a bounded worker pool; failures are NaN, never 0, and past
 ``max_reward_failure_rate`` the run stops naming the reward) -> the algorithm's ``shape_rewards`` and advantages ->
 groups without signal skipped and refilled from extra rollouts (``algorithm.max_refill_rounds``) -> the policy
-worker's update on the kept samples -> the generation worker's refit.
+worker's update on the kept samples -> the generation worker's refit. With ``generation.async_rollouts`` the next
+step's rollouts are collected in a background thread during the update, from the weights before it
+(:mod:`nemotron_plugins.rl.async_rollout`: one-step off-policy).
 """
 
 from __future__ import annotations
