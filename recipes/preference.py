@@ -139,7 +139,7 @@ def tiny_rpo_online_cpu_config() -> RecipeConfig:
             eval_path=f"{TINY_DATA_DIR}/prompts_heldout.jsonl",
             chat_template="llama-nemotron-super",
             tokenizer="tiny",
-            max_seq_length=96,
+            max_seq_length=112,
         ),
         evaluation=EvalConfig(num_samples=200, at_start=True, greedy=True),
         rewards=[
