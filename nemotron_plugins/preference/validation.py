@@ -34,8 +34,6 @@ def preference_errors(recipe: RecipeConfig) -> list[str]:  # noqa: C901, PLR0912
     for part in ("algorithm", "sampler"):
         if getattr(recipe, part) is not None:
             errors.append(f"task {task!r} does not use {part}; set it to null")
-    if recipe.reward_workers is not None:
-        errors.append("reward_workers is not used: the preference tasks score in-process (reward_timeout_s applies)")
     if task == "reward_model":
         for name in ("mode", "loss", "beta", "reward_scale", "num_generations"):
             if getattr(pref, name) != getattr(defaults, name):
@@ -88,6 +86,8 @@ def preference_errors(recipe: RecipeConfig) -> list[str]:  # noqa: C901, PLR0912
             errors.append(f"task {task!r} (offline) reads preference pairs: set data.dataset='preference_pairs'")
         if d.max_seq_length > recipe.model.seq_length:
             errors.append(f"data.max_seq_length={d.max_seq_length} exceeds model.seq_length={recipe.model.seq_length}")
+        if recipe.reward_workers is not None:
+            errors.append("reward_workers applies to online RPO only (offline pairs carry their rewards)")
         defaults_rl = type(recipe)(name="_", task="sft")
         for name in ("reward_timeout_s", "max_reward_failure_rate"):
             if getattr(recipe, name) != getattr(defaults_rl, name):
