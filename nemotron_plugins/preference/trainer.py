@@ -134,7 +134,8 @@ def pair_loss(logps: torch.Tensor, mb: dict[str, Any], cfg: RecipeConfig) -> tup
 def evaluate_offline(
     model: Any, ref_model: Any, pairs: Sequence[EncodedPair], cfg: RecipeConfig, pad_id: int, vocab: int
 ) -> dict[str, float]:
-    """Held-out pairs: ``accuracy`` (share with implicit gap ``h > 0``), mean ``loss`` and mean ``h``."""
+    """Held-out pairs: ``accuracy`` (share with implicit gap ``h > 0``, a tie counting one half: the policy before
+    any update is the reference, every ``h`` is 0 and the accuracy 0.5), mean ``loss`` and mean ``h``."""
     from nemotron_plugins.preference.pairs import split_micro_batches
     from nemotron_plugins.training.step import run_schedule
 
@@ -149,7 +150,8 @@ def evaluate_offline(
 
         def loss_func(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
             losses, h = pair_loss(_sequence_logps(output, mb, vocab), mb, cfg)
-            stats.add_(torch.stack([(h > 0).double().sum(), losses.double().sum(), h.double().sum()]).cpu())
+            hits = (h > 0).double().sum() + 0.5 * (h == 0).double().sum()  # a tie (h == 0: the reference) is half
+            stats.add_(torch.stack([hits, losses.double().sum(), h.double().sum()]).cpu())
             return output.new_zeros(()), torch.tensor(0, dtype=torch.int), {}
 
         return out, loss_func
