@@ -143,7 +143,6 @@ class DataConfig:
     most the weights allow without repeating a row); see ``docs/recipes.md``, "Data blends (CrossThink)"."""
 
 
-
 @dataclass(kw_only=True, slots=True)
 class EvalConfig:
     """Held-out evaluation (SFT: greedy reasoning-toggle accuracy; RL: reward-based accuracy)."""
