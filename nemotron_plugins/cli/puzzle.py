@@ -67,7 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--force", action="store_true")
     score.set_defaults(func=run_score)
 
-    srch = sub.add_parser("search", help="stage 4: the exact MIP (LP bound + enumeration, HiGHS fallback) under memory / latency / throughput limits")
+    srch = sub.add_parser(
+        "search",
+        help="stage 4: the exact MIP (LP bound + enumeration, HiGHS fallback) under memory / latency / throughput limits",
+    )
     srch.add_argument("run", help="run directory (after `puzzle score`)")
     srch.add_argument(
         "--param-fraction", type=float, default=None, help="parameter budget as a fraction of the parent"

@@ -219,7 +219,7 @@ def set_by_path(config: Any, key: str, raw: str, *, context: str = "") -> None:
                 raise OverrideError(
                     f"{here} is not set in this recipe{context} (it is None), so {key!r} cannot be overridden; "
                     f"turn the {_type_name(tp)} block on first with {here}={{}} (its defaults) or "
-                    f"{here}={{\"{part_after}\": ...}}"
+                    f'{here}={{"{part_after}": ...}}'
                 )
             obj = child
         elif isinstance(obj, list):
