@@ -27,7 +27,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Prompt = list[int] | str | list[dict[str, Any]]
 FinishReason = Literal["stop", "length"]
@@ -111,10 +111,13 @@ class EngineLayout:
     tp_size: int = 1
     """Generation tensor parallelism."""
 
+    tp_setting: ClassVar[str] = "generation.tensor_model_parallel_size"
+    """The config field that sets ``tp_size`` (named in the error)."""
+
     def __post_init__(self) -> None:
         if self.tp_size < 1 or self.world_size % self.tp_size:
             raise ValueError(
-                f"generation tensor parallel size {self.tp_size} must divide the world size {self.world_size} "
+                f"{self.tp_setting}={self.tp_size} must divide the world size {self.world_size} "
                 "(one engine replica per generation-TP group of consecutive ranks)"
             )
 

@@ -48,11 +48,12 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from nemotron_plugins.rl.engines.base import (
+    EngineLayout,
     Prompt,
     Rollout,
     RolloutEngine,
@@ -181,61 +182,12 @@ _OWNED_LLM_ARGUMENTS = frozenset(
 )
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class VLLMLayout:
-    """Where this rank sits in the generation layout: ``world = tp_size * dp_size`` ranks, TP groups of consecutive
-    ranks (vLLM's order: rank ``r`` is TP rank ``r % tp`` of generation-DP rank ``r // tp``)."""
+@dataclass(frozen=True, slots=True)
+class VLLMLayout(EngineLayout):
+    """:class:`~nemotron_plugins.rl.engines.base.EngineLayout` of the vLLM engines (vLLM's order: rank ``r`` is TP rank
+    ``r % tp`` of generation-DP rank ``r // tp``), with the share of prompts each engine generates."""
 
-    world_size: int = 1
-    """Ranks in the process group (every one runs an engine)."""
-    rank: int = 0
-    """This rank."""
-    tp_size: int = 1
-    """Generation tensor parallelism."""
-
-    def __post_init__(self) -> None:
-        if self.tp_size < 1 or self.world_size % self.tp_size:
-            raise ValueError(
-                f"VLLMEngineConfig.tensor_parallel_size={self.tp_size} must divide the world size {self.world_size} "
-                "(one vLLM engine per generation-TP group of consecutive ranks)"
-            )
-
-    @classmethod
-    def current(cls, tp_size: int) -> VLLMLayout:
-        """The layout of this process (a single process when no process group is initialised)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return cls(
-                world_size=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(), tp_size=tp_size
-            )
-        return cls(tp_size=tp_size)
-
-    @property
-    def tp_rank(self) -> int:
-        """This rank's position in its generation-TP group."""
-        return self.rank % self.tp_size
-
-    @property
-    def dp_size(self) -> int:
-        """Generation data parallelism (independent engines)."""
-        return self.world_size // self.tp_size
-
-    @property
-    def dp_rank(self) -> int:
-        """This rank's generation-DP index (its engine)."""
-        return self.rank // self.tp_size
-
-    def peer_group(self) -> Any:
-        """The process group of this rank and the ranks at the same TP position in the other engines (one per
-        engine), for exchanging rollouts between engines; ``None`` with one engine. A collective: every rank of the
-        world calls it (it creates one group per TP position, in the same order everywhere)."""
-        if self.dp_size == 1:
-            return None
-        mine = None
-        for position in range(self.tp_size):
-            group = torch.distributed.new_group([position + d * self.tp_size for d in range(self.dp_size)])
-            if position == self.tp_rank:
-                mine = group
-        return mine
+    tp_setting: ClassVar[str] = "VLLMEngineConfig.tensor_parallel_size"
 
     def shard(self, n: int) -> range:
         """The contiguous, balanced share of ``n`` items (prompts) this rank's engine generates."""
