@@ -308,9 +308,7 @@ def _run(cfg: RecipeConfig) -> RPOResult:  # noqa: C901, PLR0912, PLR0915 - one 
 
     from nemotron_plugins.preference.data import prompt_ids, read_preference_pairs
     from nemotron_plugins.preference.pairs import collate_pairs, encode_pairs, epoch_order, step_width
-    from nemotron_plugins.puzzle.block_config import to_hf_config
-    from nemotron_plugins.runtime.metrics import MetricsLogger
-    from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+    from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint
     from nemotron_plugins.training.setup import (
         build_model,
         build_optimizer,
@@ -318,6 +316,8 @@ def _run(cfg: RecipeConfig) -> RPOResult:  # noqa: C901, PLR0912, PLR0915 - one 
         initialise_weights,
         load_architecture,
         load_run_tokenizer,
+        run_metrics_logger,
+        save_run_checkpoint,
         write_checkpoint_metadata,
     )
     from nemotron_plugins.training.step import optimizer_step
@@ -435,29 +435,11 @@ def _run(cfg: RecipeConfig) -> RPOResult:  # noqa: C901, PLR0912, PLR0915 - one 
         say(f"[rpo] before training: held-out {_fmt(result.eval_before)}", flush=True)
 
     def save(step: int) -> None:
-        if save_dir:
-            save_checkpoint(
-                save_dir,
-                step,
-                model=[ddp],
-                optimizer=optimizer,
-                scheduler=scheduler,
-                state={"step": step, "seed": cfg.seed},
-                keep_last=cfg.checkpoint.keep_last,
-                config={"recipe": cfg.name, "task": cfg.task, "puzzle_config": to_hf_config(arch)},
-            )
+        save_run_checkpoint(cfg, step, ddp=ddp, optimizer=optimizer, scheduler=scheduler, arch=arch)
 
     gbs, micro = cfg.global_batch_size, cfg.micro_batch_size
     end_step = cfg.stop_after_steps or cfg.train_steps
-    log = MetricsLogger(
-        jsonl_path=cfg.logging.jsonl_path,
-        tensorboard_dir=cfg.logging.tensorboard_dir,
-        wandb_project=cfg.logging.wandb_project,
-        total=cfg.train_steps,
-        progress=cfg.logging.progress_bar,
-        progress_keys=["loss", "reward_gap"],
-        resume_step=start_step,
-    )
+    log = run_metrics_logger(cfg, resume_step=start_step, progress_keys=["loss", "reward_gap"])
     ddp.train()
     t_step = time.perf_counter()
     try:

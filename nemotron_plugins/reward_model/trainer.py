@@ -168,11 +168,15 @@ def _run(cfg: RecipeConfig) -> RewardModelResult:  # noqa: PLR0915 - one linear 
     from nemotron_plugins.preference.data import read_preference_pairs
     from nemotron_plugins.preference.losses import bradley_terry_loss
     from nemotron_plugins.preference.pairs import encode_pairs, epoch_order, split_micro_batches
-    from nemotron_plugins.puzzle.block_config import to_hf_config
     from nemotron_plugins.reward_model.model import last_token_rewards
-    from nemotron_plugins.runtime.metrics import MetricsLogger
-    from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-    from nemotron_plugins.training.setup import build_optimizer, build_scheduler, write_checkpoint_metadata
+    from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint
+    from nemotron_plugins.training.setup import (
+        build_optimizer,
+        build_scheduler,
+        run_metrics_logger,
+        save_run_checkpoint,
+        write_checkpoint_metadata,
+    )
     from nemotron_plugins.training.step import optimizer_step
 
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -223,17 +227,7 @@ def _run(cfg: RecipeConfig) -> RewardModelResult:  # noqa: PLR0915 - one linear 
         write_checkpoint_metadata(save_dir, arch, tokenizer)
 
     def save(step: int) -> None:
-        if save_dir:
-            save_checkpoint(
-                save_dir,
-                step,
-                model=[ddp],
-                optimizer=optimizer,
-                scheduler=scheduler,
-                state={"step": step, "seed": cfg.seed},
-                keep_last=cfg.checkpoint.keep_last,
-                config={"recipe": cfg.name, "task": cfg.task, "puzzle_config": to_hf_config(arch), "head": "scalar"},
-            )
+        save_run_checkpoint(cfg, step, ddp=ddp, optimizer=optimizer, scheduler=scheduler, arch=arch, head="scalar")
 
     result = RewardModelResult(start_step=start_step, steps_done=start_step, checkpoint_dir=save_dir)
     micro = cfg.micro_batch_size
@@ -245,15 +239,7 @@ def _run(cfg: RecipeConfig) -> RewardModelResult:  # noqa: PLR0915 - one linear 
     gbs = cfg.global_batch_size
     per_rank = gbs // dp
     end_step = cfg.stop_after_steps or cfg.train_steps
-    log = MetricsLogger(
-        jsonl_path=cfg.logging.jsonl_path,
-        tensorboard_dir=cfg.logging.tensorboard_dir,
-        wandb_project=cfg.logging.wandb_project,
-        total=cfg.train_steps,
-        progress=cfg.logging.progress_bar,
-        progress_keys=["loss", "accuracy"],
-        resume_step=start_step,
-    )
+    log = run_metrics_logger(cfg, resume_step=start_step, progress_keys=["loss", "accuracy"])
     ddp.train()
     t_step = time.perf_counter()
     try:

@@ -829,7 +829,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
     from nemotron_plugins.data.sources import SYNTHETIC, prepare_synthetic_data
     from nemotron_plugins.rl.generation import GenerationWorker
     from nemotron_plugins.rl.policy_worker import MegatronPolicyWorker
-    from nemotron_plugins.runtime.metrics import MetricsLogger
+    from nemotron_plugins.training.setup import run_metrics_logger
 
     start = time.perf_counter()
     world, rank = _world_rank()
@@ -954,19 +954,16 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
             sampler = _build_sampler(config, kept_rates, len(rows))
             step = 0
         logging_cfg = config.logging
-        metrics_log = MetricsLogger(
-            jsonl_path=logging_cfg.jsonl_path or out / "metrics.jsonl",
-            tensorboard_dir=logging_cfg.tensorboard_dir,
-            wandb_project=logging_cfg.wandb_project,
-            total=config.train_steps,
-            progress=logging_cfg.progress_bar,
+        metrics_log = run_metrics_logger(
+            config,
+            resume_step=step,
             progress_keys=[
                 "reward/total",
                 "accuracy",
                 "reward/" + (evaluation.format_reward or accuracy_reward),
                 "loss",
             ],
-            resume_step=step,
+            jsonl_path=out / "metrics.jsonl",
         )
 
         def save(at: int) -> None:

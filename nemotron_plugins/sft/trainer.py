@@ -533,10 +533,8 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     from nemotron_plugins.data.packing import pack_examples
     from nemotron_plugins.data.sft import build_sft_examples
     from nemotron_plugins.data.sources import SYNTHETIC, prepare_synthetic_data, sft_training_rows
-    from nemotron_plugins.puzzle.block_config import to_hf_config
     from nemotron_plugins.runtime.distributed import barrier
-    from nemotron_plugins.runtime.metrics import MetricsLogger
-    from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+    from nemotron_plugins.training.checkpointing import latest_checkpoint, load_checkpoint
     from nemotron_plugins.training.setup import (
         build_model,
         build_optimizer,
@@ -544,6 +542,8 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         initialise_weights,
         load_architecture,
         load_run_tokenizer,
+        run_metrics_logger,
+        save_run_checkpoint,
         write_checkpoint_metadata,
     )
     from nemotron_plugins.training.step import model_device, optimizer_step
@@ -634,18 +634,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
         write_checkpoint_metadata(save_dir, puzzle, tokenizer)
 
     def save(step: int) -> None:
-        if not save_dir:
-            return
-        save_checkpoint(
-            save_dir,
-            step,
-            model=[ddp],
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state={"step": step, "seed": cfg.seed},
-            keep_last=cfg.checkpoint.keep_last,
-            config={"recipe": cfg.name, "task": cfg.task, "puzzle_config": to_hf_config(puzzle)},
-        )
+        save_run_checkpoint(cfg, step, ddp=ddp, optimizer=optimizer, scheduler=scheduler, arch=puzzle)
 
     result = SFTResult(start_step=start_step, steps_done=start_step, checkpoint_dir=save_dir)
     can_eval = bool(eval_rows) and pp == 1 and cp == 1
@@ -667,15 +656,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     per_rank = gbs // dp
     num_micro = per_rank // mbs
     end_step = cfg.stop_after_steps or cfg.train_steps
-    log = MetricsLogger(
-        jsonl_path=cfg.logging.jsonl_path,
-        tensorboard_dir=cfg.logging.tensorboard_dir,
-        wandb_project=cfg.logging.wandb_project,
-        total=cfg.train_steps,
-        progress=cfg.logging.progress_bar,
-        progress_keys=["loss", "lr"],
-        resume_step=start_step,
-    )
+    log = run_metrics_logger(cfg, resume_step=start_step, progress_keys=["loss", "lr"])
     # Sequence lengths under CP: 2 * cp load-balanced chunks; with sequence parallelism each rank's s / cp tokens
     # split over TP as well.
     cp_multiple = math.lcm(2 * cp, cp * tp if cfg.parallel.sequence_parallel else 1) if cp > 1 else 1

@@ -321,6 +321,60 @@ def write_checkpoint_metadata(save_dir: str | os.PathLike[str], arch: PuzzleMode
     tokenizer.save_pretrained(str(root / "tokenizer"))
 
 
+def save_run_checkpoint(
+    config: RecipeConfig,
+    step: int,
+    *,
+    ddp: Any,
+    optimizer: Any,
+    scheduler: Any,
+    arch: PuzzleModelConfig,
+    **extra_config: Any,
+) -> None:
+    """Save a single-model run's checkpoint (SFT, reward model, RPO) under ``config.checkpoint.save_dir``: model,
+    optimizer and scheduler, ``{"step", "seed"}`` as state, and the recipe, task, architecture and ``extra_config``
+    in its metadata; nothing when the run has no ``save_dir``."""
+    from nemotron_plugins.puzzle.block_config import to_hf_config
+    from nemotron_plugins.training.checkpointing import save_checkpoint
+
+    save_dir = config.checkpoint.save_dir
+    if not save_dir:
+        return
+    save_checkpoint(
+        save_dir,
+        step,
+        model=[ddp],
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={"step": step, "seed": config.seed},
+        keep_last=config.checkpoint.keep_last,
+        config={"recipe": config.name, "task": config.task, "puzzle_config": to_hf_config(arch), **extra_config},
+    )
+
+
+def run_metrics_logger(
+    config: RecipeConfig,
+    *,
+    resume_step: int,
+    progress_keys: list[str],
+    jsonl_path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The run's ``MetricsLogger`` from ``config.logging`` (``jsonl_path`` when the config names none), counting
+    ``config.train_steps`` steps from ``resume_step`` and showing ``progress_keys`` on the progress bar."""
+    from nemotron_plugins.runtime.metrics import MetricsLogger
+
+    logging_cfg = config.logging
+    return MetricsLogger(
+        jsonl_path=logging_cfg.jsonl_path or jsonl_path,
+        tensorboard_dir=logging_cfg.tensorboard_dir,
+        wandb_project=logging_cfg.wandb_project,
+        total=config.train_steps,
+        progress=logging_cfg.progress_bar,
+        progress_keys=progress_keys,
+        resume_step=resume_step,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizer and scheduler
 # ----------------------------------------------------------------------------------------------------------------
