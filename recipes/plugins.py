@@ -15,6 +15,12 @@ BUILTIN_RECIPES: dict[str, str] = {
         "recipes.preference:llama_nemotron_super_49b_rpo_64gpu_h100_bf16_config"
     ),
     "llama_nemotron_nano_8b_rpo_8gpu_h100_bf16": "recipes.preference:llama_nemotron_nano_8b_rpo_8gpu_h100_bf16_config",
+    # Tool-calling RL (issue 18): Tool-N1's binary tool_call reward.
+    "tiny_tool_sft_cpu": "recipes.tool_rl:tiny_tool_sft_cpu_config",
+    "tiny_tool_grpo_cpu": "recipes.tool_rl:tiny_tool_grpo_cpu_config",
+    "llama_nemotron_nano_8b_tool_grpo_8gpu_h100_bf16": (
+        "recipes.tool_rl:llama_nemotron_nano_8b_tool_grpo_8gpu_h100_bf16_config"
+    ),
     # Llama-3.1-Nemotron-Nano-8B.
     "llama_nemotron_nano_8b_sft_8gpu_h100_bf16": (
         "recipes.llama_nemotron.nano_8b:llama_nemotron_nano_8b_sft_8gpu_h100_bf16_config"

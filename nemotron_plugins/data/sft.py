@@ -8,13 +8,16 @@ Public API::
     SFTExample(input_ids, loss_mask, prompt_length, reasoning, line, category, prompt_key)
     find_on_off_pairs(examples) -> list[tuple[SFTExample, SFTExample]]
     prompt_messages(row) -> list[dict]
+    row_tools(row) -> list[dict] | None
 
 How an example is built from a row:
 
 1. the prompt conversation is ``input`` with ``system_prompt`` as its system turn (when ``input`` already starts
    with a system message, that text is kept after the toggle, see :func:`nemotron_plugins.chat.toggle.set_reasoning`);
 2. the prompt text is the chat template rendered with ``add_generation_prompt=True`` (earlier assistant turns of a
-   multi-turn ``input`` lose their reasoning, as at inference);
+   multi-turn ``input`` lose their reasoning, as at inference); a row's ``tools`` (JSON-schema tool objects, see
+   :func:`row_tools`) are rendered by the template into the system turn (``<AVAILABLE_TOOLS>`` of
+   ``llama-nemotron-nano``; a template without tools refuses the row);
 3. the target text is ``output`` (stripped, its ``<think>`` block kept) followed by ``<|eot_id|>``;
 4. ``input_ids`` = prompt tokens + target tokens (each encoded without added special tokens; the rendered prompt
    carries its own bos), ``loss_mask`` is 0 on the prompt and 1 on every target token including the final
@@ -95,13 +98,38 @@ def prompt_messages(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
+def row_tools(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The row's ``tools`` column: JSON-schema tool objects for the chat template's system turn, or ``None``.
+
+    The column may hold a list of objects or that list as a JSON string (as Hugging Face datasets often store it).
+
+    Raises:
+        ValueError: If ``tools`` is neither, naming the field and what was found.
+
+    Example:
+        >>> row_tools({"tools": '[{"name": "add"}]'})
+        [{'name': 'add'}]
+    """
+    tools = row.get("tools")
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'tools' is a string but not JSON: {exc}") from None
+    if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
+        raise ValueError(f"'tools' must be a list of JSON-schema tool objects, got {str(tools)[:60]!r}")
+    return [dict(t) for t in tools]
+
+
 def _prompt_key(messages: list[dict[str, Any]]) -> str:
     body = [m for m in messages if m.get("role") != "system"]
     return hashlib.sha1(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def _check_row(row: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str, str]:
-    """Validate a row; return (prompt messages, target text, reasoning) or raise _RowProblem."""
+def _check_row(row: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str, str, list[dict[str, Any]] | None]:
+    """Validate a row; return (prompt messages, target text, reasoning, tools) or raise _RowProblem."""
     for name in REQUIRED_FIELDS:
         if row.get(name) is None:
             present = ", ".join(sorted(row)) or "(none)"
@@ -140,7 +168,11 @@ def _check_row(row: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str, str]:
         raise _RowProblem("think_in_off_mode", f"reasoning is off but output has think tags: {output[:60]!r}")
     if codes:
         raise _RowProblem("malformed_think", "; ".join(parsed.errors))
-    return messages, output, reasoning
+    try:
+        tools = row_tools(row)
+    except ValueError as exc:
+        raise _RowProblem("bad_field", str(exc)) from None
+    return messages, output, reasoning, tools
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -190,8 +222,13 @@ def build_sft_examples(
         try:
             if row is None or not isinstance(row, Mapping):
                 raise _RowProblem("bad_json", error or f"row is not an object: {type(row).__name__}")
-            messages, output, reasoning = _check_row(row)
-            prompt = render_chat(messages, template=template, add_generation_prompt=True, bos_token=bos_token)
+            messages, output, reasoning, tools = _check_row(row)
+            try:
+                prompt = render_chat(
+                    messages, template=template, add_generation_prompt=True, bos_token=bos_token, tools=tools
+                )
+            except ChatTemplateError as exc:
+                raise _RowProblem("bad_messages", f"template {template!r}: {exc}") from None
             prompt_ids = _encode(tokenizer, prompt)
             target_ids = _encode(tokenizer, output + EOT_TOKEN)
             length = len(prompt_ids) + len(target_ids)

@@ -8,7 +8,8 @@ other.
 
 RL prompt rows carry their prompt (``messages``, or the Post-Training ``input`` + ``system_prompt``), their
 ``ground_truth`` and optionally which reward scores them (a ``reward`` column naming one of the recipe's rewards);
-:func:`load_prompt_rows` normalises them to ``{"id", "messages", "ground_truth", "reasoning", "reward"?}``.
+:func:`load_prompt_rows` normalises them to ``{"id", "messages", "ground_truth", "reasoning", "reward"?, "tools"?}``
+(``tools``: the row's JSON-schema tools, which the chat template renders into the system turn).
 
 ``data.blend`` (instead of ``data.path``) mixes several weighted sources with MCQ / open-ended templates, filtered to
 verifiable answers (:mod:`nemotron_plugins.data.blend`), for RL prompts and SFT rows.
@@ -109,7 +110,7 @@ def iter_training_rows(source: str | os.PathLike[str], splits: Sequence[str]) ->
 
 def _prompt_row(raw: RawRow, where: str) -> dict[str, Any]:
     from nemotron_plugins.chat.toggle import reasoning_mode_of
-    from nemotron_plugins.data.sft import prompt_messages
+    from nemotron_plugins.data.sft import prompt_messages, row_tools
 
     row = raw.row
     if row is None:
@@ -132,6 +133,12 @@ def _prompt_row(raw: RawRow, where: str) -> dict[str, Any]:
     }
     if row.get("reward") is not None:
         out["reward"] = str(row["reward"])
+    try:
+        tools = row_tools(row)
+    except ValueError as exc:
+        raise DataSourceError(f"{where}:{raw.line}: {exc}") from None
+    if tools is not None:
+        out["tools"] = tools
     for key in ("category", "metadata"):
         if key in row:
             out[key] = row[key]

@@ -623,6 +623,11 @@ def check_data_schema(recipe: RecipeConfig, field_name: str, path: str, *, promp
                 continue  # counted as a bad row by the reader; one bad line does not make the file wrong
             decoded += 1
             where = f"{field_name}={path} row {raw.line}"
+            if raw.row.get("tools") is not None and not _renders_tools(recipe.data.chat_template):
+                return [
+                    f"{where}: the row has 'tools' but data.chat_template={recipe.data.chat_template!r} renders no "
+                    "tools; use 'llama-nemotron-nano'"
+                ]
             if prompts:
                 if "ground_truth" not in raw.row or not ("messages" in raw.row or "input" in raw.row):
                     return [f"{where}: an RL prompt row needs 'messages' (or 'input') and 'ground_truth'"]
@@ -640,6 +645,16 @@ def check_data_schema(recipe: RecipeConfig, field_name: str, path: str, *, promp
     if decoded == 0:
         return [f"{field_name}={path}: no readable rows in the first {SCHEMA_SAMPLE_ROWS}"]
     return []
+
+
+def _renders_tools(template: str) -> bool:
+    """Whether the chat template renders a row's ``tools`` (an unknown template is reported by its own check)."""
+    from nemotron_plugins.chat.catalog import get_template
+
+    try:
+        return get_template(template).supports_tools
+    except Exception:  # noqa: BLE001 - the template check names an unknown template
+        return True
 
 
 def check_rewards(recipe: RecipeConfig) -> list[str]:

@@ -221,13 +221,15 @@ def encode_prompts(
     tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, template: str = "llama-nemotron-super"
 ) -> list[list[int]]:
     """Prompt token ids rendered with the registered chat ``template`` (``data.chat_template``), with the assistant
-    generation header and the tokenizer's own bos token."""
+    generation header and the tokenizer's own bos token; a row's ``tools`` go into the system turn."""
     from nemotron_plugins.chat.render import render_chat
 
     bos = getattr(tokenizer, "bos_token", None) or "<|begin_of_text|>"
     return [
         tokenizer(
-            render_chat(row["messages"], template=template, add_generation_prompt=True, bos_token=bos),
+            render_chat(
+                row["messages"], template=template, add_generation_prompt=True, bos_token=bos, tools=row.get("tools")
+            ),
             add_special_tokens=False,
         )["input_ids"]
         for row in rows

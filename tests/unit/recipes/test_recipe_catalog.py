@@ -37,8 +37,10 @@ GENERATED_INPUTS = {
     name: ("runs/preference_data", "runs/tiny_reward_model_cpu")
     for name in ("tiny_preference_sft_cpu", "tiny_reward_model_cpu", "tiny_rpo_online_cpu", "tiny_rpo_offline_cpu")
 }
+GENERATED_INPUTS.update({name: ("runs/tool_data",) for name in ("tiny_tool_sft_cpu", "tiny_tool_grpo_cpu")})
 """Tiny recipes whose inputs are written first (`python -m nemotron_plugins.preference.synthetic write`, the tiny
-reward model's run); validation refuses them, naming those paths, until then."""
+reward model's run, `python -m nemotron_plugins.data.synthetic_tools write`); validation refuses them, naming those
+paths, until then."""
 
 
 @pytest.fixture(scope="module")
