@@ -21,6 +21,9 @@ BUILTIN_RECIPES: dict[str, str] = {
     "llama_nemotron_nano_8b_tool_grpo_8gpu_h100_bf16": (
         "recipes.tool_rl:llama_nemotron_nano_8b_tool_grpo_8gpu_h100_bf16_config"
     ),
+    # Instruction-following RL (issue 18): RLOO with the ifeval verifier on synthetic instructions.
+    "tiny_ifrl_sft_cpu": "recipes.if_rl:tiny_ifrl_sft_cpu_config",
+    "tiny_ifrl_rloo_cpu": "recipes.if_rl:tiny_ifrl_rloo_cpu_config",
     # Llama-3.1-Nemotron-Nano-8B.
     "llama_nemotron_nano_8b_sft_8gpu_h100_bf16": (
         "recipes.llama_nemotron.nano_8b:llama_nemotron_nano_8b_sft_8gpu_h100_bf16_config"
