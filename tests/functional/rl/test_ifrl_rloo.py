@@ -56,3 +56,21 @@ def test_tiny_ifrl_rloo_runs_and_evaluates(tmp_path) -> None:
     assert acc.n == 6 and len(rows) == 6 and acc.instructions >= 6
     assert 0.0 <= acc.prompt_level <= 1.0 and 0.0 <= acc.instruction_level <= 1.0
     assert not math.isnan(acc.instruction_level)
+
+
+def test_paper_ifrl_recipes_follow_the_paper() -> None:
+    """SYSTEM.md section 3: RLOO, < 120 steps, batches of 128 prompts, the instruction verifier as the reward, on the
+    instruction-following split."""
+    for name in (
+        "llama_nemotron_nano_8b_rloo_8gpu_h100_bf16",
+        "llama_nemotron_super_49b_rloo_32gpu_h100_bf16",
+        "llama_nemotron_ultra_253b_rloo_288gpu_h100_bf16",
+    ):
+        config = build_recipe(name)
+        alg = config.algorithm
+        assert config.task == "rloo" and alg.algorithm == "rloo" and alg.leave_one_out_baseline, name
+        assert config.train_steps < 120 and alg.num_prompts_per_rollout == 128, name
+        # One update per rollout: the global batch is every sample of the 128 prompts.
+        assert config.global_batch_size == alg.num_prompts_per_rollout * alg.num_generations, name
+        assert [r.name for r in config.rewards] == ["ifeval"], name
+        assert config.data.splits == ["instruction_following"], name
