@@ -47,6 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lib.add_argument("--ffn-fractions", default="1.0,0.75,0.5,0.25", help="FFN widths as fractions of the parent's")
     lib.add_argument("--kv-heads", default=None, help="KV-head counts to pool to (default: divisors of the parent's)")
     lib.add_argument("--force", action="store_true", help="rebuild even when the library exists")
+    _add_parallel(lib)
     lib.set_defaults(func=run_library)
 
     bld = sub.add_parser("bld", help="stage 2: decoupled blockwise local distillation of the library")
@@ -65,6 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--batch-sizes", default="1", help="batch sizes to measure runtimes at (comma-separated)")
     score.add_argument("--seq-len", type=int, default=128, help="sequence length of the runtime measurement")
     score.add_argument("--force", action="store_true")
+    _add_parallel(score)
     score.set_defaults(func=run_score)
 
     srch = sub.add_parser(
@@ -127,6 +129,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fuse.add_argument("--threshold", type=float, default=0.05, help="largest cosine distance inside a fused group")
     fuse.add_argument("--plan-only", action="store_true", help="write the plan, not the checkpoint")
     fuse.set_defaults(func=run_fuse)
+
+
+def _add_parallel(parser: argparse.ArgumentParser) -> None:
+    """The Megatron layout of a search stage (stages 1-3; ``torchrun`` or local gloo processes for > 1 rank)."""
+    group = parser.add_argument_group("parallelism (Megatron models; TP x DP processes)")
+    group.add_argument("--tensor-parallel", type=int, default=1, help="TP size of the Megatron models")
+    group.add_argument("--data-parallel", type=int, default=1, help="DP size (TP x DP local processes or torchrun)")
+    group.add_argument(
+        "--pipeline-parallel", type=int, default=1, help="PP size: only 1 (refused otherwise, with the reason)"
+    )
+    group.add_argument("--micro-batch-size", type=int, default=8, help="sequences per Megatron forward")
+    group.add_argument("--threads", type=int, default=1, help="torch threads per process")
+
+
+def _search_parallel(args: argparse.Namespace) -> object:
+    from nemotron_plugins.puzzle.search.parallel import SearchParallel, SearchParallelError
+
+    settings = SearchParallel(
+        tensor_model_parallel_size=args.tensor_parallel,
+        data_parallel_size=args.data_parallel,
+        pipeline_model_parallel_size=args.pipeline_parallel,
+        micro_batch_size=args.micro_batch_size,
+        torch_threads=args.threads,
+    )
+    try:
+        settings.validate()
+    except SearchParallelError as err:
+        fail(str(err))
+    return settings
+
+
+def _writes() -> bool:
+    """Whether this process writes the run directory (rank 0 under ``torchrun``; the only process otherwise)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _human(n: float) -> str:
@@ -237,8 +275,12 @@ def _run_meta(run: Path) -> dict:
 
 def run_library(args: argparse.Namespace) -> int:
     """Stage 1."""
-    from nemotron_plugins.puzzle.search.library import LibraryError, build_library
+    from nemotron_plugins.puzzle.hf_checkpoint import HFCheckpointError
+    from nemotron_plugins.puzzle.model import PuzzleModelError
+    from nemotron_plugins.puzzle.search.library import LibraryError
+    from nemotron_plugins.puzzle.search.parallel import SearchParallelError, build_library_megatron, run_parallel
     from nemotron_plugins.puzzle.search.rundir import load_tokens, save_library, write_json
+    from nemotron_plugins.runtime.distributed import DistributedError
 
     run = Path(args.run)
     if (run / "library" / "library.json").is_file() and not args.force:
@@ -249,19 +291,33 @@ def run_library(args: argparse.Namespace) -> int:
         fractions = [float(v) for v in args.ffn_fractions.split(",")]
     except ValueError:
         fail(f"--ffn-fractions must be comma-separated numbers, got {args.ffn_fractions!r}")
+    settings = _search_parallel(args)
     try:
-        variants = build_library(
-            cfg,
-            weights,
-            load_tokens(args.calibration, what="--calibration"),
-            ffn_fractions=fractions,
-            kv_heads=_ints(args.kv_heads, "--kv-heads"),
+        calibration = load_tokens(args.calibration, what="--calibration")
+        variants = run_parallel(
+            build_library_megatron,
+            settings,
+            (cfg, weights, calibration, settings),
+            {"ffn_fractions": fractions, "kv_heads": _ints(args.kv_heads, "--kv-heads")},
         )
-    except (LibraryError, FileNotFoundError, ValueError) as err:
+    except (
+        LibraryError,
+        SearchParallelError,
+        DistributedError,
+        HFCheckpointError,
+        PuzzleModelError,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
         fail(str(err))
+    if not _writes():
+        return 0
     save_library(variants, run / "library")
     write_json(run / "run.json", {"parent": str(Path(args.parent).resolve())})
-    print(f"library: {len(variants)} variants for {cfg.num_hidden_layers} layers -> {run / 'library'}")
+    print(
+        f"library: {len(variants)} variants for {cfg.num_hidden_layers} layers ({settings.layout}) -> "
+        f"{run / 'library'}"
+    )
     return 0
 
 
@@ -290,8 +346,11 @@ def run_bld(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     """Stage 3."""
+    from nemotron_plugins.puzzle.hf_checkpoint import HFCheckpointError
+    from nemotron_plugins.puzzle.model import PuzzleModelError
+    from nemotron_plugins.puzzle.search.parallel import SearchParallelError, run_parallel, score_variants_megatron
     from nemotron_plugins.puzzle.search.rundir import load_library, load_tokens, write_json
-    from nemotron_plugins.puzzle.search.score import score_variants
+    from nemotron_plugins.runtime.distributed import DistributedError
 
     run = Path(args.run)
     if (run / "scores.json").is_file() and not args.force:
@@ -303,22 +362,31 @@ def run_score(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     lib_dir = run / "library_bld" if (run / "library_bld" / "library.json").is_file() else run / "library"
-    print(f"scoring {lib_dir.name}")
-    scores = score_variants(
-        cfg,
-        weights,
-        load_library(lib_dir),
-        held_out,
-        metric=args.metric,
-        batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
-        seq_len=args.seq_len,
-    )
+    settings = _search_parallel(args)
+    print(f"scoring {lib_dir.name} on Megatron ({settings.layout})")
+    try:
+        scores = run_parallel(
+            score_variants_megatron,
+            settings,
+            (cfg, weights, load_library(lib_dir), held_out, settings),
+            {"metric": args.metric, "batch_sizes": _ints(args.batch_sizes, "--batch-sizes"), "seq_len": args.seq_len},
+        )
+    except (SearchParallelError, DistributedError, HFCheckpointError, PuzzleModelError) as err:
+        fail(str(err))
+    if not _writes():
+        return 0
     write_json(
         run / "scores.json",
-        {"metric": args.metric, "held_out_tokens": held_out.numel(), "scores": [s.to_dict() for s in scores]},
+        {
+            "metric": args.metric,
+            "held_out_tokens": held_out.numel(),
+            "layout": settings.layout,
+            "scores": [s.to_dict() for s in scores],
+        },
     )
     print(
-        f"scores: {len(scores)} variants ({args.metric}, {held_out.numel()} held-out tokens) -> {run / 'scores.json'}"
+        f"scores: {len(scores)} variants ({args.metric}, {held_out.numel()} held-out tokens, {settings.layout}) -> "
+        f"{run / 'scores.json'}"
     )
     return 0
 

@@ -195,6 +195,7 @@ def build_library(
     *,
     ffn_fractions: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
     kv_heads: Sequence[int] | None = None,
+    contributions: Mapping[int, torch.Tensor] | None = None,
 ) -> list[Variant]:
     """Every variant of every layer.
 
@@ -204,11 +205,15 @@ def build_library(
         calibration: token ids ``[batch, seq]`` for the channel contributions.
         ffn_fractions: FFN widths as fractions of each parent layer's width (rounded, at least 1).
         kv_heads: KV-head counts to pool to (default: the divisors of each layer's KV heads).
+        contributions: Channel contributions per SwiGLU layer computed elsewhere (e.g. on Megatron:
+            :func:`~nemotron_plugins.puzzle.search.parallel.channel_contributions_megatron`); default: computed here
+            with the plain-torch forward on ``calibration``.
 
     Returns:
         Attention and FFN variants, layer by layer.
     """
-    contributions = channel_contributions(cfg, weights, calibration)
+    if contributions is None:
+        contributions = channel_contributions(cfg, weights, calibration)
     out = []
     for i, block in enumerate(cfg.blocks):
         if block.attention.kind == "gqa":

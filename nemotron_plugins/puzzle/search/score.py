@@ -32,7 +32,7 @@ from nemotron_plugins.puzzle.search import hf_forward
 from nemotron_plugins.puzzle.search.library import Variant, substitute
 from nemotron_plugins.puzzle.search.mip import BlockOption, SearchProblem
 
-__all__ = ["VariantScore", "build_problem", "kl_per_sequence", "kl_to_parent", "score_variants"]
+__all__ = ["VariantScore", "build_problem", "kl_per_sequence", "kl_to_parent", "score_variants", "variant_cost"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -176,18 +176,7 @@ def score_variants(
         child_cfg, child_w = substitute(cfg, weights, [var])
         logits = hf_forward.forward(child_cfg, child_w, held_out)
         score = _kl(parent, logits) if metric == "kl" else _lm_loss(logits, held_out)
-        if var.part == "attention":
-            params = attention_params(var.attention, cfg)
-            kv = attention_kv_cache_bytes_per_token(var.attention, cfg)
-        else:
-            params, kv = ffn_params(var.ffn, cfg.hidden_size), 0
-        key = (var.layer, var.part, var.name)
-        if runtimes is not None:
-            if key not in runtimes:
-                raise KeyError(f"imported runtimes have no entry for layer {var.layer} {var.part} {var.name!r}")
-            rt = {int(b): float(runtimes[key][b]) for b in batch_sizes}
-        else:
-            rt = {b: _runtime(cfg, weights, var, b, seq_len) for b in batch_sizes}
+        params, kv, rt = variant_cost(cfg, weights, var, batch_sizes=batch_sizes, seq_len=seq_len, runtimes=runtimes)
         out.append(
             VariantScore(
                 layer=var.layer,
@@ -200,6 +189,39 @@ def score_variants(
             )
         )
     return out
+
+
+def variant_cost(
+    cfg: PuzzleModelConfig,
+    weights: Mapping[str, torch.Tensor],
+    var: Variant,
+    *,
+    batch_sizes: Sequence[int] = (1,),
+    seq_len: int = 128,
+    runtimes: Mapping[tuple[int, str, str], Mapping[int, float]] | None = None,
+    measure: bool = True,
+) -> tuple[int, int, dict[int, float] | None]:
+    """Parameters, KV bytes per token and runtimes by batch size of one variant's sub-block.
+
+    Runtimes are imported from ``runtimes`` when given, else measured here (plain-torch sub-block forward, median of
+    5), else ``None`` when ``measure`` is false (a rank whose peer measures them).
+
+    Raises:
+        KeyError: ``runtimes`` has no entry for the variant.
+    """
+    if var.part == "attention":
+        params = attention_params(var.attention, cfg)
+        kv = attention_kv_cache_bytes_per_token(var.attention, cfg)
+    else:
+        params, kv = ffn_params(var.ffn, cfg.hidden_size), 0
+    key = (var.layer, var.part, var.name)
+    if runtimes is not None:
+        if key not in runtimes:
+            raise KeyError(f"imported runtimes have no entry for layer {var.layer} {var.part} {var.name!r}")
+        return params, kv, {int(b): float(runtimes[key][b]) for b in batch_sizes}
+    if not measure:
+        return params, kv, None
+    return params, kv, {b: _runtime(cfg, weights, var, b, seq_len) for b in batch_sizes}
 
 
 def build_problem(cfg: PuzzleModelConfig, scores: Sequence[VariantScore]) -> SearchProblem:

@@ -1,0 +1,108 @@
+"""Search stages 1-3 on Megatron (gloo, CPU): TP2 and DP2 give what one process gives, and what the plain-torch
+reference forward gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemotron_plugins.puzzle.block_config import AttentionConfig, BlockConfig, FFNConfig, make_config
+from nemotron_plugins.puzzle.search.library import build_library, channel_contributions
+from nemotron_plugins.puzzle.search.parallel import (
+    SearchParallel,
+    SearchParallelError,
+    build_library_megatron,
+    channel_contributions_megatron,
+    run_parallel,
+    score_variants_megatron,
+)
+from nemotron_plugins.puzzle.search.score import score_variants
+from tests.reference.tiny_checkpoints import random_hf_weights
+
+VOCAB = 61  # odd: TP2 pads the vocabulary, and the padding must stay out of every softmax
+
+
+def _parent() -> tuple[object, dict[str, torch.Tensor]]:
+    blocks = [
+        BlockConfig(attention=AttentionConfig.gqa(2), ffn=FFNConfig.swiglu(32)),
+        BlockConfig(attention=AttentionConfig.gqa(4), ffn=FFNConfig.swiglu(48)),
+        BlockConfig(attention=AttentionConfig.no_op(), ffn=FFNConfig.swiglu(32)),
+    ]
+    cfg = make_config(hidden_size=32, num_attention_heads=4, vocab_size=VOCAB, blocks=blocks, rms_norm_eps=1e-5)
+    weights = random_hf_weights(cfg, seed=0)
+    return cfg, {k: v * 3 if "proj" in k else v for k, v in weights.items()}  # far from the identity
+
+
+def _tokens(n: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, 12), generator=torch.Generator().manual_seed(seed))
+
+
+def _library(cfg, weights) -> list:
+    # KV heads that split over TP2, FFN widths that do
+    return build_library(cfg, weights, _tokens(4, 1), ffn_fractions=(1.0, 0.5), kv_heads=[2])
+
+
+@pytest.mark.parametrize("metric", ["kl", "lm_loss"])
+def test_score_tp2_and_dp2_match_one_process_and_the_reference(metric: str) -> None:
+    torch.set_num_threads(1)
+    cfg, weights = _parent()
+    variants = _library(cfg, weights)
+    held = _tokens(6, 2)
+    runtimes = {(v.layer, v.part, v.name): {1: 0.5 + v.layer} for v in variants}
+    kwargs = {"metric": metric, "runtimes": runtimes}
+    ref = score_variants(cfg, weights, variants, held, **kwargs)
+    got = {}
+    for tp, dp in ((1, 1), (2, 1), (1, 2)):
+        settings = SearchParallel(tensor_model_parallel_size=tp, data_parallel_size=dp, micro_batch_size=4)
+        got[(tp, dp)] = run_parallel(
+            score_variants_megatron, settings, (cfg, weights, variants, held, settings), kwargs, timeout_s=300
+        )
+    for layout, scores in got.items():
+        assert len(scores) == len(ref)
+        for a, b in zip(ref, scores, strict=True):
+            assert (a.layer, a.part, a.name, a.params, a.kv_bytes_per_token, a.runtime_s) == (
+                b.layer,
+                b.part,
+                b.name,
+                b.params,
+                b.kv_bytes_per_token,
+                b.runtime_s,
+            )
+            assert abs(a.score - b.score) <= 1e-5 * max(1.0, abs(a.score)), (layout, a, b)
+    assert max(s.score for s in ref) > 1e-3  # the scores are not all ~0: the comparison can fail
+
+
+def test_pipeline_parallel_is_refused_naming_the_field() -> None:
+    with pytest.raises(SearchParallelError, match="pipeline_model_parallel_size 2 is not supported"):
+        SearchParallel(pipeline_model_parallel_size=2).validate()
+    cfg, _ = _parent()
+    with pytest.raises(SearchParallelError, match="does not divide layer 0's 2 KV heads"):
+        SearchParallel(tensor_model_parallel_size=4).check_cfg(cfg)
+
+
+def test_library_tp2_and_dp2_equal_the_single_process_library() -> None:
+    torch.set_num_threads(1)
+    cfg, weights = _parent()
+    calib = _tokens(6, 3)
+    ref_contrib = channel_contributions(cfg, weights, calib)
+    one = SearchParallel()
+    got_contrib = run_parallel(channel_contributions_megatron, one, (cfg, weights, calib, one))
+    assert set(got_contrib) == set(ref_contrib) == {0, 1, 2}
+    for i, ref in ref_contrib.items():
+        torch.testing.assert_close(got_contrib[i], ref, rtol=1e-5, atol=1e-7)
+    kwargs = {"ffn_fractions": (1.0, 0.5, 0.25), "kv_heads": [2, 1]}
+    ref = build_library(cfg, weights, calib, **kwargs)
+    for tp, dp in ((2, 1), (1, 2)):
+        settings = SearchParallel(tensor_model_parallel_size=tp, data_parallel_size=dp, micro_batch_size=2)
+        got = run_parallel(build_library_megatron, settings, (cfg, weights, calib, settings), kwargs, timeout_s=300)
+        assert [(v.layer, v.part, v.name) for v in got] == [(v.layer, v.part, v.name) for v in ref]
+        for a, b in zip(ref, got, strict=True):
+            assert (a.attention, a.ffn) == (b.attention, b.ffn)
+            assert set(a.tensors) == set(b.tensors)
+            for key, tensor in a.tensors.items():
+                # pruned channels are slices of the parent's tensors: the same channels give equal tensors
+                assert torch.equal(tensor, b.tensors[key]), (tp, dp, a.layer, a.name, key)
+    pruned = [v for v in ref if v.name == "swiglu16"]
+    assert pruned and not torch.equal(
+        pruned[0].tensors["mlp.up_proj.weight"], weights["model.layers.0.mlp.up_proj.weight"][:16]
+    )
