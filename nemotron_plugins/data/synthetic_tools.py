@@ -43,18 +43,14 @@ from typing import Any
 SYSTEM_PROMPT = "detailed thinking on"
 """Tool-N1 requires reasoning: every prompt is reasoning-on and every reply starts with a think block."""
 
-CITIES: tuple[str, ...] = (
-    "paris", "rome", "oslo", "lima", "cairo", "tokyo", "delhi", "dubai", "seoul", "quito", "berlin", "madrid",
-    "vienna", "dublin", "prague", "athens", "lisbon", "warsaw", "sydney", "nairobi", "havana", "manila", "bogota",
-    "zurich",
-)  # fmt: skip
-WORDS: tuple[str, ...] = (
-    "apple", "river", "candle", "mirror", "garden", "silver", "pencil", "rocket", "castle", "forest", "thunder",
-    "window", "basket", "orange", "ladder", "violin", "bridge", "cloud", "dragon", "feather", "island", "lemon",
-    "marble", "tiger",
-)  # fmt: skip
-UNITS: tuple[str, ...] = ("km", "mi", "kg", "lb", "cm", "ft")
-MAX_NUMBER = 99
+CITIES: tuple[str, ...] = ("paris", "rome", "oslo", "lima", "cairo", "tokyo", "delhi", "quito")
+WORDS: tuple[str, ...] = ("apple", "river", "candle", "mirror", "garden", "silver", "pencil", "rocket")
+UNITS: tuple[str, ...] = ("km", "mi", "kg", "lb")
+MAX_NUMBER = 12
+"""Argument values come from small closed sets (8 cities, 8 words, 4 units, integers 0-12): a ~1M-parameter model
+on 2 CPU cores learns to read them out of the request within minutes (with 24 cities and numbers to 99 it learned the
+format and the tool names in 160 SFT steps but not yet the arguments)."""
+
 
 
 def _schema(name: str, properties: dict[str, str]) -> dict[str, Any]:
