@@ -501,7 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--greedy", action="store_true")
     e.add_argument("--out", default=None, help="write the replies here (JSONL)")
     e.add_argument("overrides", nargs="*", help="key=value recipe overrides")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may also follow the options
+        if args.command != "evaluate" or not all("=" in e and not e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.command == "write":
         paths = write_instruction_task(
             args.out_dir, seed=args.seed, obey_probability=args.obey, max_instructions=args.max_instructions
