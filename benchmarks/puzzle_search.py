@@ -19,7 +19,8 @@ One command runs the whole Puzzle pipeline per seed, each stage through ``nemotr
 5. per child, the mean per-token ``KL(parent || child)`` on the evaluation tokens (never used by any stage), before
    and after distillation.
 
-``--scale ci`` is a scaled-down variant (smaller parent, fewer steps) for the functional test. The table gives the
+``puzzle library``, ``bld`` and ``score`` run on Megatron models (``--search-tp`` / ``--search-dp``: their layout,
+TP x DP local gloo processes; default one process). ``--scale ci`` is a scaled-down variant (smaller parent, fewer steps) for the functional test. The table gives the
 sample counts (sequences x tokens) beside every figure; nothing here is timed against a threshold.
 """
 
@@ -261,8 +262,14 @@ def uniform_width(parent: Any, budget_params: float) -> int:
     return lo
 
 
-def run_seed(out: Path, scale: Scale, seed: int, *, distill_tp: int = 1) -> dict[str, Any]:
-    """The whole pipeline for one seed; returns the comparison row."""
+def run_seed(
+    out: Path, scale: Scale, seed: int, *, distill_tp: int = 1, search_tp: int = 1, search_dp: int = 1
+) -> dict[str, Any]:
+    """The whole pipeline for one seed; returns the comparison row.
+
+    ``search_tp`` / ``search_dp``: the Megatron layout of ``puzzle library``, ``bld`` and ``score`` (TP x DP local
+    gloo processes; TP must divide every FFN width and KV-head count of the library).
+    """
     from nemotron_plugins.puzzle.block_config import load_hf_config
     from nemotron_plugins.puzzle.cost import estimate_cost
     from nemotron_plugins.puzzle.hf_checkpoint import read_hf_state_dict
@@ -291,6 +298,8 @@ def run_seed(out: Path, scale: Scale, seed: int, *, distill_tp: int = 1) -> dict
         ("realize", ["realize", run]),
     ]
     stages[0][1].extend(["--ffn-fractions", ",".join(f"{f:.6f}" for f in fractions)])
+    for _, args in stages[:3]:
+        args.extend(["--tensor-parallel", search_tp, "--data-parallel", search_dp])
     for name, args in stages:
         t = time.perf_counter()
         _cli("puzzle", *args)
@@ -411,10 +420,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--distill-tp", type=int, default=1, help="tensor parallel size of `puzzle distill`")
+    parser.add_argument("--search-tp", type=int, default=1, help="TP size of `puzzle library / bld / score`")
+    parser.add_argument("--search-dp", type=int, default=1, help="DP size of `puzzle library / bld / score`")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = [
-        run_seed(Path(args.out) / f"seed{seed}", SCALES[args.scale], seed, distill_tp=args.distill_tp)
+        run_seed(
+            Path(args.out) / f"seed{seed}",
+            SCALES[args.scale],
+            seed,
+            distill_tp=args.distill_tp,
+            search_tp=args.search_tp,
+            search_dp=args.search_dp,
+        )
         for seed in args.seeds
     ]
     print_table(rows)

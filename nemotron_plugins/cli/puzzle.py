@@ -56,7 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bld.add_argument("--epochs", type=int, default=1)
     bld.add_argument("--batch-size", type=int, default=8)
     bld.add_argument("--lr", type=float, default=1e-3)
+    bld.add_argument("--seed", type=int, default=0, help="batch-order seed")
     bld.add_argument("--force", action="store_true")
+    _add_parallel(bld)
     bld.set_defaults(func=run_bld)
 
     score = sub.add_parser("score", help="stage 3: replace-1-block KL to the parent and per-block cost")
@@ -323,24 +325,48 @@ def run_library(args: argparse.Namespace) -> int:
 
 def run_bld(args: argparse.Namespace) -> int:
     """Stage 2."""
-    from nemotron_plugins.puzzle.search.bld import blockwise_distill
+    from nemotron_plugins.puzzle.hf_checkpoint import HFCheckpointError
+    from nemotron_plugins.puzzle.model import PuzzleModelError
+    from nemotron_plugins.puzzle.search.parallel import SearchParallelError, blockwise_distill_megatron, run_parallel
     from nemotron_plugins.puzzle.search.rundir import load_library, load_tokens, save_library, write_json
+    from nemotron_plugins.runtime.distributed import DistributedError
 
     run = Path(args.run)
     if (run / "library_bld" / "library.json").is_file() and not args.force:
         print(f"{run / 'library_bld'} exists; reusing it (--force retrains)")
         return 0
     cfg, weights = _load_parent(_run_meta(run)["parent"])
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.lr <= 0:
+        fail(f"--lr must be > 0, got {args.lr}")
+    settings = _search_parallel(args)
     try:
         tokens = load_tokens(args.tokens, what="--tokens")
-    except (FileNotFoundError, ValueError) as err:
+        trained, losses = run_parallel(
+            blockwise_distill_megatron,
+            settings,
+            (cfg, weights, load_library(run / "library"), tokens, settings),
+            {"batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "seed": args.seed},
+        )
+    except (
+        SearchParallelError,
+        DistributedError,
+        HFCheckpointError,
+        PuzzleModelError,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
         fail(str(err))
-    trained, losses = blockwise_distill(
-        cfg, weights, load_library(run / "library"), tokens, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr
-    )
+    if not _writes():
+        return 0
     save_library(trained, run / "library_bld")
-    write_json(run / "bld.json", {"normalized_mse_first_last": losses, "tokens": tokens.numel()})
-    print(f"bld: {len(losses)} blocks trained on {tokens.numel()} tokens -> {run / 'library_bld'}")
+    write_json(
+        run / "bld.json",
+        {"normalized_mse_first_last": losses, "tokens": tokens.numel(), "layout": settings.layout},
+    )
+    print(f"bld: {len(losses)} blocks trained on {tokens.numel()} tokens ({settings.layout}) -> {run / 'library_bld'}")
     return 0
 
 

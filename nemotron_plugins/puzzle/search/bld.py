@@ -4,13 +4,15 @@ Every library variant with weights is trained on its parent sub-block's input to
 with the normalised MSE ``MSE(out_parent, out_child) / MSE(out_parent, 0)``. Attention and FFN variants are trained
 separately ("decoupled"); one parent forward per batch captures the inputs and outputs of every layer, and every
 variant takes a step on that batch, so all blocks train in one pass over the data. Runs in plain PyTorch on one
-process, on the HF tensors (:mod:`nemotron_plugins.puzzle.search.hf_forward`).
+process on the HF tensors (:mod:`nemotron_plugins.puzzle.search.hf_forward`) by default; the CLI captures the
+parent's sub-block activations from the Megatron parent at TP and splits every batch over data-parallel ranks
+(:func:`nemotron_plugins.puzzle.search.parallel.blockwise_distill_megatron`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -36,6 +38,25 @@ def _child_out(
     return hf_forward.ffn(cfg, child_w, var.layer, h)[0]
 
 
+EXACT_BELOW = 1e-10
+"""A variant whose normalised MSE on the first batch is below this reproduces its parent sub-block (the parent's own
+width or KV-head count): it is not trained, since Adam would turn its rounding-level gradients into ``lr``-sized
+steps (and different rounding on another parallel layout into different steps)."""
+
+CaptureFn = Callable[[torch.Tensor, set[int]], hf_forward.Capture]
+"""``capture(ids, layers)``: the parent's sub-block inputs and outputs of ``layers`` on token rows ``ids``."""
+
+
+def _reference_capture(cfg: PuzzleModelConfig, weights: Mapping[str, torch.Tensor]) -> CaptureFn:
+    def capture(ids: torch.Tensor, layers: set[int]) -> hf_forward.Capture:
+        cap = hf_forward.Capture(layers=layers)
+        with torch.no_grad():
+            hf_forward.forward(cfg, weights, ids, capture=cap)
+        return cap
+
+    return capture
+
+
 def blockwise_distill(
     cfg: PuzzleModelConfig,
     weights: Mapping[str, torch.Tensor],
@@ -46,23 +67,37 @@ def blockwise_distill(
     epochs: int = 1,
     lr: float = 1e-3,
     seed: int = 0,
+    capture: CaptureFn | None = None,
+    local_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    all_reduce: Callable[[Sequence[torch.Tensor]], None] | None = None,
 ) -> tuple[list[Variant], dict[str, tuple[float, float]]]:
     """Train every variant with weights on the parent's block inputs (decoupled BLD).
+
+    The loss of a variant on a batch is the normalised MSE over the whole batch, ``sum (out_parent - out_child)^2 /
+    sum out_parent^2``; with data parallelism (``local_rows`` and ``all_reduce``) each rank computes its rows' share
+    of the numerator against the batch's all-reduced denominator and the gradients are summed over the ranks, so
+    every rank takes the step one process would take on the whole batch. A variant that already reproduces its
+    parent sub-block on the first batch (loss below :data:`EXACT_BELOW`) is left as it is.
 
     Args:
         cfg: the parent.
         weights: its HF tensors (not modified).
         variants: the library.
         tokens: training token ids ``[n, seq]`` (kept apart from the held-out scoring tokens).
-        batch_size: sequences per step.
+        batch_size: sequences per step (over all data-parallel ranks).
         epochs: passes over ``tokens``.
         lr: Adam learning rate.
         seed: shuffling seed.
+        capture: the parent's sub-block inputs / outputs on a batch; default: the plain-torch forward of ``weights``
+            (:func:`nemotron_plugins.puzzle.search.parallel.capture_megatron` wraps the Megatron parent).
+        local_rows: this rank's share of a batch's row indices (default: all of them).
+        all_reduce: sums a list of tensors in place over the data-parallel ranks (default: one process, nothing).
 
     Returns:
         The trained variants (same order; no-ops unchanged) and, per variant ``"layer.part.name"``, the normalised
         MSE on the first batch before training and after the last step.
     """
+    capture = capture or _reference_capture(cfg, weights)
     trained = []
     for var in variants:
         params = {k: t.detach().clone().requires_grad_(True) for k, t in var.tensors.items()}
@@ -74,26 +109,61 @@ def blockwise_distill(
     last: dict[str, float] = {}
     gen = torch.Generator().manual_seed(seed)
     layers = {v.layer for v in active}
+    targets = sorted({(v.layer, v.part) for v in active})
+    exact: set[str] = set()
     for _ in range(epochs):
         order = torch.randperm(tokens.shape[0], generator=gen)
         for start in range(0, tokens.shape[0], batch_size):
-            ids = tokens[order[start : start + batch_size]]
-            cap = hf_forward.Capture(layers=layers)
-            with torch.no_grad():
-                hf_forward.forward(cfg, weights, ids, capture=cap)
-            for var, (child_cfg, child_w), opt in zip(active, children, opts, strict=True):
-                x = (cap.attn_input if var.part == "attention" else cap.ffn_input)[var.layer]
-                target = (cap.attn_output if var.part == "attention" else cap.ffn_output)[var.layer]
+            rows = order[start : start + batch_size]
+            mine = local_rows(rows) if local_rows is not None else rows
+            cap = capture(tokens[mine], layers) if len(mine) else None
+
+            def io(layer: int, part: str, cap: hf_forward.Capture | None = cap) -> tuple[torch.Tensor, torch.Tensor]:
+                if part == "attention":
+                    return cap.attn_input[layer], cap.attn_output[layer]
+                return cap.ffn_input[layer], cap.ffn_output[layer]
+
+            # the batch's denominators sum(out_parent^2) and element counts, summed over the ranks
+            norms = torch.zeros(len(targets), 2, dtype=torch.float64)
+            if cap is not None:
+                for k, (layer, part) in enumerate(targets):
+                    target = io(layer, part)[1]
+                    norms[k, 0] = float(target.double().pow(2).sum())
+                    norms[k, 1] = target.numel()
+            if all_reduce is not None:
+                all_reduce([norms])
+            denom = {t: (float(norms[k, 0] / norms[k, 1]), float(norms[k, 1])) for k, t in enumerate(targets)}
+            losses = torch.zeros(len(active), dtype=torch.float64)
+            for j, (var, (child_cfg, child_w)) in enumerate(zip(active, children, strict=True)):
+                mean_sq, count = denom[(var.layer, var.part)]
+                for t in var.tensors.values():
+                    t.grad = None
+                if cap is None:
+                    continue
+                x, target = io(var.layer, var.part)
                 # the child's layer tensors are the trainable ones
                 prefix = f"model.layers.{var.layer}."
                 live = {**child_w, **{prefix + k: t for k, t in var.tensors.items()}}
-                loss = normalized_mse(target, _child_out(child_cfg, live, var, x))
-                key = f"{var.layer}.{var.part}.{var.name}"
-                first.setdefault(key, loss.item())
-                last[key] = loss.item()
-                opt.zero_grad()
+                err = (target - _child_out(child_cfg, live, var, x)).pow(2).sum()
+                loss = err / count / max(mean_sq, 1e-30)
                 loss.backward()
-                opt.step()
+                losses[j] = float(loss.detach())
+            grads = []
+            for var in active:
+                for t in var.tensors.values():
+                    if t.grad is None:
+                        t.grad = torch.zeros_like(t)
+                    grads.append(t.grad)
+            if all_reduce is not None:
+                all_reduce([losses, *grads])
+            for j, (var, opt) in enumerate(zip(active, opts, strict=True)):
+                key = f"{var.layer}.{var.part}.{var.name}"
+                if key not in first and float(losses[j]) < EXACT_BELOW:
+                    exact.add(key)
+                first.setdefault(key, float(losses[j]))
+                last[key] = float(losses[j])
+                if key not in exact:
+                    opt.step()
     out = [dataclasses.replace(v, tensors={k: t.detach() for k, t in v.tensors.items()}) for v in trained]
     return out, {k: (first[k], last[k]) for k in first}
 

@@ -514,7 +514,7 @@ def capture_megatron(model: torch.nn.Module, cfg: PuzzleModelConfig, ids: torch.
 
     def to_bsh(x: Any) -> torch.Tensor:
         x = x[0] if isinstance(x, tuple) else x
-        return x.detach().transpose(0, 1)
+        return x.detach().transpose(0, 1).clone()  # megatron's bias-dropout-add may add the residual in place
 
     def on_layer(i: int) -> Callable[..., None]:
         def pre(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

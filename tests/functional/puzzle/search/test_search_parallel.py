@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from nemotron_plugins.puzzle.block_config import AttentionConfig, BlockConfig, FFNConfig, make_config
+from nemotron_plugins.puzzle.search.bld import blockwise_distill
 from nemotron_plugins.puzzle.search.library import build_library, channel_contributions
 from nemotron_plugins.puzzle.search.parallel import (
     SearchParallel,
     SearchParallelError,
+    blockwise_distill_megatron,
     build_library_megatron,
     channel_contributions_megatron,
     run_parallel,
@@ -106,3 +108,69 @@ def test_library_tp2_and_dp2_equal_the_single_process_library() -> None:
     assert pruned and not torch.equal(
         pruned[0].tensors["mlp.up_proj.weight"], weights["model.layers.0.mlp.up_proj.weight"][:16]
     )
+
+
+@pytest.mark.parametrize(("tp", "dp"), [(1, 2), (2, 1)])
+def test_bld_dp2_and_tp2_train_the_variants_one_process_trains(tp: int, dp: int) -> None:
+    torch.set_num_threads(1)
+    cfg, weights = _parent()
+    variants = [v for v in _library(cfg, weights) if v.layer in (0, 2)]  # every kind: gqa, linear, swiglu, no-op
+    train = _tokens(10, 4)  # batches of 4, 4 and 2 rows: DP2 splits each, the last one 1 + 1
+    kwargs = {"batch_size": 4, "epochs": 1, "lr": 3e-3, "seed": 5}
+    ref, ref_losses = blockwise_distill(cfg, weights, variants, train, **kwargs)
+    moved = [k for k, (a, b) in ref_losses.items() if b < a]
+    assert moved, ref_losses  # training changes the losses: the comparison can fail
+    settings = SearchParallel(tensor_model_parallel_size=tp, data_parallel_size=dp, micro_batch_size=2)
+    got, losses = run_parallel(
+        blockwise_distill_megatron, settings, (cfg, weights, variants, train, settings), kwargs, timeout_s=300
+    )
+    assert set(losses) == set(ref_losses)
+    for key, (a0, a1) in ref_losses.items():
+        b0, b1 = losses[key]
+        assert abs(a0 - b0) <= 1e-5 * max(1.0, a0) and abs(a1 - b1) <= 1e-4 * max(1.0, a1), (key, a0, a1, b0, b1)
+    for a, b in zip(ref, got, strict=True):
+        assert a.name == b.name and set(a.tensors) == set(b.tensors)
+        for key, tensor in a.tensors.items():
+            torch.testing.assert_close(b.tensors[key], tensor, rtol=1e-4, atol=1e-5, msg=f"{a.layer} {a.name} {key}")
+    # the parent's own sub-block (layer 0's 2 KV heads) is left as it is on every layout
+    (same,) = [v for v in got if (v.layer, v.name) == (0, "gqa2")]
+    assert torch.equal(same.tensors["self_attn.k_proj.weight"], weights["model.layers.0.self_attn.k_proj.weight"])
+
+
+def test_cli_stages_at_two_ranks_write_what_one_rank_writes(tmp_path, capsys) -> None:
+    import json
+    import shutil
+
+    from nemotron_plugins.cli.main import main
+    from tests.reference.tiny_checkpoints import write_hf_checkpoint
+
+    torch.set_num_threads(1)
+    cfg, weights = _parent()
+    parent = str(write_hf_checkpoint(tmp_path / "parent", cfg, weights))
+    torch.save(_tokens(4, 6), tmp_path / "calib.pt")
+    torch.save(_tokens(4, 7), tmp_path / "held.pt")
+    calib, held = str(tmp_path / "calib.pt"), str(tmp_path / "held.pt")
+    one, two = tmp_path / "one", tmp_path / "two"
+    lib = ["--ffn-fractions", "1.0,0.5", "--kv-heads", "2"]
+    assert main(["puzzle", "library", parent, str(one), "--calibration", calib, *lib]) == 0
+    shutil.copytree(one, two)
+    bld = ["--tokens", calib, "--batch-size", "2"]
+    score = ["--held-out", held, "--seq-len", "8"]
+    assert main(["puzzle", "bld", str(one), *bld]) == 0
+    assert main(["puzzle", "score", str(one), *score]) == 0
+    assert main(["puzzle", "bld", str(two), *bld, "--data-parallel", "2"]) == 0
+    assert main(["puzzle", "score", str(two), *score, "--tensor-parallel", "2"]) == 0
+    assert "scoring library_bld on Megatron (TP2 DP1)" in capsys.readouterr().out
+    bld_one, bld_two = (json.loads((run / "bld.json").read_text()) for run in (one, two))
+    assert (bld_one["layout"], bld_two["layout"]) == ("TP1 DP1", "TP1 DP2")
+    for key, (a0, a1) in bld_one["normalized_mse_first_last"].items():
+        b0, b1 = bld_two["normalized_mse_first_last"][key]
+        assert abs(a0 - b0) <= 1e-5 * max(1.0, a0) and abs(a1 - b1) <= 1e-4 * max(1.0, a1), (key, a0, a1, b0, b1)
+    runs = [json.loads((run / "scores.json").read_text()) for run in (one, two)]
+    assert (runs[0]["layout"], runs[1]["layout"]) == ("TP1 DP1", "TP2 DP1")
+    for a, b in zip(runs[0]["scores"], runs[1]["scores"], strict=True):
+        assert (a["layer"], a["part"], a["name"]) == (b["layer"], b["part"], b["name"])
+        assert abs(a["score"] - b["score"]) <= 1e-4 * max(1.0, a["score"]), (a, b)
+    with pytest.raises(SystemExit):
+        main(["puzzle", "score", str(one), *score, "--force", "--pipeline-parallel", "2"])
+    assert "pipeline_model_parallel_size 2 is not supported" in capsys.readouterr().err
