@@ -10,6 +10,9 @@ rundir``; an existing artefact is reused unless ``--force``):
 ``puzzle search RUN (--param-fraction F | --memory-bytes B | --latency-s S | --throughput T)``,
 ``puzzle realize RUN``, ``puzzle distill RUN --tokens TOKENS [--steps N --tensor-parallel T ...]``,
 ``puzzle fuse CHECKPOINT OUT --calibration TOKENS --threshold D``.
+``library``, ``bld`` and ``score`` run on Megatron Puzzle models and take ``--tensor-parallel T --data-parallel D``
+(``T x D`` local gloo processes, or the ranks of a ``torchrun`` group; rank 0 writes the run directory;
+``--pipeline-parallel`` above 1 is refused with the reason).
 Token files are ``.pt`` / ``.npy`` / ``.json`` integer arrays ``[batch, seq]``.
 """
 
