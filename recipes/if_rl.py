@@ -13,6 +13,10 @@ first)::
 The RLOO run reports the held-out mean ``ifeval`` score (the fraction of a prompt's instructions followed);
 ``python -m nemotron_plugins.data.synthetic_instructions evaluate`` adds IFEval's prompt-level and
 instruction-level strict accuracy of any checkpoint on the same held-out prompts (``docs/post_training.md``).
+
+Measured (2 shared CPU cores, seed 0 data, seed 1234 runs): held-out over 500 prompts, sampled at T=1, prompt-level
+strict 0.128 -> 0.450 and instruction-level 0.325 -> 0.682 after 60 RLOO steps (greedy 0.150 -> 0.486 and
+0.375 -> 0.721).
 """
 
 from __future__ import annotations
