@@ -413,6 +413,65 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"seed {row['seed']}: end to end {row['total_s']:.0f} s")
 
 
+def compare_score_paths(layouts: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """``puzzle score``'s work on the plain-torch reference and on Megatron at ``layouts`` (TP, DP), side by side.
+
+    A random parent of the full scale's shape (6 layers, hidden 64, FFN 512, 4 KV heads), 60 library variants (KV
+    heads 4 and 2, FFN fractions 1 / .75 / .5 / .25), 64 x 64 held-out tokens; runtimes imported (0) so that only the
+    scoring forwards are timed. Prints wall and CPU seconds (this process and its reaped children) and the largest
+    relative score difference to the reference; asserts nothing about time.
+    """
+    import resource
+
+    from nemotron_plugins.puzzle.block_config import AttentionConfig, BlockConfig, FFNConfig, make_config
+    from nemotron_plugins.puzzle.search.library import build_library
+    from nemotron_plugins.puzzle.search.parallel import SearchParallel, run_parallel, score_variants_megatron
+    from nemotron_plugins.puzzle.search.score import score_variants
+    from tests.reference.tiny_checkpoints import random_hf_weights
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    blocks = [BlockConfig(attention=AttentionConfig.gqa(4), ffn=FFNConfig.swiglu(512)) for _ in range(6)]
+    cfg = make_config(
+        hidden_size=64,
+        num_attention_heads=4,
+        vocab_size=300,
+        blocks=blocks,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    )
+    weights = random_hf_weights(cfg, seed=0)
+    held = torch.randint(0, 300, (64, 64), generator=torch.Generator().manual_seed(0))
+    library = build_library(cfg, weights, held[:16], kv_heads=[4, 2])
+    runtimes = {(v.layer, v.part, v.name): {1: 0.0} for v in library}
+    t, c = time.perf_counter(), cpu()
+    ref = score_variants(cfg, weights, library, held, runtimes=runtimes)
+    rows = [{"path": "plain-torch reference", "wall_s": time.perf_counter() - t, "cpu_s": cpu() - c, "max_rel": 0.0}]
+    for tp, dp in layouts:
+        settings = SearchParallel(tensor_model_parallel_size=tp, data_parallel_size=dp, micro_batch_size=64)
+        t, c = time.perf_counter(), cpu()
+        got = run_parallel(
+            score_variants_megatron, settings, (cfg, weights, library, held, settings), {"runtimes": runtimes}
+        )
+        rows.append(
+            {
+                "path": f"Megatron {settings.layout}",
+                "wall_s": time.perf_counter() - t,
+                "cpu_s": cpu() - c,
+                "max_rel": max(abs(a.score - b.score) / max(1.0, abs(a.score)) for a, b in zip(ref, got, strict=True)),
+            }
+        )
+    print(f"score: {len(library)} variants, {held.shape[0]} x {held.shape[1]} held-out tokens")
+    for row in rows:
+        print(
+            f"  {row['path']:<24} wall {row['wall_s']:7.1f} s  cpu {row['cpu_s']:7.1f} s  "
+            f"max relative difference to the reference {row['max_rel']:.1e}"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the seeds and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -422,8 +481,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--distill-tp", type=int, default=1, help="tensor parallel size of `puzzle distill`")
     parser.add_argument("--search-tp", type=int, default=1, help="TP size of `puzzle library / bld / score`")
     parser.add_argument("--search-dp", type=int, default=1, help="DP size of `puzzle library / bld / score`")
+    parser.add_argument(
+        "--compare-score-paths",
+        action="store_true",
+        help="only time `puzzle score`'s work: plain-torch reference vs Megatron TP1, DP2, TP2 (see compare_score_paths)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.compare_score_paths:
+        return compare_score_paths([(1, 1), (1, 2), (2, 1)])
     rows = [
         run_seed(
             Path(args.out) / f"seed{seed}",

@@ -392,12 +392,17 @@ def run_score(args: argparse.Namespace) -> int:
         fail(str(err))
     lib_dir = run / "library_bld" if (run / "library_bld" / "library.json").is_file() else run / "library"
     settings = _search_parallel(args)
+    variants = load_library(lib_dir)
+    try:
+        settings.check_variants(cfg, variants)
+    except SearchParallelError as err:
+        fail(f"--tensor-parallel {settings.tensor_model_parallel_size}: {err}")
     print(f"scoring {lib_dir.name} on Megatron ({settings.layout})")
     try:
         scores = run_parallel(
             score_variants_megatron,
             settings,
-            (cfg, weights, load_library(lib_dir), held_out, settings),
+            (cfg, weights, variants, held_out, settings),
             {"metric": args.metric, "batch_sizes": _ints(args.batch_sizes, "--batch-sizes"), "seq_len": args.seq_len},
         )
     except (SearchParallelError, DistributedError, HFCheckpointError, PuzzleModelError) as err:

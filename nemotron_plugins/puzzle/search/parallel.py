@@ -111,6 +111,23 @@ class SearchParallel:
                     f"{block.ffn.intermediate_size}"
                 )
 
+    def check_variants(self, cfg: PuzzleModelConfig, variants: Sequence[Any]) -> None:
+        """Raise :class:`SearchParallelError` naming the first library variant whose child does not split over TP."""
+        from nemotron_plugins.puzzle.search.library import substitute
+
+        self.check_cfg(cfg)
+        for var in variants:
+            sub = var.attention if var.part == "attention" else var.ffn
+            child = substitute(cfg, {}, [dataclasses.replace(var, tensors={})])[0]
+            try:
+                self.check_cfg(child)
+            except SearchParallelError as err:
+                raise SearchParallelError(
+                    f"library variant layer {var.layer} {var.part} {var.name!r} ({sub.kind}): {err}; build the library "
+                    "with KV-head counts and FFN widths the TP size divides (--kv-heads, --ffn-fractions) or score at "
+                    "a TP size that divides them"
+                ) from None
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Process group
@@ -346,7 +363,7 @@ def score_variants_megatron(
     if metric not in ("kl", "lm_loss"):
         raise ValueError(f"metric must be 'kl' or 'lm_loss', got {metric!r}")
     settings.validate()
-    settings.check_cfg(cfg)
+    settings.check_variants(cfg, variants)
     _check_group(settings)
     dp_rank, dp = dp_rank_and_size()
     tp_rank = _tp()[0]
@@ -364,7 +381,6 @@ def score_variants_megatron(
     for j in mine:
         var = variants[j]
         child_cfg, child_w = substitute(cfg, weights, [var])
-        settings.check_cfg(child_cfg)
         child = build_megatron_model(child_cfg, child_w, seq)
         total = torch.zeros((), dtype=torch.float64)
         count = 0

@@ -80,6 +80,11 @@ def test_pipeline_parallel_is_refused_naming_the_field() -> None:
     cfg, _ = _parent()
     with pytest.raises(SearchParallelError, match="does not divide layer 0's 2 KV heads"):
         SearchParallel(tensor_model_parallel_size=4).check_cfg(cfg)
+    cfg, weights = _parent()
+    library = build_library(cfg, weights, _tokens(2, 1), ffn_fractions=(1.0,), kv_heads=[2, 1])
+    with pytest.raises(SearchParallelError, match="library variant layer 0 attention 'gqa1' .*1 KV heads"):
+        SearchParallel(tensor_model_parallel_size=2).check_variants(cfg, library)
+    SearchParallel(tensor_model_parallel_size=2).check_variants(cfg, _library(cfg, weights))
 
 
 def test_library_tp2_and_dp2_equal_the_single_process_library() -> None:
