@@ -113,7 +113,7 @@ def tiny_tool_sft_cpu_config() -> RecipeConfig:
             tokenizer="tiny",
             max_seq_length=TINY_SEQ,
         ),
-        train_steps=160,
+        train_steps=260,
         micro_batch_size=32,
         global_batch_size=32,
         seed=1234,
