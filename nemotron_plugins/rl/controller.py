@@ -1066,7 +1066,10 @@ def _report(result: GRPOResult, out: Path) -> None:
         print(f"[grpo] held-out accuracy over n={int(a['n'])} prompts (T=1 sampled, one sample each; greedy beside):")
         for key in sorted(k for k in a if k.startswith(("accuracy_", "format_"))):
             print(f"[grpo]   {key:24s} before {b.get(key, float('nan')):.3f}  after {a[key]:.3f}", flush=True)
-    command = shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]) if sys.argv and sys.argv[0] else ""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if program.endswith(".py"):  # ``python -m nemotron_plugins.cli.main``: name the console script instead
+        program = "nemotron-plugins"
+    command = shlex.join([program, *sys.argv[1:]]) if program else ""
     print(f"[grpo] {result.steps} steps, {result.wall_time_s:.0f}s; output {out}", flush=True)
     if command:
         print(f"[grpo] reproduce: {command}", flush=True)
