@@ -6,16 +6,18 @@ Recipes only choose combinations of components; everything here is plain data (n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from nemotron_plugins.launch.pipeline_layout import balanced_layout
 from nemotron_plugins.launch.recipe_config import (
+    ClusterConfig,
     DataConfig,
     GenerationConfig,
     RewardSpec,
     SamplerConfig,
 )
 from nemotron_plugins.rl.config import GRPOConfig
-from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig
+from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig, OptimizerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """Model configs shipped with the recipes (package data)."""
@@ -57,6 +59,35 @@ def paper_model(file_name: str, seq_length: int) -> ModelConfig:
         seq_length=seq_length,
         params_dtype="bfloat16",
     )
+
+
+def tiny_model(seq_length: int, **overrides: Any) -> ModelConfig:
+    """The tiny CPU Puzzle model (~1M parameters, ``tiny-puzzle-cpu.json``) from a random initialisation, fp32;
+    ``overrides`` change its architecture (e.g. ``max_position_embeddings`` for long rows)."""
+    return ModelConfig(
+        init="random",
+        config_path=model_config_path(TINY_PUZZLE_CONFIG),
+        overrides=dict(overrides),
+        seq_length=seq_length,
+        params_dtype="float32",
+    )
+
+
+def tiny_cluster() -> ClusterConfig:
+    """One CPU process (``cluster.devices_per_node=2`` runs two gloo ranks, DP2, through torchrun)."""
+    return ClusterConfig(nodes=1, devices_per_node=1, device="cpu", gpu_memory_gb=8.0, time_limit="00:30:00")
+
+
+def tiny_sft_optimizer() -> OptimizerConfig:
+    """The tiny SFT stages' optimizer: lr 1e-3 after 20 warmup steps, clip 1.0, no weight decay."""
+    return OptimizerConfig(lr=1e-3, warmup_steps=20, clip_grad=1.0, weight_decay=0.0)
+
+
+def tiny_data(path: str, *, max_seq_length: int, dataset: str = "post_training", **fields: Any) -> DataConfig:
+    """Files written by one of the tiny tasks' ``write`` commands, read with the ``tiny`` tokenizer; ``fields`` set
+    the rest of :class:`DataConfig` (default chat template ``llama-nemotron-super``)."""
+    fields.setdefault("chat_template", "llama-nemotron-super")
+    return DataConfig(dataset=dataset, path=path, tokenizer="tiny", max_seq_length=max_seq_length, **fields)
 
 
 def param_balanced_layout(file_name: str, pipeline_model_parallel_size: int) -> list[int]:

@@ -22,15 +22,19 @@ strict 0.128 -> 0.450 and instruction-level 0.325 -> 0.682 after 60 RLOO steps (
 from __future__ import annotations
 
 from nemotron_plugins.launch.recipe_config import (
-    ClusterConfig,
-    DataConfig,
     EvalConfig,
     GenerationConfig,
     RecipeConfig,
     RewardSpec,
 )
-from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig, OptimizerConfig, ParallelConfig
-from recipes.common import TINY_PUZZLE_CONFIG, model_config_path, rloo_algorithm
+from nemotron_plugins.runtime.config import LoggingConfig, OptimizerConfig, ParallelConfig
+from recipes.common import (
+    rloo_algorithm,
+    tiny_cluster,
+    tiny_data,
+    tiny_model,
+    tiny_sft_optimizer,
+)
 
 TINY_DATA_DIR = "runs/ifrl_data"
 """Where ``python -m nemotron_plugins.data.synthetic_instructions write`` puts the task's files (relative to the
@@ -45,16 +49,6 @@ HELDOUT = 500
 """Held-out prompts evaluated (topic-word sets never trained on)."""
 
 
-def _model() -> ModelConfig:
-    return ModelConfig(
-        init="random", config_path=model_config_path(TINY_PUZZLE_CONFIG), seq_length=SEQ_LENGTH, params_dtype="float32"
-    )
-
-
-def _cluster() -> ClusterConfig:
-    return ClusterConfig(nodes=1, devices_per_node=1, device="cpu", gpu_memory_gb=8.0, time_limit="00:30:00")
-
-
 def tiny_ifrl_sft_cpu_config() -> RecipeConfig:
     """SFT of the tiny Puzzle model on the instruction task; each reply obeys each of its instructions with
     probability 0.5, so the SFT policy leaves room for RL."""
@@ -62,18 +56,15 @@ def tiny_ifrl_sft_cpu_config() -> RecipeConfig:
         name="tiny_ifrl_sft_cpu",
         task="sft",
         description="Tiny Puzzle model, SFT on synthetic verifiable instructions (half-obeyed replies), CPU",
-        model=_model(),
+        model=tiny_model(SEQ_LENGTH),
         parallel=ParallelConfig(),
-        optimizer=OptimizerConfig(lr=1e-3, warmup_steps=20, clip_grad=1.0, weight_decay=0.0),
+        optimizer=tiny_sft_optimizer(),
         logging=LoggingConfig(log_interval=25, progress_bar=False),
-        cluster=_cluster(),
-        data=DataConfig(
-            dataset="post_training",
-            path=f"{TINY_DATA_DIR}/sft.jsonl",
-            reasoning="off",
-            chat_template="llama-nemotron-super",
-            tokenizer="tiny",
+        cluster=tiny_cluster(),
+        data=tiny_data(
+            f"{TINY_DATA_DIR}/sft.jsonl",
             max_seq_length=SEQ_LENGTH,
+            reasoning="off",
         ),
         train_steps=500,
         micro_batch_size=64,
@@ -90,19 +81,16 @@ def tiny_ifrl_rloo_cpu_config() -> RecipeConfig:
         name="tiny_ifrl_rloo_cpu",
         task="rloo",
         description="Tiny IF-RL: RLOO with the ifeval verifier on synthetic instructions, from the tiny SFT, CPU",
-        model=_model(),
+        model=tiny_model(SEQ_LENGTH),
         parallel=ParallelConfig(),
         optimizer=OptimizerConfig(lr=5e-5, clip_grad=1.0, weight_decay=0.0),
         logging=LoggingConfig(log_interval=5, progress_bar=False),
-        cluster=_cluster(),
-        data=DataConfig(
-            dataset="post_training",
-            path=f"{TINY_DATA_DIR}/prompts_train.jsonl",
+        cluster=tiny_cluster(),
+        data=tiny_data(
+            f"{TINY_DATA_DIR}/prompts_train.jsonl",
+            max_seq_length=MAX_PROMPT_TOKENS,
             eval_path=f"{TINY_DATA_DIR}/prompts_heldout.jsonl",
             reasoning="off",
-            chat_template="llama-nemotron-super",
-            tokenizer="tiny",
-            max_seq_length=MAX_PROMPT_TOKENS,
         ),
         evaluation=EvalConfig(num_samples=HELDOUT, at_start=True, greedy=True, accuracy_reward="ifeval"),
         sampler=None,

@@ -24,17 +24,19 @@ from nemotron_plugins.launch.recipe_config import (
     RewardSpec,
 )
 from nemotron_plugins.preference.config import PreferenceConfig
-from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig, OptimizerConfig, ParallelConfig
+from nemotron_plugins.runtime.config import LoggingConfig, OptimizerConfig, ParallelConfig
 from recipes.common import (
     NANO_8B_CONFIG,
     NEMO_CONTAINER,
     POST_TRAINING_DATASET,
     SUPER_49B_CONFIG,
-    TINY_PUZZLE_CONFIG,
     gpu_logging,
-    model_config_path,
     paper_model,
     param_balanced_layout,
+    tiny_cluster,
+    tiny_data,
+    tiny_model,
+    tiny_sft_optimizer,
     vllm_generation,
 )
 
@@ -50,16 +52,6 @@ TINY_SEQ = 128
 HELDOUT = 500
 
 
-def _tiny_model() -> ModelConfig:
-    return ModelConfig(
-        init="random", config_path=model_config_path(TINY_PUZZLE_CONFIG), seq_length=TINY_SEQ, params_dtype="float32"
-    )
-
-
-def _tiny_cluster() -> ClusterConfig:
-    return ClusterConfig(nodes=1, devices_per_node=1, device="cpu", gpu_memory_gb=8.0, time_limit="00:30:00")
-
-
 def _pairs(split: str) -> str:
     return f"{TINY_DATA_DIR}/pairs_{split}.jsonl"
 
@@ -70,18 +62,15 @@ def tiny_preference_sft_cpu_config() -> RecipeConfig:
         name="tiny_preference_sft_cpu",
         task="sft",
         description="Tiny Puzzle model, SFT on the synthetic letters task (the policy and reward-model backbone), CPU",
-        model=_tiny_model(),
+        model=tiny_model(TINY_SEQ),
         parallel=ParallelConfig(),
-        optimizer=OptimizerConfig(lr=1e-3, warmup_steps=20, clip_grad=1.0, weight_decay=0.0),
+        optimizer=tiny_sft_optimizer(),
         logging=LoggingConfig(log_interval=50, progress_bar=False),
-        cluster=_tiny_cluster(),
-        data=DataConfig(
-            dataset="post_training",
-            path=f"{TINY_DATA_DIR}/sft.jsonl",
-            reasoning="off",
-            chat_template="llama-nemotron-super",
-            tokenizer="tiny",
+        cluster=tiny_cluster(),
+        data=tiny_data(
+            f"{TINY_DATA_DIR}/sft.jsonl",
             max_seq_length=TINY_SEQ,
+            reasoning="off",
         ),
         train_steps=100,
         micro_batch_size=64,
@@ -99,18 +88,16 @@ def tiny_reward_model_cpu_config() -> RecipeConfig:
         name="tiny_reward_model_cpu",
         task="reward_model",
         description="Tiny reward model (Puzzle backbone + scalar head), Bradley-Terry on synthetic pairs, CPU",
-        model=_tiny_model(),
+        model=tiny_model(TINY_SEQ),
         parallel=ParallelConfig(),
         optimizer=OptimizerConfig(lr=3e-4, warmup_steps=10, clip_grad=1.0, weight_decay=0.0),
         logging=LoggingConfig(log_interval=5, progress_bar=False),
-        cluster=_tiny_cluster(),
-        data=DataConfig(
-            dataset="preference_pairs",
-            path=_pairs("train"),
-            eval_path=_pairs("heldout"),
-            chat_template="llama-nemotron-super",
-            tokenizer="tiny",
+        cluster=tiny_cluster(),
+        data=tiny_data(
+            _pairs("train"),
             max_seq_length=TINY_SEQ,
+            dataset="preference_pairs",
+            eval_path=_pairs("heldout"),
         ),
         evaluation=EvalConfig(num_samples=HELDOUT, at_start=True),
         preference=PreferenceConfig(),
@@ -128,18 +115,15 @@ def tiny_rpo_online_cpu_config() -> RecipeConfig:
         name="tiny_rpo_online_cpu",
         task="rpo",
         description="Tiny online RPO: policy samples scored by the tiny reward model, CPU",
-        model=_tiny_model(),
+        model=tiny_model(TINY_SEQ),
         parallel=ParallelConfig(),
         optimizer=OptimizerConfig(lr=2e-4, clip_grad=1.0, weight_decay=0.0),
         logging=LoggingConfig(log_interval=1, progress_bar=False),
-        cluster=_tiny_cluster(),
-        data=DataConfig(
-            dataset="post_training",
-            path=f"{TINY_DATA_DIR}/prompts_train.jsonl",
-            eval_path=f"{TINY_DATA_DIR}/prompts_heldout.jsonl",
-            chat_template="llama-nemotron-super",
-            tokenizer="tiny",
+        cluster=tiny_cluster(),
+        data=tiny_data(
+            f"{TINY_DATA_DIR}/prompts_train.jsonl",
             max_seq_length=112,
+            eval_path=f"{TINY_DATA_DIR}/prompts_heldout.jsonl",
         ),
         evaluation=EvalConfig(num_samples=200, at_start=True, greedy=True),
         rewards=[
@@ -164,18 +148,16 @@ def tiny_rpo_offline_cpu_config() -> RecipeConfig:
         name="tiny_rpo_offline_cpu",
         task="rpo",
         description="Tiny offline RPO on synthetic pairs with rewards, CPU",
-        model=_tiny_model(),
+        model=tiny_model(TINY_SEQ),
         parallel=ParallelConfig(),
         optimizer=OptimizerConfig(lr=1e-4, clip_grad=1.0, weight_decay=0.0),
         logging=LoggingConfig(log_interval=10, progress_bar=False),
-        cluster=_tiny_cluster(),
-        data=DataConfig(
-            dataset="preference_pairs",
-            path=_pairs("train"),
-            eval_path=_pairs("heldout"),
-            chat_template="llama-nemotron-super",
-            tokenizer="tiny",
+        cluster=tiny_cluster(),
+        data=tiny_data(
+            _pairs("train"),
             max_seq_length=TINY_SEQ,
+            dataset="preference_pairs",
+            eval_path=_pairs("heldout"),
         ),
         evaluation=EvalConfig(num_samples=HELDOUT, at_start=True),
         preference=PreferenceConfig(mode="offline", loss="bwd_kl", beta=0.1, reward_scale=1.0),

@@ -53,14 +53,16 @@ from nemotron_plugins.launch.recipe_config import (
     RewardSpec,
 )
 from nemotron_plugins.rl.config import GRPOConfig
-from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig, OptimizerConfig, ParallelConfig
+from nemotron_plugins.runtime.config import LoggingConfig, OptimizerConfig, ParallelConfig
 from recipes.common import (
     NANO_8B_CONFIG,
     NEMO_CONTAINER,
-    TINY_PUZZLE_CONFIG,
     gpu_logging,
-    model_config_path,
     paper_model,
+    tiny_cluster,
+    tiny_data,
+    tiny_model,
+    tiny_sft_optimizer,
     vllm_generation,
 )
 
@@ -79,20 +81,6 @@ HELDOUT = 200
 """Held-out prompts evaluated before and after GRPO (every one distinct, none of their requests trained on)."""
 
 
-def _tiny_model() -> ModelConfig:
-    return ModelConfig(
-        init="random",
-        config_path=model_config_path(TINY_PUZZLE_CONFIG),
-        overrides={"max_position_embeddings": TINY_SEQ},
-        seq_length=TINY_SEQ,
-        params_dtype="float32",
-    )
-
-
-def _tiny_cluster() -> ClusterConfig:
-    return ClusterConfig(nodes=1, devices_per_node=1, device="cpu", gpu_memory_gb=8.0, time_limit="00:30:00")
-
-
 def tiny_tool_sft_cpu_config() -> RecipeConfig:
     """SFT of the tiny Puzzle model on the synthetic tool task, tools in the system turn (nano template); half of
     the replies call a wrong tool or pass a wrong argument, so the SFT policy leaves room for RL."""
@@ -100,18 +88,16 @@ def tiny_tool_sft_cpu_config() -> RecipeConfig:
         name="tiny_tool_sft_cpu",
         task="sft",
         description="Tiny Puzzle model, SFT on the synthetic tool-calling task (half the replies wrong), CPU",
-        model=_tiny_model(),
+        model=tiny_model(TINY_SEQ, max_position_embeddings=TINY_SEQ),
         parallel=ParallelConfig(),
-        optimizer=OptimizerConfig(lr=1e-3, warmup_steps=20, clip_grad=1.0, weight_decay=0.0),
+        optimizer=tiny_sft_optimizer(),
         logging=LoggingConfig(log_interval=10, progress_bar=False),
-        cluster=_tiny_cluster(),
-        data=DataConfig(
-            dataset="post_training",
-            path=f"{TINY_DATA_DIR}/sft.jsonl",
+        cluster=tiny_cluster(),
+        data=tiny_data(
+            f"{TINY_DATA_DIR}/sft.jsonl",
+            max_seq_length=TINY_SEQ,
             reasoning="on",
             chat_template=CHAT_TEMPLATE,
-            tokenizer="tiny",
-            max_seq_length=TINY_SEQ,
         ),
         train_steps=260,
         micro_batch_size=32,
@@ -128,19 +114,17 @@ def tiny_tool_grpo_cpu_config() -> RecipeConfig:
         name="tiny_tool_grpo_cpu",
         task="grpo",
         description="Tiny Tool-N1-style GRPO: binary tool_call reward from the tiny tool SFT checkpoint, CPU",
-        model=_tiny_model(),
+        model=tiny_model(TINY_SEQ, max_position_embeddings=TINY_SEQ),
         parallel=ParallelConfig(),
         optimizer=OptimizerConfig(lr=5e-5, clip_grad=1.0),
         logging=LoggingConfig(log_interval=1, progress_bar=False),
-        cluster=_tiny_cluster(),
-        data=DataConfig(
-            dataset="post_training",
-            path=f"{TINY_DATA_DIR}/prompts_train.jsonl",
+        cluster=tiny_cluster(),
+        data=tiny_data(
+            f"{TINY_DATA_DIR}/prompts_train.jsonl",
+            max_seq_length=TINY_MAX_PROMPT,
             eval_path=f"{TINY_DATA_DIR}/prompts_heldout.jsonl",
             reasoning="on",
             chat_template=CHAT_TEMPLATE,
-            tokenizer="tiny",
-            max_seq_length=TINY_MAX_PROMPT,
         ),
         evaluation=EvalConfig(num_samples=HELDOUT, at_start=True, greedy=True, accuracy_reward="tool_call"),
         sampler=None,

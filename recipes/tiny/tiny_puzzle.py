@@ -16,7 +16,6 @@ end where that start allows: 0.234 -> 0.716 / 0.460 -> 0.818 (seed 1234), 0.392 
 from __future__ import annotations
 
 from nemotron_plugins.launch.recipe_config import (
-    ClusterConfig,
     DataConfig,
     EvalConfig,
     GenerationConfig,
@@ -25,26 +24,16 @@ from nemotron_plugins.launch.recipe_config import (
     SyntheticDataConfig,
 )
 from nemotron_plugins.rl.config import GRPOConfig
-from nemotron_plugins.runtime.config import LoggingConfig, ModelConfig, OptimizerConfig, ParallelConfig
-from recipes.common import TINY_PUZZLE_CONFIG, model_config_path
+from nemotron_plugins.runtime.config import LoggingConfig, OptimizerConfig, ParallelConfig
+from recipes.common import (
+    tiny_cluster,
+    tiny_model,
+    tiny_sft_optimizer,
+)
 
 SEQ_LENGTH = 256
 MAX_PROMPT_TOKENS = 128
 MAX_NEW_TOKENS = 64
-
-
-def _model() -> ModelConfig:
-    return ModelConfig(
-        init="random",
-        config_path=model_config_path(TINY_PUZZLE_CONFIG),
-        seq_length=SEQ_LENGTH,
-        params_dtype="float32",
-    )
-
-
-def _cluster() -> ClusterConfig:
-    # One process; ``cluster.devices_per_node=2`` runs two gloo ranks (DP2) through torchrun.
-    return ClusterConfig(nodes=1, devices_per_node=1, device="cpu", gpu_memory_gb=8.0, time_limit="00:30:00")
 
 
 SFT_PROBLEMS = 4000
@@ -83,11 +72,11 @@ def tiny_puzzle_sft_cpu_config() -> RecipeConfig:
         name="tiny_puzzle_sft_cpu",
         task="sft",
         description="Tiny Puzzle model, SFT on synthetic addition (50% corrupted traces leave room for GRPO), CPU",
-        model=_model(),
+        model=tiny_model(SEQ_LENGTH),
         parallel=ParallelConfig(),
-        optimizer=OptimizerConfig(lr=1e-3, warmup_steps=20, clip_grad=1.0, weight_decay=0.0),
+        optimizer=tiny_sft_optimizer(),
         logging=LoggingConfig(log_interval=50, progress_bar=False),
-        cluster=_cluster(),
+        cluster=tiny_cluster(),
         data=_data(max_seq_length=SEQ_LENGTH, corrupt_fraction=0.5),
         evaluation=EvalConfig(num_samples=HELDOUT_PROBLEMS, at_start=False, max_new_tokens=64, batch_size=64),
         train_steps=800,
@@ -103,11 +92,11 @@ def tiny_puzzle_grpo_cpu_config() -> RecipeConfig:
         name="tiny_puzzle_grpo_cpu",
         task="grpo",
         description="Tiny Puzzle model, GRPO on synthetic addition from the tiny SFT checkpoint, CPU",
-        model=_model(),
+        model=tiny_model(SEQ_LENGTH),
         parallel=ParallelConfig(),
         optimizer=OptimizerConfig(lr=5e-5, clip_grad=1.0),
         logging=LoggingConfig(log_interval=10, progress_bar=False),
-        cluster=_cluster(),
+        cluster=tiny_cluster(),
         data=_data(max_seq_length=MAX_PROMPT_TOKENS, num_train_samples=1024),
         evaluation=EvalConfig(
             num_samples=HELDOUT_PROBLEMS,
