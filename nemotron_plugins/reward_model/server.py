@@ -216,12 +216,16 @@ class RewardModelServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, close the socket and close the reward (a reward model that set up its own single-process
+        megatron state tears it down, so the process can build other models afterwards)."""
         self.httpd.shutdown()
         self.httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        close = getattr(self.reward, "close", None)
+        if callable(close):
+            close()
 
 
 def vars_of(limits: ServerLimits) -> dict[str, int]:

@@ -38,9 +38,10 @@ GENERATED_INPUTS = {
     for name in ("tiny_preference_sft_cpu", "tiny_reward_model_cpu", "tiny_rpo_online_cpu", "tiny_rpo_offline_cpu")
 }
 GENERATED_INPUTS.update({name: ("runs/tool_data",) for name in ("tiny_tool_sft_cpu", "tiny_tool_grpo_cpu")})
+GENERATED_INPUTS.update({name: ("runs/ifrl_data",) for name in ("tiny_ifrl_sft_cpu", "tiny_ifrl_rloo_cpu")})
 """Tiny recipes whose inputs are written first (`python -m nemotron_plugins.preference.synthetic write`, the tiny
-reward model's run, `python -m nemotron_plugins.data.synthetic_tools write`); validation refuses them, naming those
-paths, until then."""
+reward model's run, `python -m nemotron_plugins.data.synthetic_tools write`, `python -m
+nemotron_plugins.data.synthetic_instructions write`); validation refuses them, naming those paths, until then."""
 
 
 @pytest.fixture(scope="module")
