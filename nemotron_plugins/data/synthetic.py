@@ -279,11 +279,14 @@ class SyntheticDataset:
     """Counts (problems, rows, corrupted) and the settings used; also in ``manifest.json``."""
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+def write_jsonl(
+    path: Path, rows: Iterable[dict[str, Any]], *, sort_keys: bool = False, ensure_ascii: bool = False
+) -> int:
+    """Write ``rows`` as JSON lines (UTF-8, one object per line) for the synthetic tasks' files; returns the count."""
     count = 0
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(json.dumps(row, sort_keys=sort_keys, ensure_ascii=ensure_ascii) + "\n")
             count += 1
     return count
 
@@ -334,12 +337,12 @@ def write_synthetic_dataset(
     result = SyntheticDataset(out_dir=out)
     result.files = {name: out / f"{name}.jsonl" for name in ("sft_train", "sft_heldout", "rl_train", "rl_heldout")}
     counts = {
-        "sft_train": _write_jsonl(result.files["sft_train"], sft_train),
-        "sft_heldout": _write_jsonl(result.files["sft_heldout"], sft_heldout),
-        "rl_train": _write_jsonl(
+        "sft_train": write_jsonl(result.files["sft_train"], sft_train),
+        "sft_heldout": write_jsonl(result.files["sft_heldout"], sft_heldout),
+        "rl_train": write_jsonl(
             result.files["rl_train"], (rl_prompt_row(p, config, index=i) for i, p in enumerate(train))
         ),
-        "rl_heldout": _write_jsonl(
+        "rl_heldout": write_jsonl(
             result.files["rl_heldout"], (rl_prompt_row(p, config, index=i) for i, p in enumerate(heldout))
         ),
     }

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nemotron_plugins.data.synthetic import write_jsonl
+
 SYSTEM = "detailed thinking off"
 """The reasoning-off system prompt (the task is answered without a think block)."""
 TOPIC_WORDS = 3
@@ -295,10 +297,6 @@ def _prompt_row(prompt: Prompt, index: int, split: str) -> dict[str, Any]:
     }
 
 
-def _write(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
-
-
 def write_instruction_task(
     out_dir: str | Path,
     *,
@@ -348,7 +346,7 @@ def write_instruction_task(
     paths = {}
     for name, rows in files.items():
         path = out / f"{name}.jsonl"
-        _write(path, rows)
+        write_jsonl(path, rows, sort_keys=True, ensure_ascii=True)
         paths[name] = str(path)
     return paths
 
@@ -473,12 +471,14 @@ def evaluate_checkpoint(
         texts = decode_completions(policy.tokenizer, samples.completion_ids)
     ground_truths = [row["ground_truth"] for row in rows]
     if out_path:
-        _write(
+        write_jsonl(
             Path(out_path),
             [
                 {"id": r["id"], "completion": t, "ground_truth": r["ground_truth"]}
                 for r, t in zip(rows, texts, strict=True)
             ],
+            sort_keys=True,
+            ensure_ascii=True,
         )
     return score_replies(texts, ground_truths)
 

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nemotron_plugins.data.synthetic import write_jsonl
+
 SYSTEM_PROMPT = "detailed thinking on"
 """Tool-N1 requires reasoning: every prompt is reasoning-on and every reply starts with a think block."""
 
@@ -50,7 +52,6 @@ MAX_NUMBER = 12
 """Argument values come from small closed sets (8 cities, 8 words, 4 units, integers 0-12): a ~1M-parameter model
 on 2 CPU cores learns to read them out of the request within minutes (with 24 cities and numbers to 99 it learned the
 format and the tool names in 160 SFT steps but not yet the arguments)."""
-
 
 
 def _schema(name: str, properties: dict[str, str]) -> dict[str, Any]:
@@ -257,13 +258,6 @@ def _draw(rng: random.Random, config: ToolTaskConfig, count: int, *, heldout: bo
         seen.add(key)
         out.append(prompt)
     return out
-
-
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write ``rows`` as JSON lines (UTF-8, one object per line)."""
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def write_tool_task(

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nemotron_plugins.data.synthetic import write_jsonl
+
 LETTERS = 6
 """Letters per prompt and per reply."""
 SYSTEM = "detailed thinking off"
@@ -115,10 +117,6 @@ def _prompt_row(letters: str, index: int, split: str) -> dict[str, Any]:
     }
 
 
-def _write(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
-
-
 def write_preference_task(
     out_dir: str | Path,
     *,
@@ -148,7 +146,7 @@ def write_preference_task(
     paths = {}
     for name, rows in files.items():
         path = out / f"{name}.jsonl"
-        _write(path, rows)
+        write_jsonl(path, rows, sort_keys=True, ensure_ascii=True)
         paths[name] = str(path)
     return paths
 
