@@ -338,11 +338,15 @@ def evaluate_policy(
     seed: int = 0,
     template: str = "llama-nemotron-super",
     max_reward_failure_rate: float = 1.0,
+    replies_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, float]:
     """Held-out accuracy with one sample per prompt at ``temperature`` and, with ``greedy``, the arg-max decode.
 
     A sample whose reward gave no verdict (timeout / error / unavailable) is left out of the means and counted in
     ``reward_failures_<label>``; past ``max_reward_failure_rate`` the evaluation stops (:class:`RewardFailureError`).
+    With ``replies_path`` every reply is written there (JSON lines, atomically, by global rank 0): the row's index and
+    ``id``, the decode (``sampled`` / ``greedy``), the reply text and each reward's score (``null`` where it does not
+    apply or gave no verdict), so a run's held-out answers can be read after it.
 
     Returns:
         ``n``, ``accuracy_sampled``, ``format_sampled``, ``response_length_sampled``, ``reward_failures_sampled``,
@@ -355,6 +359,7 @@ def evaluate_policy(
     modes = [("sampled", temperature, top_p)] + ([("greedy", 0.0, 1.0)] if greedy else [])
     result: dict[str, float] = {"n": float(len(rows))}
     reasoning = [str(row.get("reasoning", "on")) for row in rows]
+    written: list[dict[str, Any]] = []
     for label, temp, p in modes:
         samples = generation.generate(
             prompt_ids, n=1, temperature=temp, top_p=p, max_new_tokens=max_new_tokens, seed=seed + 17
@@ -363,6 +368,8 @@ def evaluate_policy(
         scores = distributed_score(rewards, texts, rows)
         check_reward_failures(scores, max_reward_failure_rate, f"held-out evaluation ({label})")
         per = scores.per
+        if replies_path is not None:
+            written.extend(_reply_records(rows, texts, per, label))
         result[f"reward_failures_{label}"] = float(scores.any_failed.sum())
         acc = per[accuracy_reward]
         result[f"accuracy_{label}"] = float(acc.nanmean())
@@ -374,7 +381,26 @@ def evaluate_policy(
                 sel = torch.tensor([m == mode for m in reasoning])
                 if sel.any():
                     result[f"accuracy_{label}_{mode}"] = float(acc[sel].nanmean())
+    if replies_path is not None and _global_rank() == 0:
+        from nemotron_plugins.runtime.checkpoint import atomic_write_text
+
+        Path(replies_path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(replies_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in written))
     return result
+
+
+def _reply_records(
+    rows: Sequence[Mapping[str, Any]], texts: Sequence[str], per: Mapping[str, torch.Tensor], label: str
+) -> list[dict[str, Any]]:
+    out = []
+    for i, (row, text) in enumerate(zip(rows, texts, strict=True)):
+        scores = {name: (None if math.isnan(float(v[i])) else float(v[i])) for name, v in per.items()}
+        out.append({"index": i, "id": row.get("id"), "decode": label, "reply": text, "scores": scores})
+    return out
+
+
+def _global_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 @torch.no_grad()
@@ -924,7 +950,9 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
         else:
             if heldout and evaluation.at_start:
                 t = time.perf_counter()
-                result.before = evaluate_policy(generation, tokenizer, heldout, rewards, **eval_kwargs)
+                result.before = evaluate_policy(
+                    generation, tokenizer, heldout, rewards, replies_path=out / "eval" / "before.jsonl", **eval_kwargs
+                )
                 say(f"held-out before ({time.perf_counter() - t:.0f}s): {_fmt(result.before)}")
             kept_rates = None
             if curriculum:
@@ -1025,7 +1053,14 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
                 step += 1
                 metrics["lr"] = policy.learning_rate()
                 if heldout and evaluation.interval and step % evaluation.interval == 0 and step < config.train_steps:
-                    ev = evaluate_policy(generation, tokenizer, heldout, rewards, **eval_kwargs)
+                    ev = evaluate_policy(
+                        generation,
+                        tokenizer,
+                        heldout,
+                        rewards,
+                        replies_path=out / "eval" / f"step_{step}.jsonl",
+                        **eval_kwargs,
+                    )
                     metrics.update({f"eval/{k}": v for k, v in ev.items()})
                 metrics_log.log(step, metrics)
                 if is_rank0 and step % logging_cfg.log_interval == 0 and not logging_cfg.progress_bar:
@@ -1036,7 +1071,9 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
         result.steps = step
         if heldout and step == config.train_steps:
             t = time.perf_counter()
-            result.after = evaluate_policy(generation, tokenizer, heldout, rewards, **eval_kwargs)
+            result.after = evaluate_policy(
+                generation, tokenizer, heldout, rewards, replies_path=out / "eval" / "after.jsonl", **eval_kwargs
+            )
             say(f"held-out after ({time.perf_counter() - t:.0f}s):  {_fmt(result.after)}")
     finally:
         for _, reward in rewards.values():

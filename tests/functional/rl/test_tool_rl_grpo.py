@@ -43,3 +43,11 @@ def test_tiny_tool_grpo_recipe_runs_a_few_steps_with_the_tool_call_reward(tmp_pa
         assert evaluation["reward_failures_sampled"] == 0.0
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("reward/tool_call" in json.dumps(m) for m in metrics)
+    # Every held-out reply is saved with its scores, before and after, sampled and greedy.
+    for tag, evaluation in (("before", result.before), ("after", result.after)):
+        saved = [json.loads(line) for line in (tmp_path / "run" / "eval" / f"{tag}.jsonl").read_text().splitlines()]
+        assert [(r["decode"], r["index"]) for r in saved] == [(d, i) for d in ("sampled", "greedy") for i in range(2)]
+        assert all(r["id"].startswith("tools-heldout-") and isinstance(r["reply"], str) for r in saved)
+        for decode in ("sampled", "greedy"):
+            scores = [r["scores"]["tool_call"] for r in saved if r["decode"] == decode]
+            assert sum(scores) / len(scores) == evaluation[f"accuracy_{decode}"]
