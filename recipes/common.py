@@ -175,6 +175,20 @@ def grpo_algorithm() -> GRPOConfig:
     )
 
 
+def tiny_grpo_algorithm(prompts: int) -> GRPOConfig:
+    """The tiny CPU GRPO recipes' algorithm: ``prompts`` x 8 responses per rollout, std-normalised advantages,
+    uniform-reward groups skipped, clip 0.2, no KL."""
+    return GRPOConfig(
+        algorithm="grpo",
+        num_prompts_per_rollout=prompts,
+        num_generations=8,
+        normalize_advantages_by_std=True,
+        skip_uniform_groups=True,
+        epsilon=0.2,
+        beta=0.0,
+    )
+
+
 def rloo_algorithm(prompts: int = 128, generations: int = 8) -> GRPOConfig:
     """Instruction-following RL with RLOO: 128 prompts per batch, leave-one-out baseline, no std division (with a
     global batch of prompts x generations: one update per rollout)."""

@@ -61,6 +61,7 @@ from recipes.common import (
     paper_model,
     tiny_cluster,
     tiny_data,
+    tiny_grpo_algorithm,
     tiny_model,
     tiny_sft_optimizer,
     vllm_generation,
@@ -129,15 +130,7 @@ def tiny_tool_grpo_cpu_config() -> RecipeConfig:
         evaluation=EvalConfig(num_samples=HELDOUT, at_start=True, greedy=True, accuracy_reward="tool_call"),
         sampler=None,
         rewards=[RewardSpec(name="tool_call", weight=1.0, options={"require_think": True})],
-        algorithm=GRPOConfig(
-            algorithm="grpo",
-            num_prompts_per_rollout=8,
-            num_generations=8,
-            normalize_advantages_by_std=True,
-            skip_uniform_groups=True,
-            epsilon=0.2,
-            beta=0.0,
-        ),
+        algorithm=tiny_grpo_algorithm(8),
         generation=GenerationConfig(
             engine="megatron", temperature=1.0, top_p=1.0, max_new_tokens=TINY_MAX_NEW_TOKENS, batch_size=128
         ),

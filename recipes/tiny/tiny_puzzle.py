@@ -23,10 +23,10 @@ from nemotron_plugins.launch.recipe_config import (
     RewardSpec,
     SyntheticDataConfig,
 )
-from nemotron_plugins.rl.config import GRPOConfig
 from nemotron_plugins.runtime.config import LoggingConfig, OptimizerConfig, ParallelConfig
 from recipes.common import (
     tiny_cluster,
+    tiny_grpo_algorithm,
     tiny_model,
     tiny_sft_optimizer,
 )
@@ -107,15 +107,7 @@ def tiny_puzzle_grpo_cpu_config() -> RecipeConfig:
         ),
         sampler=None,  # prompts uniformly at random (the measured run); the curriculum is one override away
         rewards=[RewardSpec(name="math", weight=1.0), RewardSpec(name="think_format", weight=0.5)],
-        algorithm=GRPOConfig(
-            algorithm="grpo",
-            num_prompts_per_rollout=16,
-            num_generations=8,
-            normalize_advantages_by_std=True,
-            skip_uniform_groups=True,
-            epsilon=0.2,
-            beta=0.0,
-        ),
+        algorithm=tiny_grpo_algorithm(16),
         generation=GenerationConfig(
             engine="megatron", temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS, batch_size=128
         ),
