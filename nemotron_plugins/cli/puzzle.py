@@ -10,9 +10,9 @@ rundir``; an existing artefact is reused unless ``--force``):
 ``puzzle search RUN (--param-fraction F | --memory-bytes B | --latency-s S | --throughput T)``,
 ``puzzle realize RUN``, ``puzzle distill RUN --tokens TOKENS [--steps N --tensor-parallel T ...]``,
 ``puzzle fuse CHECKPOINT OUT --calibration TOKENS --threshold D``.
-``library``, ``bld`` and ``score`` run on Megatron Puzzle models and take ``--tensor-parallel T --data-parallel D``
-(``T x D`` local gloo processes, or the ranks of a ``torchrun`` group; rank 0 writes the run directory;
-``--pipeline-parallel`` above 1 is refused with the reason).
+``library``, ``bld`` and ``score`` run on Megatron Puzzle models and take ``--tensor-parallel T --pipeline-parallel P
+--data-parallel D`` (``T x P x D`` local gloo processes, or the ranks of a ``torchrun`` group; rank 0 writes the run
+directory; each pipeline stage builds and runs only its own consecutive layers).
 Token files are ``.pt`` / ``.npy`` / ``.json`` integer arrays ``[batch, seq]``.
 """
 
@@ -21,8 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nemotron_plugins.cli.common import fail
+
+if TYPE_CHECKING:
+    from nemotron_plugins.puzzle.block_config import PuzzleModelConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -138,17 +142,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_parallel(parser: argparse.ArgumentParser) -> None:
     """The Megatron layout of a search stage (stages 1-3; ``torchrun`` or local gloo processes for > 1 rank)."""
-    group = parser.add_argument_group("parallelism (Megatron models; TP x DP processes)")
+    group = parser.add_argument_group("parallelism (Megatron models; TP x PP x DP processes)")
     group.add_argument("--tensor-parallel", type=int, default=1, help="TP size of the Megatron models")
-    group.add_argument("--data-parallel", type=int, default=1, help="DP size (TP x DP local processes or torchrun)")
     group.add_argument(
-        "--pipeline-parallel", type=int, default=1, help="PP size: only 1 (refused otherwise, with the reason)"
+        "--pipeline-parallel",
+        type=int,
+        default=1,
+        help="PP size: each model split into this many stages of consecutive layers (at most the layer count; "
+        "the first stages one layer longer when it does not divide), run by megatron's forward-only pipeline schedule",
     )
-    group.add_argument("--micro-batch-size", type=int, default=8, help="sequences per Megatron forward")
+    group.add_argument(
+        "--data-parallel", type=int, default=1, help="DP size (TP x PP x DP local processes or torchrun)"
+    )
+    group.add_argument("--micro-batch-size", type=int, default=8, help="sequences per Megatron forward (micro-batch)")
     group.add_argument("--threads", type=int, default=1, help="torch threads per process")
 
 
-def _search_parallel(args: argparse.Namespace) -> object:
+def _search_parallel(args: argparse.Namespace, cfg: PuzzleModelConfig | None = None) -> object:
+    """The layout of ``args``, validated (and checked against the parent ``cfg`` when given) before any process
+    starts."""
     from nemotron_plugins.puzzle.search.parallel import SearchParallel, SearchParallelError
 
     settings = SearchParallel(
@@ -160,8 +172,10 @@ def _search_parallel(args: argparse.Namespace) -> object:
     )
     try:
         settings.validate()
+        if cfg is not None:
+            settings.check_cfg(cfg)
     except SearchParallelError as err:
-        fail(str(err))
+        fail(f"{settings.layout}: {err}")
     return settings
 
 
@@ -296,7 +310,7 @@ def run_library(args: argparse.Namespace) -> int:
         fractions = [float(v) for v in args.ffn_fractions.split(",")]
     except ValueError:
         fail(f"--ffn-fractions must be comma-separated numbers, got {args.ffn_fractions!r}")
-    settings = _search_parallel(args)
+    settings = _search_parallel(args, cfg)
     try:
         calibration = load_tokens(args.calibration, what="--calibration")
         variants = run_parallel(
@@ -344,7 +358,7 @@ def run_bld(args: argparse.Namespace) -> int:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.lr <= 0:
         fail(f"--lr must be > 0, got {args.lr}")
-    settings = _search_parallel(args)
+    settings = _search_parallel(args, cfg)
     try:
         tokens = load_tokens(args.tokens, what="--tokens")
         trained, losses = run_parallel(
@@ -396,7 +410,7 @@ def run_score(args: argparse.Namespace) -> int:
     try:
         settings.check_variants(cfg, variants)
     except SearchParallelError as err:
-        fail(f"--tensor-parallel {settings.tensor_model_parallel_size}: {err}")
+        fail(f"{settings.layout}: {err}")
     print(f"scoring {lib_dir.name} on Megatron ({settings.layout})")
     try:
         scores = run_parallel(

@@ -1,24 +1,29 @@
-"""Search stages 1-3 on megatron-core: the parent and every candidate child as Megatron Puzzle models, TP and DP.
+"""Search stages 1-3 on megatron-core: the parent and every candidate child as Megatron Puzzle models, TP, PP and DP.
 
 The plain-PyTorch forward (:mod:`nemotron_plugins.puzzle.search.hf_forward`) is the single-process reference; this
 module runs the same measurements on :func:`~nemotron_plugins.puzzle.model.build_puzzle_model` models loaded from
 the HF tensors with :func:`~nemotron_plugins.puzzle.hf_checkpoint.load_hf_tensors`, on every rank of a
-``TP x DP`` group (gloo on CPU, NCCL on GPU):
+``TP x PP x DP`` group (gloo on CPU, NCCL on GPU). With pipeline parallelism each rank builds and loads only its
+stage's layers (consecutive layers, as even a split as possible: :func:`stage_layer_counts`), and every forward is
+megatron's forward-only pipeline schedule (``get_forward_backward_func(forward_only=True)``, what the trainers run),
+which sends the hidden states from stage to stage:
 
 * **score** (:func:`score_variants_megatron`): the candidates (parent with one sub-block swapped) are split over the
-  data-parallel ranks; each candidate is a Megatron model at TP whose logits stay vocab-parallel: ``KL(parent ||
-  child)`` and the LM loss are computed from each rank's vocabulary shard with three all-reduces over the TP group
-  (max, sum of exponentials, the per-token sums), never gathering the vocabulary. Results are all-gathered.
+  data-parallel ranks; each candidate is a Megatron model at TP x PP whose logits (on the last stage) stay
+  vocab-parallel: ``KL(parent || child)`` and the LM loss are computed there from each rank's vocabulary shard with
+  three all-reduces over the TP group (max, sum of exponentials, the per-token sums), never gathering the
+  vocabulary; the parent's logits live on the last stage too. Results are all-gathered.
 * **library** (:func:`channel_contributions_megatron`): ``mean |X_k|`` of the SwiGLU intermediate is read at the
-  input of each layer's ``linear_fc2``, which is column-sharded over TP (each rank scores its own channels, then an
-  all-gather in rank order gives the HF channel order); the calibration rows are split over DP and the sums
-  all-reduced. The KV-head pooling and linear replacements are computed on the HF tensors, as in the reference.
-* **BLD** (:func:`capture_megatron`): the parent's sub-block inputs and outputs are captured from the Megatron parent
-  at TP (full hidden states on every TP rank: no sequence parallelism); :mod:`~nemotron_plugins.puzzle.search.bld`
-  trains the variants on each rank's share of every batch and all-reduces their gradients over DP.
-
-Pipeline parallelism is refused (:class:`SearchParallel.validate`): every stage reads the logits or the sub-block
-activations of every layer on one rank, which a pipeline split would have to send to the last stage.
+  input of each layer's ``linear_fc2`` on the stage that owns the layer; ``linear_fc2`` is column-sharded over TP
+  (each rank scores its own channels, then an all-gather in rank order gives the HF channel order); the calibration
+  rows are split over DP and the sums all-reduced; the stages' per-layer results are gathered over the PP group in
+  layer order. The KV-head pooling and linear replacements are computed on the HF tensors, as in the reference.
+* **BLD** (:func:`capture_megatron`, :func:`blockwise_distill_megatron`): the parent's sub-block inputs and outputs
+  are captured on the stage that owns the layer (full hidden states on every TP rank: no sequence parallelism), and
+  that stage trains the variants of its own layers (:mod:`~nemotron_plugins.puzzle.search.bld`) on each rank's share
+  of every batch, all-reducing their gradients over DP; the trained variants are gathered over the PP group. BLD is
+  embarrassingly parallel over layers (each variant learns from its own parent sub-block's input and output only),
+  so the stages never exchange anything but the parent's forward.
 """
 
 from __future__ import annotations
@@ -43,9 +48,11 @@ __all__ = [
     "channel_contributions_megatron",
     "dp_all_reduce",
     "dp_rank_and_size",
-    "megatron_logits",
+    "pipeline_forward",
     "run_parallel",
     "score_variants_megatron",
+    "stage_layer_counts",
+    "stage_layers",
     "vocab_parallel_token_kl",
     "vocab_parallel_token_nll",
 ]
@@ -55,6 +62,16 @@ class SearchParallelError(ValueError):
     """A parallel layout the search stages cannot run with; the message names the setting."""
 
 
+def stage_layer_counts(num_layers: int, pipeline_model_parallel_size: int) -> list[int]:
+    """Layers per pipeline stage: consecutive layers split as evenly as possible, the first stages one longer.
+
+    >>> stage_layer_counts(7, 3)
+    [3, 2, 2]
+    """
+    base, extra = divmod(num_layers, pipeline_model_parallel_size)
+    return [base + (1 if i < extra else 0) for i in range(pipeline_model_parallel_size)]
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SearchParallel:
     """How a search stage is laid out over processes."""
@@ -62,39 +79,47 @@ class SearchParallel:
     tensor_model_parallel_size: int = 1
     """TP size of the Megatron models."""
     data_parallel_size: int = 1
-    """DP size (world size = TP x DP): candidates (score) or calibration / training rows (library, BLD) split."""
+    """DP size (world size = TP x PP x DP): candidates (score) or calibration / training rows (library, BLD) split."""
     pipeline_model_parallel_size: int = 1
-    """Only 1: refused above (the stages read every layer's activations or the logits on one rank)."""
+    """PP size: every Megatron model split into this many stages of consecutive layers (:func:`stage_layer_counts`);
+    at most the number of layers."""
     micro_batch_size: int = 8
-    """Sequences per Megatron forward."""
+    """Sequences per Megatron forward (one pipeline micro-batch)."""
     torch_threads: int = 1
     """``torch.set_num_threads`` per process."""
 
     @property
     def world_size(self) -> int:
-        """TP x DP processes."""
-        return self.tensor_model_parallel_size * self.data_parallel_size
+        """TP x PP x DP processes."""
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.data_parallel_size
 
     @property
     def layout(self) -> str:
-        """``TPxDP`` as a string, e.g. ``"TP2 DP1"``."""
-        return f"TP{self.tensor_model_parallel_size} DP{self.data_parallel_size}"
+        """The layout as a string, e.g. ``"TP2 DP1"`` (``"TP2 PP2 DP1"`` with pipeline parallelism)."""
+        pp = f" PP{self.pipeline_model_parallel_size}" if self.pipeline_model_parallel_size > 1 else ""
+        return f"TP{self.tensor_model_parallel_size}{pp} DP{self.data_parallel_size}"
 
     def validate(self) -> None:
         """Raise :class:`SearchParallelError` naming the first setting that cannot run."""
-        for name in ("tensor_model_parallel_size", "data_parallel_size", "micro_batch_size", "torch_threads"):
+        for name in (
+            "tensor_model_parallel_size",
+            "pipeline_model_parallel_size",
+            "data_parallel_size",
+            "micro_batch_size",
+            "torch_threads",
+        ):
             if getattr(self, name) < 1:
                 raise SearchParallelError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pipeline_model_parallel_size != 1:
-            raise SearchParallelError(
-                f"pipeline_model_parallel_size {self.pipeline_model_parallel_size} is not supported by the search "
-                "stages: scoring needs each candidate's full logits, the library the SwiGLU activations of every "
-                "layer and BLD every sub-block's input and output on the rank that uses them; use TP and DP"
-            )
 
     def check_cfg(self, cfg: PuzzleModelConfig) -> None:
-        """Raise :class:`SearchParallelError` when ``cfg``'s heads or FFN widths do not split over the TP size."""
-        tp = self.tensor_model_parallel_size
+        """Raise :class:`SearchParallelError` when ``cfg``'s heads or FFN widths do not split over the TP size or its
+        layers over the PP size."""
+        tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
+        if pp > cfg.num_hidden_layers:
+            raise SearchParallelError(
+                f"pipeline_model_parallel_size {pp} is larger than the model's {cfg.num_hidden_layers} layers: every "
+                f"pipeline stage needs at least one layer (use at most {cfg.num_hidden_layers})"
+            )
         if cfg.num_attention_heads % tp:
             raise SearchParallelError(
                 f"tensor_model_parallel_size {tp} does not divide num_attention_heads {cfg.num_attention_heads}"
@@ -137,7 +162,10 @@ class SearchParallel:
 def _parallel_config(settings: SearchParallel) -> Any:
     from nemotron_plugins.runtime.config import ParallelConfig
 
-    return ParallelConfig(tensor_model_parallel_size=settings.tensor_model_parallel_size)
+    return ParallelConfig(
+        tensor_model_parallel_size=settings.tensor_model_parallel_size,
+        pipeline_model_parallel_size=settings.pipeline_model_parallel_size,
+    )
 
 
 def _check_group(settings: SearchParallel) -> None:
@@ -145,10 +173,11 @@ def _check_group(settings: SearchParallel) -> None:
 
     tp, dp = ps.get_tensor_model_parallel_world_size(), ps.get_data_parallel_world_size()
     pp = ps.get_pipeline_model_parallel_world_size()
-    if (tp, dp, pp) != (settings.tensor_model_parallel_size, settings.data_parallel_size, 1):
+    want = (settings.tensor_model_parallel_size, settings.data_parallel_size, settings.pipeline_model_parallel_size)
+    if (tp, dp, pp) != want:
         raise SearchParallelError(
-            f"the process group is TP{tp} DP{dp} PP{pp} but the settings ask for {settings.layout} "
-            "(tensor_model_parallel_size x data_parallel_size must be the world size, PP 1)"
+            f"the process group is TP{tp} PP{pp} DP{dp} but the settings ask for {settings.layout} "
+            "(tensor_model_parallel_size x pipeline_model_parallel_size x data_parallel_size must be the world size)"
         )
 
 
@@ -171,10 +200,10 @@ def run_parallel(
     *,
     timeout_s: float = 3600.0,
 ) -> Any:
-    """``fn(*args, **kwargs)`` on every rank of a ``TP x DP`` group; rank 0's result.
+    """``fn(*args, **kwargs)`` on every rank of a ``TP x PP x DP`` group; rank 0's result.
 
     In this process for one rank or inside a launcher's group (``torchrun``: ``RANK`` set, or a context already up),
-    else ``TP x DP`` local processes (:func:`~nemotron_plugins.runtime.distributed.run_local_processes`, gloo on CPU;
+    else ``TP x PP x DP`` local processes (:func:`~nemotron_plugins.runtime.distributed.run_local_processes`, gloo on CPU;
     ``fn`` and ``args`` must pickle).
     """
     from nemotron_plugins.runtime.distributed import ensure_distributed, get_context, run_local_processes
@@ -208,8 +237,8 @@ def dp_all_reduce(tensors: Sequence[torch.Tensor]) -> None:
     """Sum ``tensors`` in place over the data-parallel group (one flattened all-reduce; no-op at DP 1)."""
     from megatron.core import parallel_state as ps
 
-    if not tensors or dp_rank_and_size()[1] == 1:
-        return
+    if not tensors or dp_rank_and_size()[1] == 1 or not sum(t.numel() for t in tensors):
+        return  # every rank of a DP group holds the same layers' tensors: all skip an empty reduce together
     device = _comm_device()
     dtype = torch.promote_types(tensors[0].dtype, torch.float64) if tensors[0].is_floating_point() else None
     flat = torch.cat([t.reshape(-1).to(device, dtype or t.dtype) for t in tensors])
@@ -237,11 +266,25 @@ def _tp() -> tuple[int, int, Any]:
     )
 
 
-def _all_gather_objects(obj: Any) -> list[Any]:
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+def _pp() -> tuple[int, int, Any]:
+    from megatron.core import parallel_state as ps
+
+    return (
+        ps.get_pipeline_model_parallel_rank(),
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_pipeline_model_parallel_group(),
+    )
+
+
+def _all_gather_objects(obj: Any, group: Any = None) -> list[Any]:
+    """``obj`` of every rank of ``group`` (default: the world), in rank order."""
+    if not torch.distributed.is_initialized():
         return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
+    size = torch.distributed.get_world_size(group)
+    if size == 1:
+        return [obj]
+    out: list[Any] = [None] * size
+    torch.distributed.all_gather_object(out, obj, group=group)
     return out
 
 
@@ -253,16 +296,31 @@ def _all_gather_objects(obj: Any) -> list[Any]:
 def build_megatron_model(
     cfg: PuzzleModelConfig, weights: Mapping[str, torch.Tensor], seq_length: int
 ) -> torch.nn.Module:
-    """The Megatron Puzzle model of ``cfg`` at the current TP, loaded from the HF tensors ``weights``, in eval mode.
+    """This rank's pipeline stage of the Megatron Puzzle model of ``cfg`` at the current TP / PP, loaded from the HF
+    tensors ``weights`` (only the stage's own are read), frozen, in eval mode.
 
     The vocabulary is padded only as much as TP needs; the padded rows are zero and masked out of every softmax here.
+    The stages hold :func:`stage_layer_counts` consecutive layers. With PP > 1 and tied embeddings the last stage's
+    output layer is its own copy of the embedding (as in megatron's pipelined layout) loaded from the HF embedding:
+    the model is built untied, since a frozen model needs no embedding-group synchronisation.
     """
     from nemotron_plugins.puzzle.hf_checkpoint import load_hf_tensors
     from nemotron_plugins.puzzle.model import build_puzzle_model
+    from nemotron_plugins.runtime.config import ParallelConfig
 
+    tp, pp = _tp()[1], _pp()[1]
+    counts = stage_layer_counts(cfg.num_hidden_layers, pp)
+    if pp > 1 and cfg.tie_word_embeddings:
+        cfg = dataclasses.replace(cfg, tie_word_embeddings=False)
+        weights = {**weights, "lm_head.weight": weights["model.embed_tokens.weight"]}
     dtype = next(iter(weights.values())).dtype
     model = build_puzzle_model(
         cfg,
+        parallel=ParallelConfig(
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            pipeline_layout=counts if len(set(counts)) > 1 else None,
+        ),
         params_dtype=dtype,
         seq_length=seq_length,
         make_vocab_size_divisible_by=1,
@@ -270,10 +328,40 @@ def build_megatron_model(
     )
     for param in model.parameters():
         param.data.zero_()  # the vocabulary padding rows are not in the HF tensors
-    load_hf_tensors(model, [list(weights.items())], cfg)
+    load_hf_tensors(model, [list(_stage_tensors(model, cfg, weights).items())], cfg)
     model.requires_grad_(False)
     model.eval()
     return model
+
+
+def _stage_tensors(
+    model: torch.nn.Module, cfg: PuzzleModelConfig, weights: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The HF tensors of ``weights`` this pipeline stage's model is made of."""
+    from nemotron_plugins.puzzle.hf_checkpoint import (
+        EMBEDDING_NAME,
+        FINAL_NORM_NAME,
+        OUTPUT_NAME,
+        plan_megatron_tensors,
+    )
+    from nemotron_plugins.puzzle.model import unwrap_model
+
+    keys = set(unwrap_model(model).state_dict())
+    plans = plan_megatron_tensors(
+        cfg,
+        layers=stage_layers(model),
+        has_embedding=EMBEDDING_NAME in keys,
+        has_final_norm=FINAL_NORM_NAME in keys,
+        has_output_layer=OUTPUT_NAME in keys,
+        model_keys=keys,
+    )
+    needed = {name for plan in plans for name in plan.hf_names}
+    return {name: tensor for name, tensor in weights.items() if name in needed}
+
+
+def stage_layers(model: torch.nn.Module) -> list[int]:
+    """Global indices of the decoder layers of this pipeline stage's ``model``, in order."""
+    return [int(layer.layer_number) - 1 for layer in _layers(model)]
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -283,12 +371,47 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def megatron_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """This TP rank's vocabulary shard of the logits ``[batch, seq, padded_vocab / TP]`` for ``ids`` ``[batch, seq]``."""
+def pipeline_forward(
+    model: torch.nn.Module,
+    micro_batches: Sequence[torch.Tensor],
+    on_logits: Callable[[int, torch.Tensor], Any] | None = None,
+) -> list[Any]:
+    """Forward ``micro_batches`` (token ids ``[rows, seq]`` each) through the pipeline with megatron's forward-only
+    schedule; on the last stage, ``on_logits(k, logits)`` of every micro-batch ``k`` (this TP rank's vocabulary
+    shard ``[rows, seq, padded_vocab / TP]``), in order; ``[]`` on the other stages.
+
+    Every rank of a pipeline calls it with micro-batches of the same shapes; consecutive micro-batches of one shape
+    go through one schedule (its send / receive buffers have one shape), e.g. the full ones and a shorter last one.
+    ``on_logits`` may run collectives over the TP group (every TP rank of the last stage calls it in order).
+    """
+    from nemotron_plugins.training.step import run_schedule
+
     device = _device(model)
-    ids = ids.to(device)
-    positions = torch.arange(ids.shape[1], device=device).unsqueeze(0).expand_as(ids)
-    return model(ids, positions, None)
+    reports: list[Any] = []
+    k = 0
+    while k < len(micro_batches):
+        shape = tuple(micro_batches[k].shape)
+        group = []
+        while k < len(micro_batches) and tuple(micro_batches[k].shape) == shape:
+            group.append((k, micro_batches[k]))
+            k += 1
+
+        def forward_step(data_iterator: Any, model_: Any) -> tuple[torch.Tensor, Callable[..., Any]]:
+            index, ids = next(data_iterator)
+            ids = ids.to(device)
+            positions = torch.arange(ids.shape[1], device=device).unsqueeze(0).expand_as(ids)
+            output = model_(ids, positions, None)
+
+            def loss_func(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+                value = on_logits(index, logits) if on_logits is not None else None
+                return logits.new_zeros(()), torch.tensor(0, dtype=torch.int), value
+
+            return output, loss_func
+
+        reports += run_schedule(
+            [model], group, forward_step, seq_length=shape[1], micro_batch_size=shape[0], forward_only=True
+        )
+    return reports
 
 
 def _local_log_softmax(local: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -351,12 +474,16 @@ def score_variants_megatron(
     runtimes: Mapping[tuple[int, str, str], Mapping[int, float]] | None = None,
 ) -> list[Any]:
     """:func:`~nemotron_plugins.puzzle.search.score.score_variants` on Megatron models; every rank of a
-    ``TP x DP`` group calls it and gets the same list.
+    ``TP x PP x DP`` group calls it and gets the same list.
 
-    Candidate ``j`` is scored by DP rank ``j % DP`` on the whole held-out set, ``settings.micro_batch_size`` rows per
-    forward; its per-block cost (parameters, KV bytes, the runtime of its sub-block measured with the plain-torch
-    forward by TP rank 0 of that DP rank, or imported) is computed there too.
+    Candidate ``j`` is scored by the pipeline of DP rank ``j % DP`` on the whole held-out set,
+    ``settings.micro_batch_size`` rows per pipeline micro-batch; each stage builds only its own layers of the
+    candidate. The parent's logits and the per-token KL / LM loss live on the last stage; its TP rank 0 also computes
+    the per-block cost (parameters, KV bytes, the runtime of the sub-block measured with the plain-torch forward, or
+    imported).
     """
+    from megatron.core import parallel_state as ps
+
     from nemotron_plugins.puzzle.search.library import substitute
     from nemotron_plugins.puzzle.search.score import VariantScore, variant_cost
 
@@ -366,7 +493,7 @@ def score_variants_megatron(
     settings.check_variants(cfg, variants)
     _check_group(settings)
     dp_rank, dp = dp_rank_and_size()
-    tp_rank = _tp()[0]
+    reports = ps.is_pipeline_last_stage() and _tp()[0] == 0
     seq = int(held_out.shape[1])
     micro = [
         held_out[i : i + settings.micro_batch_size] for i in range(0, held_out.shape[0], settings.micro_batch_size)
@@ -375,33 +502,36 @@ def score_variants_megatron(
     parent_logits: list[torch.Tensor] = []
     if metric == "kl" and mine:
         parent = build_megatron_model(cfg, weights, seq)
-        parent_logits = [megatron_logits(parent, ids) for ids in micro]
+        parent_logits = pipeline_forward(parent, micro, lambda _k, logits: logits.detach())
         del parent
+
+    def token_sums(k: int, logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if metric == "kl":
+            per_token = vocab_parallel_token_kl(parent_logits[k], logits, cfg.vocab_size)
+        else:
+            per_token = vocab_parallel_token_nll(logits, micro[k], cfg.vocab_size)
+        return per_token.sum().cpu(), per_token.numel()
+
     results: dict[int, dict[str, Any]] = {}
     for j in mine:
         var = variants[j]
         child_cfg, child_w = substitute(cfg, weights, [var])
         child = build_megatron_model(child_cfg, child_w, seq)
-        total = torch.zeros((), dtype=torch.float64)
-        count = 0
-        for k, ids in enumerate(micro):
-            logits = megatron_logits(child, ids)
-            if metric == "kl":
-                per_token = vocab_parallel_token_kl(parent_logits[k], logits, cfg.vocab_size)
-            else:
-                per_token = vocab_parallel_token_nll(logits, ids, cfg.vocab_size)
-            total += per_token.sum().cpu()
-            count += per_token.numel()
+        sums = pipeline_forward(child, micro, token_sums)
         del child
+        if not reports:
+            continue
+        total = torch.zeros((), dtype=torch.float64)
+        for part, _ in sums:
+            total += part
+        count = sum(n for _, n in sums)
         params, kv, runtime = variant_cost(
-            cfg, weights, var, batch_sizes=batch_sizes, seq_len=seq_len, runtimes=runtimes, measure=tp_rank == 0
+            cfg, weights, var, batch_sizes=batch_sizes, seq_len=seq_len, runtimes=runtimes
         )
         results[j] = {"score": float(total / count), "params": params, "kv": kv, "runtime": runtime}
     merged: dict[int, dict[str, Any]] = {}
     for part in _all_gather_objects(results):
-        for j, row in part.items():
-            if j not in merged or row["runtime"] is not None:
-                merged[j] = row
+        merged.update(part)
     out = []
     for j, var in enumerate(variants):
         row = merged[j]
@@ -440,7 +570,12 @@ def channel_contributions_megatron(
     cfg: PuzzleModelConfig, weights: Mapping[str, torch.Tensor], calibration: torch.Tensor, settings: SearchParallel
 ) -> dict[int, torch.Tensor]:
     """:func:`~nemotron_plugins.puzzle.search.library.channel_contributions` on the Megatron parent; every rank of a
-    ``TP x DP`` group calls it and gets the same ``{layer: [width]}`` (in the HF channel order, ``weights``' dtype)."""
+    ``TP x PP x DP`` group calls it and gets the same ``{layer: [width]}`` (in layer order and the HF channel order,
+    ``weights``' dtype).
+
+    Each stage reads its own layers' ``linear_fc2`` inputs while the calibration micro-batches flow through the
+    pipeline; the rows are split over DP, the channel shards gathered over TP and the layers over PP.
+    """
     from megatron.core import parallel_state as ps
 
     settings.validate()
@@ -448,12 +583,9 @@ def channel_contributions_megatron(
     _check_group(settings)
     _, tp, tp_group = _tp()
     model = build_megatron_model(cfg, weights, int(calibration.shape[1]))
-    layers = [i for i, b in enumerate(cfg.blocks) if b.ffn.kind == "swiglu"]
-    sums = {
-        i: torch.zeros(b.ffn.intermediate_size // tp, dtype=torch.float64)
-        for i, b in enumerate(cfg.blocks)
-        if i in layers
-    }
+    modules = dict(zip(stage_layers(model), _layers(model), strict=True))
+    layers = [i for i in modules if cfg.blocks[i].ffn.kind == "swiglu"]
+    sums = {i: torch.zeros(cfg.blocks[i].ffn.intermediate_size // tp, dtype=torch.float64) for i in layers}
 
     def hook(i: int) -> Callable[..., None]:
         def pre(_module: Any, inputs: tuple[Any, ...]) -> None:
@@ -461,34 +593,39 @@ def channel_contributions_megatron(
 
         return pre
 
-    handles = [_layers(model)[i].mlp.linear_fc2.register_forward_pre_hook(hook(i)) for i in layers]
+    handles = [modules[i].mlp.linear_fc2.register_forward_pre_hook(hook(i)) for i in layers]
     rows = _dp_rows(calibration.shape[0])
+    micro = [
+        calibration[rows[s : s + settings.micro_batch_size]] for s in range(0, len(rows), settings.micro_batch_size)
+    ]
     try:
-        for start in range(0, len(rows), settings.micro_batch_size):
-            megatron_logits(model, calibration[rows[start : start + settings.micro_batch_size]])
+        pipeline_forward(model, micro)
     finally:
         for handle in handles:
             handle.remove()
-    if not layers:
-        return {}
-    flat = torch.cat([sums[i] for i in layers])
-    if dp_rank_and_size()[1] > 1:
-        flat = flat.to(_device(model))
-        torch.distributed.all_reduce(flat, group=ps.get_data_parallel_group())
-    if tp > 1:
-        parts = [torch.empty_like(flat) for _ in range(tp)]
-        torch.distributed.all_gather(parts, flat.to(_device(model)).contiguous(), group=tp_group)
-    else:
-        parts = [flat]
-    tokens = calibration.shape[0] * calibration.shape[1]
-    out, offset = {}, 0
-    for i in layers:
-        width = sums[i].numel()
-        act = torch.cat([p[offset : offset + width].cpu() for p in parts]) / tokens
-        offset += width
-        down = weights[f"model.layers.{i}.mlp.down_proj.weight"]
-        out[i] = act.to(down.dtype) * down.norm(dim=0)
-    return out
+    out: dict[int, torch.Tensor] = {}
+    if layers:  # every rank of this stage's DP and TP groups holds the same layers
+        flat = torch.cat([sums[i] for i in layers])
+        if dp_rank_and_size()[1] > 1:
+            flat = flat.to(_device(model))
+            torch.distributed.all_reduce(flat, group=ps.get_data_parallel_group())
+        if tp > 1:
+            parts = [torch.empty_like(flat) for _ in range(tp)]
+            torch.distributed.all_gather(parts, flat.to(_device(model)).contiguous(), group=tp_group)
+        else:
+            parts = [flat]
+        tokens = calibration.shape[0] * calibration.shape[1]
+        offset = 0
+        for i in layers:
+            width = sums[i].numel()
+            act = torch.cat([p[offset : offset + width].cpu() for p in parts]) / tokens
+            offset += width
+            down = weights[f"model.layers.{i}.mlp.down_proj.weight"]
+            out[i] = act.to(down.dtype) * down.norm(dim=0)
+    merged: dict[int, torch.Tensor] = {}
+    for part in _all_gather_objects(out, _pp()[2]):
+        merged.update(part)
+    return {i: merged[i] for i in sorted(merged)}
 
 
 def build_library_megatron(
@@ -515,54 +652,72 @@ def build_library_megatron(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def capture_megatron(model: torch.nn.Module, cfg: PuzzleModelConfig, ids: torch.Tensor, layers: set[int]) -> Any:
+def capture_megatron(
+    model: torch.nn.Module,
+    cfg: PuzzleModelConfig,
+    ids: torch.Tensor,
+    layers: set[int],
+    *,
+    micro_batch_size: int | None = None,
+) -> Any:
     """A :class:`~nemotron_plugins.puzzle.search.hf_forward.Capture` (``[batch, seq, hidden]``, on the model's device) of
-    ``layers`` from one forward of the Megatron parent ``model`` on ``ids``.
+    ``layers`` from a forward of the Megatron parent ``model`` on ``ids``.
 
+    The forward is the pipeline's (:func:`pipeline_forward`, ``micro_batch_size`` rows per micro-batch, default all):
+    every rank of the pipeline calls this with the same ``ids``, each with layers of its own stage (possibly none).
     The attention input is the residual stream entering the layer, its output what the attention module returns
     (row-parallel output already reduced over TP), the FFN input their sum (no dropout in eval) and the FFN output
     what the MLP module returns; the SwiGLU intermediate is not recorded.
+
+    Raises:
+        SearchParallelError: a layer of ``layers`` is on another pipeline stage.
     """
     from nemotron_plugins.puzzle.search.hf_forward import Capture
 
-    cap = Capture(layers=layers)
+    modules = dict(zip(stage_layers(model), _layers(model), strict=True))
+    elsewhere = sorted(set(layers) - set(modules))
+    if elsewhere:
+        raise SearchParallelError(
+            f"layers {elsewhere} are not on this pipeline stage (it holds layers {sorted(modules)}): capture them on "
+            "the stage that owns them"
+        )
+    parts: dict[str, dict[int, list[torch.Tensor]]] = {"attn_input": {}, "attn_output": {}, "ffn_output": {}}
     handles = []
 
-    def to_bsh(x: Any) -> torch.Tensor:
+    def keep(name: str, i: int, x: Any) -> None:
         x = x[0] if isinstance(x, tuple) else x
-        return x.detach().transpose(0, 1).clone()  # megatron's bias-dropout-add may add the residual in place
+        # megatron's bias-dropout-add may add the residual in place
+        parts[name].setdefault(i, []).append(x.detach().transpose(0, 1).clone())
 
     def on_layer(i: int) -> Callable[..., None]:
         def pre(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            cap.attn_input[i] = to_bsh(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+            keep("attn_input", i, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
 
         return pre
 
-    def on_attention(i: int) -> Callable[..., None]:
+    def on_output(name: str, i: int) -> Callable[..., None]:
         def post(_module: Any, _inputs: Any, output: Any) -> None:
-            cap.attn_output[i] = to_bsh(output)
+            keep(name, i, output)
 
         return post
 
-    def on_mlp(i: int) -> Callable[..., None]:
-        def post(_module: Any, _inputs: Any, output: Any) -> None:
-            cap.ffn_output[i] = to_bsh(output)
-
-        return post
-
-    decoder_layers = _layers(model)
     for i in sorted(layers):
         block = cfg.blocks[i]
-        handles.append(decoder_layers[i].register_forward_pre_hook(on_layer(i), with_kwargs=True))
+        handles.append(modules[i].register_forward_pre_hook(on_layer(i), with_kwargs=True))
         if block.attention.kind != "no_op":
-            handles.append(decoder_layers[i].self_attention.register_forward_hook(on_attention(i)))
+            handles.append(modules[i].self_attention.register_forward_hook(on_output("attn_output", i)))
         if block.ffn.kind != "no_op":
-            handles.append(decoder_layers[i].mlp.register_forward_hook(on_mlp(i)))
+            handles.append(modules[i].mlp.register_forward_hook(on_output("ffn_output", i)))
+    step = micro_batch_size or max(int(ids.shape[0]), 1)
     try:
-        megatron_logits(model, ids)
+        pipeline_forward(model, [ids[s : s + step] for s in range(0, ids.shape[0], step)])
     finally:
         for handle in handles:
             handle.remove()
+    cap = Capture(layers=layers)
+    for name, per_layer in parts.items():
+        for i, chunks in per_layer.items():
+            getattr(cap, name)[i] = torch.cat(chunks)
     for i in sorted(layers):
         block = cfg.blocks[i]
         if block.ffn.kind != "no_op":
@@ -586,14 +741,15 @@ def blockwise_distill_megatron(
     seed: int = 0,
 ) -> tuple[list[Any], dict[str, tuple[float, float]]]:
     """:func:`~nemotron_plugins.puzzle.search.bld.blockwise_distill` with the parent's activations captured from the
-    Megatron parent at TP and every batch split over the DP ranks (gradients all-reduced); every rank calls it and
-    gets the same trained variants.
+    Megatron parent at TP x PP and every batch split over the DP ranks (gradients all-reduced); every rank calls it
+    and gets the same trained variants (in ``variants``' order) and losses.
 
-    The variants themselves are trained as plain-torch sub-blocks, replicated over the TP group (each TP rank takes
-    the same step on the same full activations), on the Megatron parent's device.
+    Each pipeline stage trains the variants of its own layers on the activations it captured (all stages run the
+    parent's forward on the same batches, in the same order); the trained variants and their losses are gathered
+    over the PP group. The variants themselves are trained as plain-torch sub-blocks, replicated over the TP group
+    (each TP rank takes the same step on the same full activations), on the Megatron parent's device.
     """
     from nemotron_plugins.puzzle.search.bld import blockwise_distill
-    from nemotron_plugins.puzzle.search.hf_forward import Capture
 
     settings.validate()
     settings.check_cfg(cfg)
@@ -601,20 +757,15 @@ def blockwise_distill_megatron(
     dp_rank, dp = dp_rank_and_size()
     parent = build_megatron_model(cfg, weights, int(tokens.shape[1]))
     device = _device(parent)
-    on_device = [dataclasses.replace(v, tensors={k: t.to(device) for k, t in v.tensors.items()}) for v in variants]
+    here = set(stage_layers(parent))
+    mine = [j for j, v in enumerate(variants) if v.layer in here]
+    on_device = [
+        dataclasses.replace(variants[j], tensors={k: t.to(device) for k, t in variants[j].tensors.items()})
+        for j in mine
+    ]
 
-    def capture(ids: torch.Tensor, layers: set[int]) -> Capture:
-        parts = [
-            capture_megatron(parent, cfg, ids[i : i + settings.micro_batch_size], layers)
-            for i in range(0, ids.shape[0], settings.micro_batch_size)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        out = Capture(layers=layers)
-        for name in ("attn_input", "attn_output", "ffn_input", "ffn_output"):
-            for i in getattr(parts[0], name):
-                getattr(out, name)[i] = torch.cat([getattr(p, name)[i] for p in parts])
-        return out
+    def capture(ids: torch.Tensor, layers: set[int]) -> Any:
+        return capture_megatron(parent, cfg, ids, layers, micro_batch_size=settings.micro_batch_size)
 
     def local_rows(rows: torch.Tensor) -> torch.Tensor:
         return torch.tensor_split(rows, dp)[dp_rank]
@@ -632,4 +783,11 @@ def blockwise_distill_megatron(
         local_rows=local_rows,
         all_reduce=dp_all_reduce,
     )
-    return [dataclasses.replace(v, tensors={k: t.cpu() for k, t in v.tensors.items()}) for v in trained], losses
+    local = [dataclasses.replace(v, tensors={k: t.cpu() for k, t in v.tensors.items()}) for v in trained]
+    by_index: dict[int, Any] = {}
+    all_losses: dict[str, tuple[float, float]] = {}
+    for indices, stage_variants, stage_losses in _all_gather_objects((mine, local, losses), _pp()[2]):
+        by_index.update(zip(indices, stage_variants, strict=True))
+        all_losses.update(stage_losses)
+    keys = [f"{v.layer}.{v.part}.{v.name}" for v in variants]
+    return [by_index[j] for j in range(len(variants))], {k: all_losses[k] for k in keys if k in all_losses}

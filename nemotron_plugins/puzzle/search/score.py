@@ -199,12 +199,11 @@ def variant_cost(
     batch_sizes: Sequence[int] = (1,),
     seq_len: int = 128,
     runtimes: Mapping[tuple[int, str, str], Mapping[int, float]] | None = None,
-    measure: bool = True,
-) -> tuple[int, int, dict[int, float] | None]:
+) -> tuple[int, int, dict[int, float]]:
     """Parameters, KV bytes per token and runtimes by batch size of one variant's sub-block.
 
     Runtimes are imported from ``runtimes`` when given, else measured here (plain-torch sub-block forward, median of
-    5), else ``None`` when ``measure`` is false (a rank whose peer measures them).
+    5).
 
     Raises:
         KeyError: ``runtimes`` has no entry for the variant.
@@ -219,8 +218,6 @@ def variant_cost(
         if key not in runtimes:
             raise KeyError(f"imported runtimes have no entry for layer {var.layer} {var.part} {var.name!r}")
         return params, kv, {int(b): float(runtimes[key][b]) for b in batch_sizes}
-    if not measure:
-        return params, kv, None
     return params, kv, {b: _runtime(cfg, weights, var, b, seq_len) for b in batch_sizes}
 
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nemotron_plugins.puzzle.block_config import AttentionConfig, BlockConfig, FFNConfig, make_config
 from nemotron_plugins.puzzle.search.parallel import (
     SearchParallel,
     SearchParallelError,
+    stage_layer_counts,
     vocab_parallel_token_kl,
     vocab_parallel_token_nll,
 )
@@ -38,3 +40,26 @@ def test_settings_are_refused_naming_the_field() -> None:
     with pytest.raises(SearchParallelError, match="micro_batch_size must be >= 1"):
         SearchParallel(micro_batch_size=0).validate()
     assert SearchParallel(tensor_model_parallel_size=2, data_parallel_size=3).world_size == 6
+    with pytest.raises(SearchParallelError, match="pipeline_model_parallel_size must be >= 1, got 0"):
+        SearchParallel(pipeline_model_parallel_size=0).validate()
+    settings = SearchParallel(tensor_model_parallel_size=2, pipeline_model_parallel_size=2, data_parallel_size=3)
+    assert (settings.world_size, settings.layout) == (12, "TP2 PP2 DP3")
+    assert SearchParallel(tensor_model_parallel_size=2).layout == "TP2 DP1"  # the run directories' spelling at PP1
+
+
+def test_pipeline_stages_hold_at_least_one_layer_each() -> None:
+    cfg = make_config(
+        hidden_size=16,
+        num_attention_heads=2,
+        vocab_size=11,
+        blocks=[BlockConfig(attention=AttentionConfig.gqa(2), ffn=FFNConfig.swiglu(8))] * 3,
+    )
+    with pytest.raises(
+        SearchParallelError, match="pipeline_model_parallel_size 4 is larger than the model's 3 layers"
+    ):
+        SearchParallel(pipeline_model_parallel_size=4).check_cfg(cfg)
+    SearchParallel(pipeline_model_parallel_size=3).check_cfg(cfg)
+    assert stage_layer_counts(3, 2) == [2, 1]
+    assert stage_layer_counts(7, 3) == [3, 2, 2]
+    assert stage_layer_counts(162, 4) == [41, 41, 40, 40]
+    assert stage_layer_counts(4, 4) == [1, 1, 1, 1]
