@@ -202,6 +202,7 @@ def test_cli_stages_at_two_ranks_write_what_one_rank_writes(tmp_path, capsys) ->
     import shutil
 
     from nemotron_plugins.cli.main import main
+    from nemotron_plugins.puzzle.search.rundir import load_library
     from tests.reference.tiny_checkpoints import write_hf_checkpoint
 
     torch.set_num_threads(1)
@@ -231,3 +232,16 @@ def test_cli_stages_at_two_ranks_write_what_one_rank_writes(tmp_path, capsys) ->
     for a, b in zip(runs[0]["scores"], runs[1]["scores"], strict=True):
         assert (a["layer"], a["part"], a["name"]) == (b["layer"], b["part"], b["name"])
         assert abs(a["score"] - b["score"]) <= 1e-4 * max(1.0, a["score"]), (a, b)
+    # --pipeline-parallel 2: the library of one process, tensor for tensor
+    three = tmp_path / "three"
+    assert (
+        main(["puzzle", "library", parent, str(three), "--calibration", calib, *lib, "--pipeline-parallel", "2"]) == 0
+    )
+    assert "(TP1 PP2 DP1)" in capsys.readouterr().out
+    lib_one, lib_three = load_library(one / "library"), load_library(three / "library")
+    assert [(v.layer, v.part, v.name) for v in lib_one] == [(v.layer, v.part, v.name) for v in lib_three]
+    for a, b in zip(lib_one, lib_three, strict=True):
+        assert set(a.tensors) == set(b.tensors) and all(torch.equal(t, b.tensors[k]) for k, t in a.tensors.items())
+    with pytest.raises(SystemExit):
+        main(["puzzle", "library", parent, str(three), "--calibration", calib, "--force", "--pipeline-parallel", "4"])
+    assert "pipeline_model_parallel_size 4 is larger than the model's 3 layers" in capsys.readouterr().err
