@@ -14,9 +14,12 @@ from nemotron_plugins.puzzle.search.parallel import (
     SearchParallelError,
     blockwise_distill_megatron,
     build_library_megatron,
+    build_megatron_model,
+    capture_megatron,
     channel_contributions_megatron,
     run_parallel,
     score_variants_megatron,
+    stage_layers,
 )
 from nemotron_plugins.puzzle.search.score import score_variants
 from tests.reference.tiny_checkpoints import random_hf_weights
@@ -91,6 +94,37 @@ def test_score_tp2_and_dp2_match_one_process_and_the_reference(metric: str) -> N
             )
             assert abs(a.score - b.score) <= 1e-5 * max(1.0, abs(a.score)), (layout, a, b)
     assert max(s.score for s in ref) > 1e-3  # the scores are not all ~0: the comparison can fail
+
+
+def _stage_contents(cfg, weights) -> list[tuple[list[int], bool, bool, str]]:
+    """Per rank (in rank order): the global layers of its stage's model, whether it holds the embedding / the output
+    layer, and why a capture of every layer is refused there."""
+    model = build_megatron_model(cfg, weights, 12)
+    keys = set(model.state_dict())
+    try:
+        capture_megatron(model, cfg, _tokens(2, 0), set(range(cfg.num_hidden_layers)))
+        refused = ""
+    except SearchParallelError as err:
+        refused = str(err)
+    mine = (
+        stage_layers(model),
+        "embedding.word_embeddings.weight" in keys,
+        "output_layer.weight" in keys,
+        refused,
+    )
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
+def test_pp2_stages_build_only_their_own_layers() -> None:
+    torch.set_num_threads(1)
+    cfg, weights = _parent(tied=True)
+    settings = SearchParallel(pipeline_model_parallel_size=2)
+    first, last = run_parallel(_stage_contents, settings, (cfg, weights), timeout_s=300)
+    assert first[:3] == ([0, 1], True, False) and last[:3] == ([2], False, True)
+    assert "layers [2] are not on this pipeline stage (it holds layers [0, 1])" in first[3]
+    assert "layers [0, 1] are not on this pipeline stage (it holds layers [2])" in last[3]
 
 
 @pytest.mark.parametrize(("tp", "metric", "tied"), [(1, "kl", True), (1, "lm_loss", False), (2, "kl", False)])
