@@ -19,8 +19,8 @@ One command runs the whole Puzzle pipeline per seed, each stage through ``nemotr
 5. per child, the mean per-token ``KL(parent || child)`` on the evaluation tokens (never used by any stage), before
    and after distillation.
 
-``puzzle library``, ``bld`` and ``score`` run on Megatron models (``--search-tp`` / ``--search-dp``: their layout,
-TP x DP local gloo processes; default one process). ``--scale ci`` is a scaled-down variant (smaller parent, fewer steps) for the functional test. The table gives the
+``puzzle library``, ``bld`` and ``score`` run on Megatron models (``--search-tp`` / ``--search-pp`` / ``--search-dp``:
+their layout, TP x PP x DP local gloo processes; default one process). ``--scale ci`` is a scaled-down variant (smaller parent, fewer steps) for the functional test. The table gives the
 sample counts (sequences x tokens) beside every figure; nothing here is timed against a threshold.
 """
 
@@ -263,12 +263,20 @@ def uniform_width(parent: Any, budget_params: float) -> int:
 
 
 def run_seed(
-    out: Path, scale: Scale, seed: int, *, distill_tp: int = 1, search_tp: int = 1, search_dp: int = 1
+    out: Path,
+    scale: Scale,
+    seed: int,
+    *,
+    distill_tp: int = 1,
+    search_tp: int = 1,
+    search_dp: int = 1,
+    search_pp: int = 1,
 ) -> dict[str, Any]:
     """The whole pipeline for one seed; returns the comparison row.
 
-    ``search_tp`` / ``search_dp``: the Megatron layout of ``puzzle library``, ``bld`` and ``score`` (TP x DP local
-    gloo processes; TP must divide every FFN width and KV-head count of the library).
+    ``search_tp`` / ``search_pp`` / ``search_dp``: the Megatron layout of ``puzzle library``, ``bld`` and ``score``
+    (TP x PP x DP local gloo processes; TP must divide every FFN width and KV-head count of the library, PP is at most
+    the number of layers).
     """
     from nemotron_plugins.puzzle.block_config import load_hf_config
     from nemotron_plugins.puzzle.cost import estimate_cost
@@ -299,7 +307,7 @@ def run_seed(
     ]
     stages[0][1].extend(["--ffn-fractions", ",".join(f"{f:.6f}" for f in fractions)])
     for _, args in stages[:3]:
-        args.extend(["--tensor-parallel", search_tp, "--data-parallel", search_dp])
+        args.extend(["--tensor-parallel", search_tp, "--pipeline-parallel", search_pp, "--data-parallel", search_dp])
     for name, args in stages:
         t = time.perf_counter()
         _cli("puzzle", *args)
@@ -413,8 +421,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"seed {row['seed']}: end to end {row['total_s']:.0f} s")
 
 
-def compare_score_paths(layouts: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    """``puzzle score``'s work on the plain-torch reference and on Megatron at ``layouts`` (TP, DP), side by side.
+def compare_score_paths(layouts: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
+    """``puzzle score``'s work on the plain-torch reference and on Megatron at ``layouts`` (TP, PP, DP), side by side.
 
     A random parent of the full scale's shape (6 layers, hidden 64, FFN 512, 4 KV heads), 60 library variants (KV
     heads 4 and 2, FFN fractions 1 / .75 / .5 / .25), 64 x 64 held-out tokens; runtimes imported (0) so that only the
@@ -449,8 +457,15 @@ def compare_score_paths(layouts: list[tuple[int, int]]) -> list[dict[str, Any]]:
     t, c = time.perf_counter(), cpu()
     ref = score_variants(cfg, weights, library, held, runtimes=runtimes)
     rows = [{"path": "plain-torch reference", "wall_s": time.perf_counter() - t, "cpu_s": cpu() - c, "max_rel": 0.0}]
-    for tp, dp in layouts:
-        settings = SearchParallel(tensor_model_parallel_size=tp, data_parallel_size=dp, micro_batch_size=64)
+    for tp, pp, dp in layouts:
+        # with PP, 4 micro-batches of 16 so that the stages overlap; one forward of all 64 rows otherwise
+        micro = 64 if pp == 1 else 16
+        settings = SearchParallel(
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            data_parallel_size=dp,
+            micro_batch_size=micro,
+        )
         t, c = time.perf_counter(), cpu()
         got = run_parallel(
             score_variants_megatron, settings, (cfg, weights, library, held, settings), {"runtimes": runtimes}
@@ -480,16 +495,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--distill-tp", type=int, default=1, help="tensor parallel size of `puzzle distill`")
     parser.add_argument("--search-tp", type=int, default=1, help="TP size of `puzzle library / bld / score`")
+    parser.add_argument("--search-pp", type=int, default=1, help="PP size of `puzzle library / bld / score`")
     parser.add_argument("--search-dp", type=int, default=1, help="DP size of `puzzle library / bld / score`")
     parser.add_argument(
         "--compare-score-paths",
         action="store_true",
-        help="only time `puzzle score`'s work: plain-torch reference vs Megatron TP1, DP2, TP2 (see compare_score_paths)",
+        help="only time `puzzle score`'s work: plain-torch reference vs Megatron TP1, DP2, TP2, PP2 "
+        "(see compare_score_paths)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.compare_score_paths:
-        return compare_score_paths([(1, 1), (1, 2), (2, 1)])
+        return compare_score_paths([(1, 1, 1), (1, 1, 2), (2, 1, 1), (1, 2, 1)])
     rows = [
         run_seed(
             Path(args.out) / f"seed{seed}",
@@ -498,6 +515,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             distill_tp=args.distill_tp,
             search_tp=args.search_tp,
             search_dp=args.search_dp,
+            search_pp=args.search_pp,
         )
         for seed in args.seeds
     ]

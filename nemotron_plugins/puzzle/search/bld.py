@@ -5,8 +5,10 @@ with the normalised MSE ``MSE(out_parent, out_child) / MSE(out_parent, 0)``. Att
 separately ("decoupled"); one parent forward per batch captures the inputs and outputs of every layer, and every
 variant takes a step on that batch, so all blocks train in one pass over the data. Runs in plain PyTorch on one
 process on the HF tensors (:mod:`nemotron_plugins.puzzle.search.hf_forward`) by default; the CLI captures the
-parent's sub-block activations from the Megatron parent at TP and splits every batch over data-parallel ranks
-(:func:`nemotron_plugins.puzzle.search.parallel.blockwise_distill_megatron`).
+parent's sub-block activations from the Megatron parent at TP x PP, each pipeline stage training the variants of its
+own layers, and splits every batch over data-parallel ranks
+(:func:`nemotron_plugins.puzzle.search.parallel.blockwise_distill_megatron`). Each variant learns only from its own
+parent sub-block's input and output: BLD is embarrassingly parallel over blocks.
 """
 
 from __future__ import annotations

@@ -302,7 +302,8 @@ def build_megatron_model(
     The vocabulary is padded only as much as TP needs; the padded rows are zero and masked out of every softmax here.
     The stages hold :func:`stage_layer_counts` consecutive layers. With PP > 1 and tied embeddings the last stage's
     output layer is its own copy of the embedding (as in megatron's pipelined layout) loaded from the HF embedding:
-    the model is built untied, since a frozen model needs no embedding-group synchronisation.
+    the model is built untied, since a frozen model needs no embedding-group synchronisation (megatron's initial one
+    moves the copy to CUDA, absent on CPU).
     """
     from nemotron_plugins.puzzle.hf_checkpoint import load_hf_tensors
     from nemotron_plugins.puzzle.model import build_puzzle_model
