@@ -41,10 +41,21 @@ def _make_handler(state: _State):
                 fail = state.fail_first.get(key, 0)
                 if fail:
                     state.fail_first[key] = fail - 1
+            replied = False  # in_flight counts requests not yet answered: it drops before the reply is sent, since
+            # a client thread may send its next request as soon as it has read this reply (before `finally` runs here)
+
+            def answered():
+                nonlocal replied
+                if not replied:
+                    replied = True
+                    with state.lock:
+                        state.in_flight -= 1
+
             try:
                 time.sleep(0.05)
                 if key in state.slow:
                     time.sleep(1.0)
+                answered()
                 if fail:
                     self.send_response(503)
                     self.end_headers()
@@ -82,8 +93,7 @@ def _make_handler(state: _State):
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout test)
             finally:
-                with state.lock:
-                    state.in_flight -= 1
+                answered()
 
     return Handler
 
