@@ -381,7 +381,7 @@ def evaluate_policy(
                 sel = torch.tensor([m == mode for m in reasoning])
                 if sel.any():
                     result[f"accuracy_{label}_{mode}"] = float(acc[sel].nanmean())
-    if replies_path is not None and _global_rank() == 0:
+    if replies_path is not None and _world_rank()[1] == 0:
         from nemotron_plugins.runtime.checkpoint import atomic_write_text
 
         Path(replies_path).parent.mkdir(parents=True, exist_ok=True)
@@ -394,13 +394,10 @@ def _reply_records(
 ) -> list[dict[str, Any]]:
     out = []
     for i, (row, text) in enumerate(zip(rows, texts, strict=True)):
-        scores = {name: (None if math.isnan(float(v[i])) else float(v[i])) for name, v in per.items()}
+        values = {name: float(v[i]) for name, v in per.items()}
+        scores = {name: (None if math.isnan(value) else value) for name, value in values.items()}
         out.append({"index": i, "id": row.get("id"), "decode": label, "reply": text, "scores": scores})
     return out
-
-
-def _global_rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 @torch.no_grad()
