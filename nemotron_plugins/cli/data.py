@@ -28,6 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--max-value", type=int, default=999)
     synth.add_argument("--corrupt-fraction", type=float, default=0.0, help="fraction of corrupted SFT traces")
     synth.add_argument("--corruption", choices=("forgotten_carry", "reversed_answer"), default="forgotten_carry")
+    synth.add_argument(
+        "--reversed-answer-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of SFT problems whose answer is also written reversed (independent of --corrupt-fraction)",
+    )
     synth.add_argument("--no-off", action="store_true", help="do not write the reasoning-off rows")
     synth.set_defaults(func=run_synth)
 
@@ -52,6 +58,7 @@ def run_synth(args: argparse.Namespace) -> int:
             max_value=args.max_value,
             corrupt_fraction=args.corrupt_fraction,
             corruption=args.corruption,
+            reversed_answer_fraction=args.reversed_answer_fraction,
             include_off=not args.no_off,
         )
         result = write_synthetic_dataset(args.out, args.n_train, args.n_heldout, args.seed, config=config)

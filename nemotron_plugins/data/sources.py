@@ -58,7 +58,12 @@ def prepare_synthetic_data(data: DataConfig, output_dir: str | os.PathLike[str])
         s.problems,
         s.heldout_problems,
         s.seed,
-        config=ArithmeticConfig(min_value=s.min_value, max_value=s.max_value, corrupt_fraction=s.corrupt_fraction),
+        config=ArithmeticConfig(
+            min_value=s.min_value,
+            max_value=s.max_value,
+            corrupt_fraction=s.corrupt_fraction,
+            reversed_answer_fraction=s.reversed_answer_fraction,
+        ),
     )
     return out
 

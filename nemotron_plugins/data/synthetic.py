@@ -64,6 +64,10 @@ class ArithmeticConfig:
     """Fraction of training problems whose SFT trace is corrupted (0 = clean; SYSTEM.md section 5 used 0.5)."""
     corruption: Corruption = "forgotten_carry"
     """How a trace is corrupted: ``forgotten_carry`` or ``reversed_answer``."""
+    reversed_answer_fraction: float = 0.0
+    """Fraction of training problems whose final answer (after any ``corruption``) is also written with its digits
+    reversed, chosen independently of ``corrupt_fraction``: a second, answer-level mistake on top of the trace-level
+    one (0 = none)."""
     include_off: bool = True
     """Also write the reasoning-off row (answer only) of every SFT problem."""
     prompt_format: str = "What is {a} + {b}?"
@@ -76,6 +80,8 @@ class ArithmeticConfig:
             raise ValueError(f"need 0 <= min_value <= max_value, got {self.min_value}..{self.max_value}")
         if not 0.0 <= self.corrupt_fraction <= 1.0:
             raise ValueError(f"corrupt_fraction must be in [0, 1], got {self.corrupt_fraction}")
+        if not 0.0 <= self.reversed_answer_fraction <= 1.0:
+            raise ValueError(f"reversed_answer_fraction must be in [0, 1], got {self.reversed_answer_fraction}")
         if self.corruption not in CORRUPTIONS:
             raise ValueError(f"corruption must be one of {', '.join(CORRUPTIONS)}, got {self.corruption!r}")
         if "{a}" not in self.prompt_format or "{b}" not in self.prompt_format:
@@ -207,6 +213,7 @@ def sft_rows(
     *,
     corrupt: bool = False,
     rng: random.Random | None = None,
+    reverse_answer: bool = False,
 ) -> tuple[list[dict[str, Any]], bool]:
     """SFT rows of one problem: the reasoning-on row and, with ``config.include_off``, the off row.
 
@@ -215,13 +222,17 @@ def sft_rows(
         config: Data settings.
         corrupt: Use a corrupted trace (when the corruption applies to this problem).
         rng: Randomness for choosing what to corrupt.
+        reverse_answer: Also write the final answer with its digits reversed (the trace is kept); a palindromic
+            answer is left as it is.
 
     Returns:
-        ``(rows, corrupted)``: the rows, and whether they were actually corrupted.
+        ``(rows, corrupted)``: the rows, and whether they were actually corrupted (by ``corrupt``).
     """
     target = corrupted_target(problem, config, rng or random.Random(0)) if corrupt else None
     corrupted = target is not None
     reasoning, answer = target if target is not None else addition_trace(problem.a, problem.b)
+    if reverse_answer:
+        answer = int(str(answer)[::-1])
     rows = [_row(problem, config, "on", format_response(str(answer), reasoning, mode="on"))]
     if config.include_off:
         rows.append(_row(problem, config, "off", format_response(str(answer), mode="off")))
@@ -325,11 +336,22 @@ def write_synthetic_dataset(
     wanted = round(config.corrupt_fraction * len(train))
     corruptible = [i for i, p in enumerate(train) if corrupted_target(p, config, random.Random(0)) is not None]
     chosen = set(corrupt_rng.sample(corruptible, min(wanted, len(corruptible))))
+    # Reversed answers: drawn from their own stream, so the files without them are unchanged.
+    reversed_wanted = round(config.reversed_answer_fraction * len(train))
+    reversed_chosen = set(random.Random(seed + 2).sample(range(len(train)), reversed_wanted))
     sft_train: list[dict[str, Any]] = []
-    corrupted = 0
+    corrupted = reversed_answers = 0
     for i, problem in enumerate(train):
-        rows, did = sft_rows(problem, config, corrupt=i in chosen, rng=corrupt_rng)
+        state = corrupt_rng.getstate()
+        rows, did = sft_rows(
+            problem, config, corrupt=i in chosen, rng=corrupt_rng, reverse_answer=i in reversed_chosen
+        )
         corrupted += did
+        if i in reversed_chosen:  # counted when the reversal changed the answer (not a palindrome: 121, 110 -> 11)
+            replay_rng = random.Random()
+            replay_rng.setstate(state)
+            unreversed, _ = sft_rows(problem, config, corrupt=i in chosen, rng=replay_rng)
+            reversed_answers += unreversed[0]["output"] != rows[0]["output"]
         sft_train.extend(rows)
     sft_heldout = [row for problem in heldout for row in sft_rows(problem, config)[0]]
     out = Path(out_dir)
@@ -356,6 +378,8 @@ def write_synthetic_dataset(
         "corruptible_problems": len(corruptible),
         "corrupted": corrupted,
         "corrupted_fraction": corrupted / len(train) if train else 0.0,
+        "reversed_answers_requested": reversed_wanted,
+        "reversed_answers": reversed_answers,
     }
     result.files["manifest"] = out / "manifest.json"
     result.files["manifest"].write_text(json.dumps(result.stats, indent=2) + "\n", encoding="utf-8")

@@ -69,6 +69,9 @@ class SyntheticDataConfig:
     """Held-out problems written (evaluation prompts come from these; never trained on)."""
     corrupt_fraction: float = 0.0
     """Fraction of training traces corrupted (a forgotten carry), leaving headroom for a later RL stage."""
+    reversed_answer_fraction: float = 0.0
+    """Fraction of training problems whose final answer is also written reversed (drawn independently of
+    ``corrupt_fraction``): a second, answer-level mistake for RL to remove."""
     min_value: int = 10
     """Smallest operand."""
     max_value: int = 999

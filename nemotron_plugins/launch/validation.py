@@ -419,6 +419,10 @@ def check_fields(recipe: RecipeConfig) -> list[str]:
     elif d.dataset == "synthetic_addition":
         if d.synthetic is None:
             errors.append("data.synthetic is required for data.dataset='synthetic_addition'")
+        else:
+            for name in ("corrupt_fraction", "reversed_answer_fraction"):
+                if not 0.0 <= getattr(d.synthetic, name) <= 1.0:
+                    errors.append(f"data.synthetic.{name}={getattr(d.synthetic, name)} must be in [0, 1]")
         for name in ("path", "eval_path"):
             if getattr(d, name):
                 errors.append(f"data.{name} is set but data.dataset='synthetic_addition' writes its own files")

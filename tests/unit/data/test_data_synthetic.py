@@ -84,6 +84,43 @@ def test_reversed_answer_corruption_keeps_the_trace():
     assert not corrupted and on["output"].endswith("525")
 
 
+def test_reversed_answer_fraction_adds_an_independent_answer_mistake(tmp_path):
+    # On top of a forgotten carry, the answer is also written reversed; the trace is the corrupted one.
+    (on, off), corrupted = sft_rows(
+        AdditionProblem(457, 68),
+        ArithmeticConfig(corrupt_fraction=1.0),
+        corrupt=True,
+        reverse_answer=True,
+        rng=random.Random(0),
+    )
+    parsed = parse_response(on["output"], mode="on")
+    assert corrupted and parsed.answer == off["output"]
+    digits, final_carry, _ = replay(parsed.reasoning)
+    assert parsed.answer == f"{final_carry or ''}{digits}"[::-1].lstrip("0")
+
+    plain = write_synthetic_dataset(tmp_path / "plain", 400, 50, seed=5, config=ArithmeticConfig(corrupt_fraction=0.5))
+    both = write_synthetic_dataset(
+        tmp_path / "both", 400, 50, seed=5, config=ArithmeticConfig(corrupt_fraction=0.5, reversed_answer_fraction=0.5)
+    )
+    # The carry corruption and the held-out / RL files are unchanged by the reversal; 200 problems are reversed
+    # (a palindromic answer reads the same, so fewer change).
+    for name in ("sft_heldout", "rl_train", "rl_heldout"):
+        assert plain.files[name].read_bytes() == both.files[name].read_bytes()
+    assert both.stats["corrupted"] == plain.stats["corrupted"] == 200
+    assert both.stats["reversed_answers_requested"] == 200
+    plain_rows = [json.loads(x) for x in plain.files["sft_train"].read_text().splitlines() if '"on"' in x]
+    both_rows = [json.loads(x) for x in both.files["sft_train"].read_text().splitlines() if '"on"' in x]
+    changed = 0
+    for a, b in zip(plain_rows, both_rows, strict=True):
+        pa, pb = parse_response(a["output"], mode="on"), parse_response(b["output"], mode="on")
+        assert pa.reasoning == pb.reasoning
+        if pa.answer != pb.answer:
+            changed += 1
+            assert pb.answer == str(int(pa.answer[::-1]))
+    assert changed == both.stats["reversed_answers"] and 150 < changed <= 200
+    assert plain.stats["reversed_answers"] == 0
+
+
 def test_write_dataset_files_splits_and_determinism(tmp_path, tiny_tokenizer):
     config = ArithmeticConfig(corrupt_fraction=0.5)
     result = write_synthetic_dataset(tmp_path / "a", 200, 50, seed=3, config=config)
@@ -136,6 +173,8 @@ def test_extract_and_check_answer():
 def test_config_and_size_errors():
     with pytest.raises(ValueError, match="corrupt_fraction"):
         ArithmeticConfig(corrupt_fraction=2.0)
+    with pytest.raises(ValueError, match="reversed_answer_fraction"):
+        ArithmeticConfig(reversed_answer_fraction=-0.1)
     with pytest.raises(ValueError, match="corruption"):
         ArithmeticConfig(corruption="typo")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="allow 3"):

@@ -293,6 +293,11 @@ def test_balanced_layout_rejects_too_many_stages() -> None:
         ("tiny_puzzle_grpo_cpu", ["evaluation.format_reward=nope"], "evaluation.format_reward='nope' is not one of"),
         ("tiny_puzzle_grpo_cpu", ["rewards.0.options={'no_such_option': 1}"], "rewards[0].options for 'math'"),
         ("tiny_puzzle_grpo_cpu", ["data.synthetic=null"], "data.synthetic is required"),
+        (
+            "tiny_puzzle_sft_cpu",
+            ["data.synthetic.reversed_answer_fraction=1.5"],
+            "data.synthetic.reversed_answer_fraction=1.5 must be in [0, 1]",
+        ),
         ("tiny_puzzle_sft_cpu", ["model.layer_spec=nope"], "model.layer_spec='nope' is not a registered"),
     ],
 )
