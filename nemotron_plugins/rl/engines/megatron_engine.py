@@ -11,6 +11,8 @@ Sequences of different prompt lengths advance in lockstep as in megatron-core's 
 batch is prefilled up to its shortest prompt, then every step writes one position per sequence, taking the prompt's
 token where the prompt is still running and a sampled token elsewhere. No padding or attention mask is needed and a
 completion's log-probs are exactly those of a full causal forward over prompt + completion (tested to 1e-4).
+Sequences that share their first (shortest-prompt) tokens, as the ``n`` samples of one prompt do, share that
+prefill: it runs once per distinct prefix and the KV cache rows are copied (``n`` times less prefill work).
 
 Sampling: logits / temperature, log-softmax (temperature 0: greedy arg-max); top-p keeps the smallest set of most likely tokens whose probability
 reaches ``top_p`` and samples from it renormalised. The returned log-prob of a token is its log-probability under the
@@ -127,6 +129,29 @@ def sample_tokens(
         probs = torch.where(keep, probs, torch.zeros_like(probs))
     tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def shared_prefixes(prompts: Sequence[Sequence[int]], length: int) -> tuple[list[int], list[int]]:
+    """Group sequences by their first ``length`` tokens.
+
+    Returns:
+        ``(source, firsts)``: ``firsts[k]`` is the first sequence with the ``k``-th distinct prefix, ``source[r]``
+        the index ``k`` of sequence ``r``'s prefix.
+
+    Example:
+        >>> shared_prefixes([[1, 2, 3], [1, 2, 4], [5, 6]], 2)
+        ([0, 0, 1], [0, 2])
+    """
+    index: dict[tuple[int, ...], int] = {}
+    source: list[int] = []
+    firsts: list[int] = []
+    for r, prompt in enumerate(prompts):
+        key = tuple(prompt[:length])
+        if key not in index:
+            index[key] = len(firsts)
+            firsts.append(r)
+        source.append(index[key])
+    return source, firsts
 
 
 class MegatronRolloutEngine(RolloutEngine):
@@ -274,7 +299,18 @@ class MegatronRolloutEngine(RolloutEngine):
             from megatron.core.inference.contexts import StaticInferenceContext
 
             context = StaticInferenceContext(b, total)
-            last = self._forward(tokens[:, :min_len], positions[:, :min_len], context)
+            source, firsts = shared_prefixes(prompts, min_len)
+            if len(firsts) < b:
+                # Sequences whose first ``min_len`` tokens are equal (the n samples of one prompt) share one
+                # prefill: it runs on one row per distinct prefix, then the KV cache rows are copied to the rest.
+                first_rows = torch.tensor(firsts, device=device)
+                rows = torch.tensor(source, device=device)
+                last = self._forward(tokens[first_rows, :min_len], positions[first_rows, :min_len], context)[rows]
+                for key_memory, value_memory in context.key_value_memory_dict.values():
+                    key_memory[:min_len, :b] = key_memory[:min_len, rows]
+                    value_memory[:min_len, :b] = value_memory[:min_len, rows]
+            else:
+                last = self._forward(tokens[:, :min_len], positions[:, :min_len], context)
             context.increment_sequence_len_offset(min_len)
             context.enable_decode_mode()
         else:

@@ -249,3 +249,30 @@ def test_temperature_zero_is_greedy(model, tokenizer):
         assert logits_full[p - 1 : -1].argmax(-1).tolist() == ids[0]
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         engine.rollout(["ok"], n=1, temperature=-1.0)
+
+
+def test_shared_prefill_gives_the_rollouts_of_one_prefill_per_sequence(dist, tokenizer, monkeypatch):
+    """The n samples of a prompt share one prefill (KV cache rows copied): same tokens, log-probs to 1e-5, as when
+    every sequence is prefilled on its own row."""
+    from nemotron_plugins.puzzle.model import build_puzzle_model
+    from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
+    from nemotron_plugins.rl.engines import megatron_engine
+
+    assert megatron_engine.shared_prefixes([[1, 2, 3], [1, 2, 4], [5, 6]], 2) == ([0, 0, 1], [0, 2])
+    torch.manual_seed(0)
+    model = build_puzzle_model(tiny_puzzle_config(len(tokenizer), max_position_embeddings=128))
+    engine = MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(max_batch_size=16))
+    prompts = ["12+34=", "12+35=", "<think>7"]  # the first two share their first (shortest-prompt) tokens too
+    kw = dict(n=4, temperature=1.0, max_new_tokens=12, seed=7)
+    calls = []
+    real = megatron_engine.shared_prefixes
+    monkeypatch.setattr(megatron_engine, "shared_prefixes", lambda p, n: calls.append(real(p, n)) or calls[-1])
+    shared = engine.rollout(prompts, **kw)
+    assert len(calls[-1][1]) < 12  # the shared path ran: fewer prefill rows than sequences
+    monkeypatch.setattr(megatron_engine, "shared_prefixes", lambda p, n: (list(range(len(p))), list(range(len(p)))))
+    alone = engine.rollout(prompts, **kw)
+    for a, b in zip(shared, alone, strict=True):
+        for x, y in zip(a.rollouts, b.rollouts, strict=True):
+            assert x.completion_ids == y.completion_ids
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+    assert _worst_logprob_error(model, tokenizer, shared, 1.0) < 1e-4
