@@ -97,7 +97,9 @@ def load_prompt_rows(config: RecipeConfig) -> tuple[list[dict[str, Any]], list[d
             f"{alg.num_prompts_per_rollout}"
         )
     names = [r.name for r in config.rewards or []]
-    check_reward_routing(train, names, "data.path")
+    # Name where the rows came from: a blend's rows carry their source's ``reward`` (data.blend[*].reward).
+    origin = {"synthetic_addition": "the synthetic task's rl_train.jsonl"}.get(config.data.dataset, "data.path")
+    check_reward_routing(train, names, "data.blend" if config.data.blend is not None else origin)
     check_reward_routing(heldout, names, "data.eval_path")
     return train, heldout
 

@@ -339,3 +339,23 @@ def test_mmlu_pro_style_rows_take_both_templates() -> None:
     mcq = apply_template(row, "mcq")
     assert mcq["ground_truth"] == "B" and mcq["metadata"] == {"choices": ["3", "4", "5"]} and "choices" not in mcq
     assert apply_template(row, "open_ended")["ground_truth"] == "4"
+
+
+def test_a_blend_row_routed_to_a_missing_reward_is_reported_as_the_blend(tmp_path) -> None:
+    from nemotron_plugins.data.sources import DataSourceError
+    from nemotron_plugins.rl.controller import load_prompt_rows
+
+    pool = tmp_path / "routed.jsonl"
+    rows = [
+        {
+            "id": f"r{i}",
+            "messages": [{"role": "user", "content": f"{i}+1?"}],
+            "ground_truth": str(i + 1),
+            "reward": "nope",
+        }
+        for i in range(40)
+    ]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = _grpo(f"data.blend=[{{'path': '{pool}'}}]", f"output_dir={tmp_path / 'run'}", "evaluation.num_samples=0")
+    with pytest.raises(DataSourceError, match=r"^data\.blend: row r\d+ asks for reward 'nope'"):
+        load_prompt_rows(config)
