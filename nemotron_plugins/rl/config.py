@@ -106,6 +106,10 @@ class GRPOConfig:
     """With ``skip_uniform_groups``: extra rollouts (each of ``num_prompts_per_rollout`` new prompts from the
     sampler) drawn at most to refill the optimizer batch to ``num_prompts_per_rollout`` groups with signal (DAPO's
     dynamic sampling); the surplus of the last round is dropped. 0 trains on the groups left after skipping."""
+    refill_prompts: int | None = None
+    """Prompts a refill round generates for: the first ``refill_prompts`` of the sampler's next batch (the rest of
+    that batch is skipped). ``None``: the whole batch, ``num_prompts_per_rollout`` (DAPO / verl). Smaller rounds cost
+    fewer rollouts when only a few groups are missing, at the price of more rounds when many are."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -181,6 +185,16 @@ class GRPOConfig:
             raise bad("max_refill_rounds", self.max_refill_rounds, "must be an integer >= 0")
         if self.max_refill_rounds < 0:
             raise bad("max_refill_rounds", self.max_refill_rounds, "must be an integer >= 0")
+        if self.refill_prompts is not None and (
+            not isinstance(self.refill_prompts, int)
+            or isinstance(self.refill_prompts, bool)
+            or not 1 <= self.refill_prompts <= self.num_prompts_per_rollout
+        ):
+            raise bad(
+                "refill_prompts",
+                self.refill_prompts,
+                f"must be None or an integer in [1, num_prompts_per_rollout={self.num_prompts_per_rollout}]",
+            )
 
     def replace(self, **changes: Any) -> GRPOConfig:
         """Return a validated copy with ``changes`` applied; unknown names raise with the list of valid fields."""

@@ -588,8 +588,10 @@ def collect_rounds(
     if not cfg.skip_uniform_groups or next_batch is None:
         refill_rounds = 0
     wanted = cfg.num_prompts_per_rollout
+    refill_size = cfg.refill_prompts or wanted  # prompts per refill round (None: a whole sampler batch)
     while len(rounds) <= refill_rounds and sum(int(r.keep_groups.sum()) for r in rounds) < wanted:
-        extra = rollout_round(batch=next_batch(), seed=mix_seed(config.seed, step, len(rounds)), **common)
+        extra_batch = next_batch()[:refill_size]
+        extra = rollout_round(batch=extra_batch, seed=mix_seed(config.seed, step, len(rounds)), **common)
         check_reward_failures(extra.scores, config.max_reward_failure_rate, f"step {step + 1} (refill)")
         rounds.append(extra)
     return rounds

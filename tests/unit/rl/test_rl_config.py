@@ -42,6 +42,8 @@ def test_every_field_has_a_docstring():
         ({"beta": -1.0}, "beta"),
         ({"loss_aggregation": "mean"}, "loss_aggregation"),
         ({"algorithm": "ppo"}, "algorithm"),
+        ({"num_prompts_per_rollout": 4, "refill_prompts": 5}, "refill_prompts"),
+        ({"refill_prompts": 0}, "refill_prompts"),
     ],
 )
 def test_bad_values_name_the_field(changes, field):

@@ -72,19 +72,21 @@ def parity_reward():
     yield RewardSpec(name="test_length_parity", weight=1.0)
 
 
-@pytest.mark.parametrize("rounds", [0, 3])
-def test_dynamic_sampling_refills_the_batch_from_extra_rollouts(tmp_path, parity_reward, rounds):
+@pytest.mark.parametrize(("rounds", "refill"), [(0, None), (3, None), (3, 1)])
+def test_dynamic_sampling_refills_the_batch_from_extra_rollouts(tmp_path, parity_reward, rounds, refill):
     config = _config(
         tmp_path,
         2,
         "algorithm.skip_uniform_groups=true",
         f"algorithm.max_refill_rounds={rounds}",
+        f"algorithm.refill_prompts={'null' if refill is None else refill}",
     )
     config.rewards = [*config.rewards, parity_reward]
     result = run_grpo(config)
     g, wanted = 4, 2
+    per_round = wanted if refill is None else refill  # prompts a refill round generates for
     for h in result.history:
-        drawn_groups = wanted * (1 + h["dynamic_sampling/rounds"])
+        drawn_groups = wanted + per_round * h["dynamic_sampling/rounds"]
         assert h["dynamic_sampling/extra_rollouts"] == (drawn_groups - wanted) * g
         with_signal = round(drawn_groups * (1 - h["groups/skipped_fraction"]))
         assert h["groups/kept"] == min(wanted, with_signal)
