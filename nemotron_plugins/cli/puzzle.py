@@ -8,11 +8,13 @@ rundir``; an existing artefact is reused unless ``--force``):
 
 ``puzzle library PARENT RUN --calibration TOKENS``, ``puzzle bld RUN --tokens TOKENS``, ``puzzle score RUN --held-out TOKENS``,
 ``puzzle search RUN (--param-fraction F | --memory-bytes B | --latency-s S | --throughput T)``,
-``puzzle realize RUN``, ``puzzle distill RUN --tokens TOKENS [--steps N --tensor-parallel T ...]``,
+``puzzle realize RUN``, ``puzzle distill RUN --tokens TOKENS [--steps N --tensor-parallel T --pipeline-parallel P ...]``,
 ``puzzle fuse CHECKPOINT OUT --calibration TOKENS --threshold D``.
 ``library``, ``bld`` and ``score`` run on Megatron Puzzle models and take ``--tensor-parallel T --pipeline-parallel P
 --data-parallel D`` (``T x P x D`` local gloo processes, or the ranks of a ``torchrun`` group; rank 0 writes the run
-directory; each pipeline stage builds and runs only its own consecutive layers).
+directory; each pipeline stage builds and runs only its own consecutive layers). ``distill`` trains on megatron's
+schedules at ``--tensor-parallel T --pipeline-parallel P --data-parallel D`` (parent and child split into the same
+stages; each stage's hidden-state cosine terms are an auxiliary loss of its output, the KL is on the last stage).
 Token files are ``.pt`` / ``.npy`` / ``.json`` integer arrays ``[batch, seq]``.
 """
 
@@ -105,8 +107,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dist = sub.add_parser(
         "distill",
         help="stage 6: global knowledge distillation of the child from the parent (hidden-state cosine + logit KL)",
-        description="Train the realized child to imitate the parent on the megatron training stack (TP / DP; gloo "
-        "processes on CPU) and write it as an HF checkpoint.",
+        description="Train the realized child to imitate the parent on the megatron training stack (TP / PP / DP; "
+        "gloo processes on CPU) and write it as an HF checkpoint.",
     )
     dist.add_argument("run", help="run directory (after `puzzle realize`)")
     dist.add_argument("--tokens", required=True, help="training token ids (kept apart from the held-out ones)")
@@ -124,7 +126,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dist.add_argument("--cosine-weight", type=float, default=1.0, help="weight of 1 - cos on every layer's output")
     dist.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the KL term")
     dist.add_argument("--tensor-parallel", type=int, default=1, help="TP size")
-    dist.add_argument("--data-parallel", type=int, default=1, help="DP size (TP x DP local processes)")
+    dist.add_argument(
+        "--pipeline-parallel",
+        type=int,
+        default=1,
+        help="PP size: parent and child split into the same stages of consecutive layers (at most the layer count; "
+        "the first stages one layer longer when it does not divide); the parent runs megatron's forward-only "
+        "pipeline schedule, the child its 1F1B schedule, each stage adding its layers' cosine terms",
+    )
+    dist.add_argument("--data-parallel", type=int, default=1, help="DP size (TP x PP x DP local processes)")
     dist.add_argument("--sequence-parallel", action="store_true", help="megatron sequence parallelism (TP > 1)")
     dist.add_argument("--seed", type=int, default=0)
     dist.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -552,6 +562,7 @@ def run_distill(args: argparse.Namespace) -> int:
         cosine_weight=args.cosine_weight,
         temperature=args.temperature,
         tensor_model_parallel_size=args.tensor_parallel,
+        pipeline_model_parallel_size=args.pipeline_parallel,
         data_parallel_size=args.data_parallel,
         sequence_parallel=args.sequence_parallel,
         seed=args.seed,

@@ -12,9 +12,22 @@ megatron DDP, megatron's optimizer and LR scheduler; the parent (teacher) frozen
 :func:`nemotron_plugins.training.step.optimizer_step` with a per-token loss normalised by the global batch, so the
 loss is the token mean over the global batch whatever the micro-batch split and data-parallel size. Tensor parallel:
 vocab-parallel logits are all-gathered (differentiably) before the softmax; with sequence parallelism the hidden
-states are gathered over the sequence. Pipeline parallelism is not supported: the hidden-state term needs every
-layer's output on the stage that computes the loss. The distilled child is written as an HF checkpoint by
-:func:`~nemotron_plugins.puzzle.hf_checkpoint.export_hf_checkpoint` (TP shards gathered).
+states are gathered over the sequence.
+
+Pipeline parallel (``TP x PP x DP`` ranks): parent and child have the same depth, so with the same split
+(:func:`~nemotron_plugins.puzzle.search.parallel.stage_layer_counts`, uneven through megatron's pipeline layout)
+stage ``s`` of both holds the same layers. Each step the parent first runs megatron's forward-only pipeline schedule
+over the step's micro-batches; every stage keeps its own layers' outputs (and the last stage the parent's logits,
+vocab-parallel). The child then runs megatron's 1F1B schedule. Each stage's cosine terms,
+``cosine_weight * sum over its layers (1 - cos) / num_layers`` summed over tokens and divided by the global batch's
+tokens, are an auxiliary loss attached to the stage's output activation (:class:`_AttachAuxLoss`, the pattern of
+megatron's ``MoEAuxLossAutoScaler``: identity forward, backward adds the auxiliary loss's gradient); the last stage's
+``loss_func`` adds the KL term and its own layers' cosine terms. The per-stage sums add up to the single-process
+loss; the logged ``loss`` / ``kl`` / ``cosine`` are reduced over the PP (and DP) group. The parent's per-step outputs
+are held on each rank until the child's step has used them (at PP 1 the parent runs inside each micro-batch's
+forward instead). The distilled child is written as an HF checkpoint by
+:func:`~nemotron_plugins.puzzle.hf_checkpoint.export_hf_checkpoint` (TP shards gathered within each stage, the
+stages' tensors sent to rank 0).
 
 :func:`distill` runs on every rank of an initialised group; :func:`run_distill` sets up the group (in-process for one
 rank, :func:`~nemotron_plugins.runtime.distributed.run_local_processes` for several, gloo on CPU).
@@ -32,7 +45,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DistillError", "DistillResult", "DistillSettings", "distill", "distill_loss_terms", "run_distill"]
+__all__ = [
+    "DistillError",
+    "DistillResult",
+    "DistillSettings",
+    "cosine_distance_sum",
+    "distill",
+    "distill_loss_terms",
+    "run_distill",
+    "token_kl",
+]
 
 
 class DistillError(ValueError):
@@ -67,8 +89,11 @@ class DistillSettings:
     """Softmax temperature of the KL term (the term is scaled by ``T^2``)."""
     tensor_model_parallel_size: int = 1
     """TP size."""
+    pipeline_model_parallel_size: int = 1
+    """PP size: parent and child split into this many stages of consecutive layers (the same split; at most the
+    number of layers, the first stages one layer longer when it does not divide)."""
     data_parallel_size: int = 1
-    """DP size (world size = TP x DP)."""
+    """DP size (world size = TP x PP x DP)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism (TP > 1)."""
     seed: int = 0
@@ -76,10 +101,20 @@ class DistillSettings:
     torch_threads: int = 1
     """``torch.set_num_threads`` per process."""
 
-    def validate(self, num_sequences: int) -> None:
-        """Raise :class:`DistillError` naming the first setting that cannot run on ``num_sequences`` sequences."""
+    @property
+    def world_size(self) -> int:
+        """TP x PP x DP processes."""
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.data_parallel_size
+
+    def validate(self, num_sequences: int, num_layers: int | None = None) -> None:
+        """Raise :class:`DistillError` naming the first setting that cannot run on ``num_sequences`` sequences (and a
+        model of ``num_layers`` layers, when given).
+
+        Megatron's non-interleaved pipeline schedule takes any number of micro-batches per step, so pipeline
+        parallelism adds no batch constraint beyond the data-parallel split.
+        """
         positive = ("steps", "global_batch_size", "micro_batch_size", "tensor_model_parallel_size")
-        for name in (*positive, "data_parallel_size", "torch_threads"):
+        for name in (*positive, "pipeline_model_parallel_size", "data_parallel_size", "torch_threads"):
             if getattr(self, name) < 1:
                 raise DistillError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -104,6 +139,27 @@ class DistillSettings:
             raise DistillError("sequence_parallel needs tensor_model_parallel_size >= 2")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
             raise DistillError(f"warmup_steps must be in 0..steps-1, got {self.warmup_steps} (steps {self.steps})")
+        if num_layers is not None and self.pipeline_model_parallel_size > num_layers:
+            raise DistillError(
+                f"pipeline_model_parallel_size {self.pipeline_model_parallel_size} is larger than the model's "
+                f"{num_layers} layers: every pipeline stage needs at least one layer (use at most {num_layers})"
+            )
+
+    def parallel_config(self, num_layers: int | None = None) -> Any:
+        """The :class:`~nemotron_plugins.runtime.config.ParallelConfig` of this layout; for a model of ``num_layers``
+        layers an uneven pipeline split is megatron's ``pipeline_layout``
+        (:func:`~nemotron_plugins.puzzle.search.parallel.stage_layer_counts`)."""
+        from nemotron_plugins.puzzle.search.parallel import stage_layer_counts
+        from nemotron_plugins.runtime.config import ParallelConfig
+
+        pp = self.pipeline_model_parallel_size
+        counts = stage_layer_counts(num_layers, pp) if num_layers is not None else [1]
+        return ParallelConfig(
+            tensor_model_parallel_size=self.tensor_model_parallel_size,
+            pipeline_model_parallel_size=pp,
+            sequence_parallel=self.sequence_parallel,
+            pipeline_layout=counts if len(set(counts)) > 1 else None,
+        )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -115,7 +171,7 @@ class DistillResult:
     out_dir: str = ""
     """The distilled child's HF checkpoint."""
     layout: str = ""
-    """``TPxDP`` the run used."""
+    """The layout the run used, ``"TP2 DP1"`` (``"TP1 PP2 DP1"`` with pipeline parallelism)."""
 
 
 def distill_loss_terms(
@@ -141,16 +197,69 @@ def distill_loss_terms(
     """
     if len(parent_hidden) != len(child_hidden):
         raise DistillError(f"{len(parent_hidden)} parent layer outputs but {len(child_hidden)} of the child")
+    kl = token_kl(parent_logits, child_logits, temperature=temperature)
+    return kl, cosine_distance_sum(parent_hidden, child_hidden) / len(parent_hidden)
+
+
+def token_kl(parent_logits: torch.Tensor, child_logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """``T^2 KL(softmax(parent / T) || softmax(child / T))`` per token, ``[batch, seq]`` (float32 softmax).
+
+    Args:
+        parent_logits: ``[batch, seq, vocab]`` (real vocabulary only).
+        child_logits: Same shape.
+        temperature: Softmax temperature.
+
+    Returns:
+        The per-token KL, ``[batch, seq]``.
+    """
     logp = F.log_softmax(parent_logits.float() / temperature, dim=-1)
     logq = F.log_softmax(child_logits.float() / temperature, dim=-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1) * temperature**2
+    return (logp.exp() * (logp - logq)).sum(-1) * temperature**2
+
+
+def cosine_distance_sum(parent_hidden: list[torch.Tensor], child_hidden: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over the given layers of ``1 - cos(h_parent, h_child)`` per token, ``[batch, seq]`` (float32).
+
+    A pipeline stage calls this with its own layers; divided by the model's layer count it is the stage's share of the
+    per-token mean over all layers.
+
+    Args:
+        parent_hidden: Per layer, the residual stream ``[seq, batch, hidden]`` leaving it (at least one layer).
+        child_hidden: Same layers of the child.
+
+    Returns:
+        ``[batch, seq]``.
+    """
+    if len(parent_hidden) != len(child_hidden) or not parent_hidden:
+        raise DistillError(f"{len(parent_hidden)} parent layer outputs but {len(child_hidden)} of the child")
     cos = torch.stack(
         [
             1.0 - F.cosine_similarity(p.float(), c.float(), dim=-1)
             for p, c in zip(parent_hidden, child_hidden, strict=True)
         ]
-    ).mean(0)
-    return kl, cos.transpose(0, 1)
+    ).sum(0)
+    return cos.transpose(0, 1)
+
+
+class _AttachAuxLoss(torch.autograd.Function):
+    """Identity on a pipeline stage's output activation whose backward also back-propagates an auxiliary loss.
+
+    The pattern of megatron's ``MoEAuxLossAutoScaler``: ``forward(output, aux, scale)`` returns ``output``; in
+    ``backward`` the gradient flowing into ``output`` passes through unchanged and ``aux`` receives ``scale`` (the
+    gradient of a loss that includes ``aux`` once, times megatron's loss scale), so the stage's parameters get
+    ``d aux / d params`` in the same backward pass the pipeline schedule runs on the output.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, output: torch.Tensor, aux: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(aux)
+        ctx.scale = scale
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (aux,) = ctx.saved_tensors
+        return grad_output, torch.full_like(aux, ctx.scale), None
 
 
 def _batch_rows(num_rows: int, step: int, global_batch: int, seed: int) -> torch.Tensor:
@@ -164,19 +273,16 @@ def _batch_rows(num_rows: int, step: int, global_batch: int, seed: int) -> torch
     return torch.tensor(out, dtype=torch.long)
 
 
-def _recipe(model_dir: Path, settings: DistillSettings, seq_length: int) -> Any:
+def _recipe(model_dir: Path, settings: DistillSettings, seq_length: int, num_layers: int | None = None) -> Any:
     """The run config the shared training stack builds the model (and, for the child, optimizer) from."""
     from nemotron_plugins.launch.recipe_config import RecipeConfig
-    from nemotron_plugins.runtime.config import ModelConfig, OptimizerConfig, ParallelConfig
+    from nemotron_plugins.runtime.config import ModelConfig, OptimizerConfig
 
     return RecipeConfig(
         name="puzzle-distill",
         task="sft",
         model=ModelConfig(checkpoint=str(model_dir), seq_length=seq_length, params_dtype="float32"),
-        parallel=ParallelConfig(
-            tensor_model_parallel_size=settings.tensor_model_parallel_size,
-            sequence_parallel=settings.sequence_parallel,
-        ),
+        parallel=settings.parallel_config(num_layers),
         optimizer=OptimizerConfig(
             lr=settings.lr,
             min_lr=settings.min_lr,
@@ -228,12 +334,15 @@ def distill(
         The per-step losses and the output directory.
 
     Raises:
-        DistillError: Bad settings, tokens, or parent and child that do not pair up (depth, vocabulary).
+        DistillError: Bad settings, tokens, a process group of another layout, or parent and child that do not pair
+            up (depth, vocabulary).
     """
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
+    from megatron.core.utils import make_viewless_tensor
 
     from nemotron_plugins.puzzle.hf_checkpoint import export_hf_checkpoint
+    from nemotron_plugins.puzzle.search.parallel import pipeline_forward, stage_layers
     from nemotron_plugins.training.setup import (
         build_model,
         build_optimizer,
@@ -245,13 +354,9 @@ def distill(
 
     if tokens.ndim != 2:
         raise DistillError(f"tokens must be [n, seq], got shape {tuple(tokens.shape)}")
-    settings.validate(tokens.shape[0])
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        raise DistillError("pipeline parallelism is not supported by distillation (hidden states of every layer)")
     seq_length = int(tokens.shape[1])
-    student_cfg = _recipe(Path(child_dir), settings, seq_length)
-    teacher_cfg = _recipe(Path(parent_dir), settings, seq_length)
-    child_arch, parent_arch = load_architecture(student_cfg), load_architecture(teacher_cfg)
+    child_arch = load_architecture(_recipe(Path(child_dir), settings, seq_length))
+    parent_arch = load_architecture(_recipe(Path(parent_dir), settings, seq_length))
     if child_arch.num_hidden_layers != parent_arch.num_hidden_layers:
         raise DistillError(
             f"{child_dir} has {child_arch.num_hidden_layers} layers, the parent {parent_dir} "
@@ -264,7 +369,20 @@ def distill(
         )
     if int(tokens.max()) >= child_arch.vocab_size or int(tokens.min()) < 0:
         raise DistillError(f"token ids must be in 0..{child_arch.vocab_size - 1}")
+    num_layers = child_arch.num_hidden_layers
+    settings.validate(tokens.shape[0], num_layers)
+    tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    for name, want, got in (
+        ("tensor_model_parallel_size", settings.tensor_model_parallel_size, tp),
+        ("pipeline_model_parallel_size", settings.pipeline_model_parallel_size, pp),
+        ("data_parallel_size", settings.data_parallel_size, dp),
+    ):
+        if want != got:
+            raise DistillError(f"{name} {want} but the process group is TP{tp} PP{pp} DP{dp}")
     vocab = child_arch.vocab_size
+    student_cfg = _recipe(Path(child_dir), settings, seq_length, num_layers)
+    teacher_cfg = _recipe(Path(parent_dir), settings, seq_length, num_layers)
 
     teacher = build_model(teacher_cfg, parent_arch)
     initialise_weights(teacher_cfg, teacher, parent_arch)
@@ -275,13 +393,16 @@ def distill(
     ddp, optimizer = build_optimizer(student_cfg, student)
     scheduler = build_scheduler(student_cfg, optimizer)
     device = model_device(student)
+    if stage_layers(teacher) != stage_layers(student):
+        raise DistillError(
+            f"pipeline stage {ps.get_pipeline_model_parallel_rank()} holds parent layers {stage_layers(teacher)} but "
+            f"child layers {stage_layers(student)}"
+        )
+    last_stage = ps.is_pipeline_last_stage()
     t_store, t_handles = _capture_layer_outputs(teacher)
     s_store, s_handles = _capture_layer_outputs(student)
+    local_layers = len(stage_layers(student))
 
-    tp = ps.get_tensor_model_parallel_world_size()
-    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    if dp != settings.data_parallel_size:
-        raise DistillError(f"data_parallel_size {settings.data_parallel_size} but the process group has DP {dp}")
     sequence_parallel = settings.sequence_parallel
     is_rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     gbs, mbs = settings.global_batch_size, settings.micro_batch_size
@@ -299,27 +420,62 @@ def distill(
             return hs
         return [tensor_parallel.gather_from_sequence_parallel_region(h, tensor_parallel_output_grad=False) for h in hs]
 
-    def forward_step(data_iterator: Iterator[torch.Tensor], model_: Any) -> tuple[Any, Any]:
-        ids = next(data_iterator)
+    # The parent's outputs of micro-batch k: this stage's layer outputs and, on the last stage, its logits (this TP
+    # rank's vocabulary shard). At PP 1 they are computed inside the child's forward step; at PP > 1 the parent's
+    # pipeline runs first over the step's micro-batches (teacher_pass) and the child's steps take them from here.
+    parent_outputs: dict[int, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
+
+    def teacher_pass(micro: list[torch.Tensor]) -> None:
+        t_store.clear()
+        logits = pipeline_forward(teacher, micro, lambda _k, x: x.detach())
+        hidden = list(t_store)
+        if len(hidden) != local_layers * len(micro):
+            raise DistillError(
+                f"the parent's pipeline gave {len(hidden)} layer outputs for {len(micro)} micro-batches of "
+                f"{local_layers} layers"
+            )
+        for k in range(len(micro)):
+            layer_outputs = hidden[k * local_layers : (k + 1) * local_layers]
+            parent_outputs[k] = (layer_outputs, logits[k] if last_stage else None)
+
+    def parent_for(k: int, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        if pp > 1:
+            return parent_outputs.pop(k)
         with torch.no_grad():
             t_store.clear()
-            parent_logits = full_logits(teacher(ids, positions, None))
-            parent_hidden = full_hidden(list(t_store))
+            logits = teacher(ids, positions, None)
+            return list(t_store), logits
+
+    cosine_sums: list[torch.Tensor] = []  # per micro-batch: this stage's share of the cosine mean, summed over tokens
+
+    def forward_step(data_iterator: Iterator[tuple[int, torch.Tensor]], model_: Any) -> tuple[Any, Any]:
+        k, ids = next(data_iterator)
+        t_hidden, t_logits = parent_for(k, ids)
+        with torch.no_grad():
+            parent_hidden = full_hidden(t_hidden)
         s_store.clear()
         output = model_(ids, positions, None)
-        child_hidden = full_hidden(list(s_store))
+        # this stage's share of the per-token mean over ALL layers of the model
+        cos = cosine_distance_sum(parent_hidden, full_hidden(list(s_store))) / num_layers
+        cosine_sums.append(cos.detach().sum())
+        if not last_stage:
+            grad_scale_func = student.config.grad_scale_func
+            scale = float(grad_scale_func(torch.ones(1, device=device))) if grad_scale_func is not None else 1.0
+            aux = settings.cosine_weight * cos.sum() / global_tokens
+            attached = _AttachAuxLoss.apply(output, aux, scale)
+            return make_viewless_tensor(attached, requires_grad=True, keep_graph=True), None
+        with torch.no_grad():
+            parent_logits = full_logits(t_logits)
 
         def loss_func(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-            kl, cos = distill_loss_terms(
-                parent_logits, full_logits(out), parent_hidden, child_hidden, temperature=settings.temperature
-            )
-            loss_sum = (settings.kl_weight * kl + settings.cosine_weight * cos).sum()
-            report = {"loss": loss_sum.detach(), "kl": kl.detach().sum(), "cosine": cos.detach().sum()}
-            return loss_sum / global_tokens, torch.tensor(kl.numel(), device=device), report
+            kl = token_kl(parent_logits, full_logits(out), temperature=settings.temperature)
+            loss_sum = (settings.kl_weight * kl).sum() + settings.cosine_weight * cos.sum()
+            return loss_sum / global_tokens, torch.tensor(kl.numel(), device=device), {"kl": kl.detach().sum()}
 
         return output, loss_func
 
-    result = DistillResult(out_dir=str(out_dir), layout=f"TP{tp} DP{dp}")
+    layout = f"TP{tp} PP{pp} DP{dp}" if pp > 1 else f"TP{tp} DP{dp}"
+    result = DistillResult(out_dir=str(out_dir), layout=layout)
     ddp.train()
     try:
         for step in range(settings.steps):
@@ -327,16 +483,31 @@ def distill(
                 dp_rank * per_rank : (dp_rank + 1) * per_rank
             ]
             micro = [tokens[rows[i : i + mbs]].to(device) for i in range(0, per_rank, mbs)]
+            if pp > 1:
+                teacher_pass(micro)
+            cosine_sums.clear()
             stepped = optimizer_step(
-                [ddp], optimizer, scheduler, micro, forward_step, seq_length=seq_length, micro_batch_size=mbs
+                [ddp],
+                optimizer,
+                scheduler,
+                list(enumerate(micro)),
+                forward_step,
+                seq_length=seq_length,
+                micro_batch_size=mbs,
             )
-            sums = torch.zeros(3, dtype=torch.float64, device=device)
+            # [kl, cosine] summed over this rank's tokens: the KL from the last stage, each stage its layers' share of
+            # the cosine mean; one TP rank of each stage counts (the others hold the same values)
+            sums = torch.zeros(2, dtype=torch.float64, device=device)
             if ps.get_tensor_model_parallel_rank() == 0:
                 for r in stepped.reports:
-                    sums += torch.stack([r["loss"], r["kl"], r["cosine"]]).double()
+                    sums[0] += r["kl"].double()
+                for c in cosine_sums:
+                    sums[1] += c.double()
             if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
                 torch.distributed.all_reduce(sums)
-            loss, kl, cos = (v / global_tokens for v in sums.tolist())
+            kl_sum, cos_sum = sums.tolist()
+            kl, cos = kl_sum / global_tokens, cos_sum / global_tokens
+            loss = settings.kl_weight * kl + settings.cosine_weight * cos
             result.losses.append(
                 {"loss": loss, "kl": kl, "cosine": cos, "lr": stepped.lr, "grad_norm": stepped.grad_norm}
             )
@@ -357,16 +528,18 @@ def distill(
 
 
 def _distill_worker(
-    rank: int, parent_dir: str, child_dir: str, tokens: torch.Tensor, out_dir: str, settings: DistillSettings
+    rank: int,
+    parent_dir: str,
+    child_dir: str,
+    tokens: torch.Tensor,
+    out_dir: str,
+    settings: DistillSettings,
+    num_layers: int,
 ) -> DistillResult:
     del rank  # the launcher's environment variables carry it
-    from nemotron_plugins.runtime.config import ParallelConfig
     from nemotron_plugins.runtime.distributed import distributed_context
 
-    parallel = ParallelConfig(
-        tensor_model_parallel_size=settings.tensor_model_parallel_size, sequence_parallel=settings.sequence_parallel
-    )
-    with distributed_context(parallel, seed=settings.seed):
+    with distributed_context(settings.parallel_config(num_layers), seed=settings.seed):
         return distill(parent_dir, child_dir, tokens, out_dir, settings)
 
 
@@ -380,26 +553,30 @@ def run_distill(
     timeout_s: float = 3600.0,
 ) -> DistillResult:
     """:func:`distill` with its process group: in this process for one rank (or inside a launcher's group), else
-    ``TP x DP`` local processes (gloo on CPU)."""
-    from nemotron_plugins.runtime.distributed import get_context, run_local_processes
+    ``TP x PP x DP`` local processes (gloo on CPU).
 
+    The settings are checked against the token count and the child's layer count before any process starts.
+
+    Raises:
+        DistillError: Settings that cannot run, naming the setting.
+        RunSetupError: The child checkpoint has no readable ``config.json``.
+    """
+    from nemotron_plugins.runtime.distributed import ensure_distributed, get_context, run_local_processes
+    from nemotron_plugins.training.setup import load_architecture
+
+    if tokens.ndim != 2:
+        raise DistillError(f"tokens must be [n, seq], got shape {tuple(tokens.shape)}")
     settings.validate(int(tokens.shape[0]))
-    world = settings.tensor_model_parallel_size * settings.data_parallel_size
+    num_layers = load_architecture(_recipe(Path(child_dir), settings, int(tokens.shape[1]))).num_hidden_layers
+    settings.validate(int(tokens.shape[0]), num_layers)
     torch.set_num_threads(settings.torch_threads)
-    if world == 1 or get_context() is not None or "RANK" in os.environ:
-        from nemotron_plugins.runtime.config import ParallelConfig
-        from nemotron_plugins.runtime.distributed import ensure_distributed
-
-        parallel = ParallelConfig(
-            tensor_model_parallel_size=settings.tensor_model_parallel_size,
-            sequence_parallel=settings.sequence_parallel,
-        )
-        with ensure_distributed(parallel, seed=settings.seed):
+    if settings.world_size == 1 or get_context() is not None or "RANK" in os.environ:
+        with ensure_distributed(settings.parallel_config(num_layers), seed=settings.seed):
             return distill(parent_dir, child_dir, tokens, out_dir, settings)
     results = run_local_processes(
         _distill_worker,
-        world,
-        (str(parent_dir), str(child_dir), tokens, str(out_dir), dataclasses.replace(settings)),
+        settings.world_size,
+        (str(parent_dir), str(child_dir), tokens, str(out_dir), dataclasses.replace(settings), num_layers),
         timeout_s=timeout_s,
         threads_per_process=settings.torch_threads,
     )

@@ -14,6 +14,8 @@ from nemotron_plugins.puzzle.search.distill import (
     DistillError,
     DistillSettings,
     _batch_rows,
+    cosine_distance_sum,
+    distill,
     distill_loss_terms,
     run_distill,
 )
@@ -22,9 +24,16 @@ from nemotron_plugins.puzzle.search.score import kl_to_parent
 from tests.reference.tiny_checkpoints import random_hf_weights, write_hf_checkpoint
 
 
-def _parent_and_child(tmp_path: Path) -> tuple[Path, Path]:
+def _parent_and_child(tmp_path: Path, *, tied: bool = False) -> tuple[Path, Path]:
     blocks = [BlockConfig(attention=AttentionConfig.gqa(4), ffn=FFNConfig.swiglu(64)) for _ in range(3)]
-    cfg = make_config(hidden_size=32, num_attention_heads=4, vocab_size=64, blocks=blocks, rms_norm_eps=1e-5)
+    cfg = make_config(
+        hidden_size=32,
+        num_attention_heads=4,
+        vocab_size=64,
+        blocks=blocks,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tied,
+    )
     weights = random_hf_weights(cfg, seed=0)
     weights = {k: v * 4 if "proj" in k else v for k, v in weights.items()}  # a parent far from the identity
     parent = write_hf_checkpoint(tmp_path / "parent", cfg, weights)
@@ -74,6 +83,44 @@ def test_bad_settings_name_the_setting() -> None:
         DistillSettings(temperature=0).validate(16)
     with pytest.raises(DistillError, match="not both 0"):
         DistillSettings(kl_weight=0, cosine_weight=0).validate(16)
+
+
+def test_pipeline_settings_are_validated_naming_the_field() -> None:
+    with pytest.raises(DistillError, match="pipeline_model_parallel_size must be >= 1, got 0"):
+        DistillSettings(pipeline_model_parallel_size=0).validate(16)
+    with pytest.raises(DistillError, match="pipeline_model_parallel_size 4 is larger than the model's 3 layers"):
+        DistillSettings(pipeline_model_parallel_size=4).validate(16, 3)
+    DistillSettings(pipeline_model_parallel_size=3).validate(16, 3)  # one layer per stage
+    settings = DistillSettings(tensor_model_parallel_size=2, pipeline_model_parallel_size=2, data_parallel_size=3)
+    assert settings.world_size == 12
+    uneven = settings.parallel_config(3)
+    assert (uneven.tensor_model_parallel_size, uneven.pipeline_model_parallel_size) == (2, 2)
+    assert uneven.pipeline_layout == [2, 1]
+    assert settings.parallel_config(4).pipeline_layout is None  # an even split needs no layout
+
+
+def test_cosine_share_of_each_stage_adds_up_to_the_mean_over_all_layers() -> None:
+    gen = torch.Generator().manual_seed(0)
+    parent = [torch.randn(5, 2, 8, generator=gen) for _ in range(5)]
+    child = [torch.randn(5, 2, 8, generator=gen) for _ in range(5)]
+    _, mean = distill_loss_terms(torch.zeros(2, 5, 3), torch.zeros(2, 5, 3), parent, child)
+    stages = cosine_distance_sum(parent[:3], child[:3]) + cosine_distance_sum(parent[3:], child[3:])
+    torch.testing.assert_close(stages / 5, mean)
+    with pytest.raises(DistillError, match="0 parent layer outputs"):
+        cosine_distance_sum([], [])
+
+
+def test_a_process_group_of_another_pipeline_size_is_refused(tmp_path: Path) -> None:
+    from nemotron_plugins.runtime.config import ParallelConfig
+    from nemotron_plugins.runtime.distributed import distributed_context
+
+    parent, child = _parent_and_child(tmp_path)
+    tokens = torch.randint(0, 64, (16, 12), generator=torch.Generator().manual_seed(2))
+    with (
+        distributed_context(ParallelConfig()),
+        pytest.raises(DistillError, match="pipeline_model_parallel_size 2 but"),
+    ):
+        distill(parent, child, tokens, tmp_path / "out", DistillSettings(pipeline_model_parallel_size=2))
 
 
 def test_distill_first_step_loss_matches_an_independent_forward_and_kl_falls(tmp_path: Path) -> None:
