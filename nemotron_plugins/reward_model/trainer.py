@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nemotron_plugins.runtime.distributed import world_rank
+
 if TYPE_CHECKING:
     from nemotron_plugins.launch.recipe_config import RecipeConfig
     from nemotron_plugins.preference.pairs import EncodedPair
@@ -179,7 +181,7 @@ def _run(cfg: RecipeConfig) -> RewardModelResult:  # noqa: PLR0915 - one linear 
     )
     from nemotron_plugins.training.step import optimizer_step
 
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    rank = world_rank()[1]
     say = print if rank == 0 else (lambda *a, **k: None)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     pref = cfg.preference

@@ -38,7 +38,7 @@ import torch
 
 from nemotron_plugins.rl.generation import Samples, all_gather_objects, mix_seed
 from nemotron_plugins.rl.policy_worker import pack_policy_batch
-from nemotron_plugins.runtime.distributed import barrier
+from nemotron_plugins.runtime.distributed import barrier, world_rank
 
 if TYPE_CHECKING:
     from nemotron_plugins.launch.recipe_config import RecipeConfig
@@ -248,13 +248,6 @@ def decode_completions(tokenizer: Any, completions: Sequence[Sequence[int]]) -> 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _world_rank() -> tuple[int, int]:
-    """``(world size, rank)`` (``(1, 0)`` without a distributed run)."""
-    if not torch.distributed.is_initialized():
-        return 1, 0
-    return torch.distributed.get_world_size(), torch.distributed.get_rank()
-
-
 def distributed_score(
     rewards: Mapping[str, tuple[float, Any]],
     texts: Sequence[str],
@@ -263,7 +256,7 @@ def distributed_score(
 ) -> RewardScores:
     """:func:`score_completions` with the work split over the ranks of ``group`` (default: the world; rank r scores
     samples r, r + world, ...) and the scores all-gathered; every rank returns all scores."""
-    world, rank = _world_rank()
+    world, rank = world_rank()
     if group is not None:
         world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     if world == 1:
@@ -383,7 +376,7 @@ def evaluate_policy(
                 sel = torch.tensor([m == mode for m in reasoning])
                 if sel.any():
                     result[f"accuracy_{label}_{mode}"] = float(acc[sel].nanmean())
-    if replies_path is not None and _world_rank()[1] == 0:
+    if replies_path is not None and world_rank()[1] == 0:
         from nemotron_plugins.runtime.checkpoint import atomic_write_text
 
         Path(replies_path).parent.mkdir(parents=True, exist_ok=True)
@@ -861,7 +854,7 @@ def _run(config: RecipeConfig) -> GRPOResult:  # noqa: PLR0915 - one linear trai
     from nemotron_plugins.training.setup import run_metrics_logger
 
     start = time.perf_counter()
-    world, rank = _world_rank()
+    world, rank = world_rank()
     is_rank0 = rank == 0
     alg, gen, evaluation = config.algorithm, config.generation, config.evaluation
 

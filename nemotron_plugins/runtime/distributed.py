@@ -331,6 +331,13 @@ def distributed_context(parallel: ParallelConfig | None = None, **kwargs: Any) -
         destroy_distributed()
 
 
+def world_rank() -> tuple[int, int]:
+    """``(world size, global rank)`` of the default process group; ``(1, 0)`` in a plain single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
 def barrier() -> None:
     """``torch.distributed.barrier()`` when a process group is up (no-op in a plain single process)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

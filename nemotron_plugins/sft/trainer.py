@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nemotron_plugins.runtime.distributed import world_rank
+
 if TYPE_CHECKING:
     from nemotron_plugins.launch.recipe_config import RecipeConfig
 
@@ -548,7 +550,7 @@ def _run(cfg: RecipeConfig) -> SFTResult:  # noqa: C901, PLR0912, PLR0915 - one 
     )
     from nemotron_plugins.training.step import model_device, optimizer_step
 
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    rank = world_rank()[1]
     is_rank0 = rank == 0
     dp = parallel_state.get_data_parallel_world_size()
     dp_rank = parallel_state.get_data_parallel_rank()
