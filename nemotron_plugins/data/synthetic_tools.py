@@ -21,7 +21,8 @@ The gold is the exact call list, scored by the ``tool_call`` reward (Tool-N1's b
 
 Room for RL: an SFT row's reply is right only with probability ``sft_correct``; otherwise one call is wrong in one
 way: the sibling tool (``weather`` <-> ``time``, ``lookup`` <-> ``translate``, ``add`` <-> ``convert`` with the same
-first number), another argument value from the request's vocabulary, or an integer written as a string.
+first number) or an integer written as a string. The reply's think block restates the tools and the values it read
+(``<think>call weather oslo</think>``), so each argument is copied from the request twice.
 
 Held-out prompts are disjoint from training: a request string belongs to the held-out side when its hash says so
 (one in ``heldout_share``), so no held-out request is ever seen in SFT or RL training. Every word is lowercase
@@ -92,7 +93,10 @@ SIBLINGS: dict[str, str] = {
 }
 """The wrong tool an SFT reply may call instead (same kind of request)."""
 
-CORRUPTIONS: tuple[str, ...] = ("sibling_tool", "wrong_value", "string_number")
+CORRUPTIONS: tuple[str, ...] = ("sibling_tool", "string_number")
+"""How a wrong SFT reply is wrong. Both keep the values read from the request: a reply that wrote another value than
+the request's would teach the tiny model that the request does not determine the arguments (an earlier version had
+such a ``wrong_value`` corruption, and the model stopped reading them; docs/tool_calling_rl.md)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -179,8 +183,13 @@ def render_reply(calls: Sequence[dict[str, Any]], think: str) -> str:
 
 
 def think_text(calls: Sequence[dict[str, Any]]) -> str:
-    """The short reasoning of a reply: which tools it calls."""
-    return "call " + " then ".join(c["name"] for c in calls)
+    """The short reasoning of a reply: which tools it calls and the argument values it read from the request.
+
+    Example:
+        >>> think_text([{"name": "weather", "arguments": {"city": "oslo"}}, {"name": "add", "arguments": {"a": 3, "b": 4}}])
+        'call weather oslo then add 3 4'
+    """
+    return "call " + " then ".join(" ".join([c["name"], *(str(v) for v in c["arguments"].values())]) for c in calls)
 
 
 def corrupt(calls: list[dict[str, Any]], rng: random.Random) -> tuple[list[dict[str, Any]], str]:
@@ -190,7 +199,7 @@ def corrupt(calls: list[dict[str, Any]], rng: random.Random) -> tuple[list[dict[
     kind = rng.choice(CORRUPTIONS)
     numeric = [k for k, v in call["arguments"].items() if isinstance(v, int)]
     if kind == "string_number" and not numeric:
-        kind = "wrong_value"
+        kind = "sibling_tool"
     if kind == "sibling_tool":
         sibling = SIBLINGS[call["name"]]
         first = next(iter(call["arguments"].values()))
@@ -199,14 +208,9 @@ def corrupt(calls: list[dict[str, Any]], rng: random.Random) -> tuple[list[dict[
         key = next(iter(call["arguments"]))
         if isinstance(first, type(call["arguments"][key])):
             call["arguments"][key] = first  # keep what was taken from the request where it fits
-    elif kind == "string_number":
+    else:
         key = rng.choice(numeric)
         call["arguments"][key] = str(call["arguments"][key])
-    else:
-        key = rng.choice(list(call["arguments"]))
-        old = call["arguments"][key]
-        while call["arguments"][key] == old:
-            call["arguments"][key] = _arguments(call["name"], rng)[key]
     return out, kind
 
 

@@ -74,9 +74,20 @@ def test_a_wrong_argument_or_tool_scores_zero_with_the_format_intact() -> None:
         prompt = make_prompt(rng, config)
         wrong, kind = corrupt(prompt.calls, rng)
         kinds.add(kind)
-        result = _score(render_reply(wrong, think_text(wrong)), prompt.calls)
-        assert (result.score, result.components["format"], result.components["calls_match"]) == (0.0, 1.0, 0.0)
-    assert kinds == {"sibling_tool", "wrong_value", "string_number"}
+        # Either the tool is the sibling (a value it shares with the request kept) or a number is a string: the
+        # request's values are never replaced by others of the same argument.
+        for gold_call, call in zip(prompt.calls, wrong, strict=True):
+            if call["name"] == gold_call["name"]:
+                assert {k: str(v) for k, v in call["arguments"].items()} == {
+                    k: str(v) for k, v in gold_call["arguments"].items()
+                }
+    assert kinds == {"sibling_tool", "string_number"}
+    # The think block restates the tools and the values the reply uses.
+    calls = [
+        {"name": "weather", "arguments": {"city": "oslo"}},
+        {"name": "convert", "arguments": {"value": "3", "unit": "kg"}},
+    ]
+    assert think_text(calls) == "call weather oslo then convert 3 kg"
     gold = [{"name": "add", "arguments": {"a": 3, "b": 4}}]
     assert _score(render_reply([{"name": "add", "arguments": {"a": 3, "b": 5}}], "call add"), gold).score == 0.0
     assert _score(render_reply([{"name": "add", "arguments": {"a": "3", "b": 4}}], "call add"), gold).score == 0.0
