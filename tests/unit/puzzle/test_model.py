@@ -81,7 +81,8 @@ def test_super_49b_on_meta_has_the_cost_models_parameter_count(dist) -> None:
     assert count_parameters(model) == estimate_cost(cfg).total_params == 49_867_145_216
     layers = model.decoder.layers
     kinds = [(type(layer.self_attention).__name__, type(layer.mlp).__name__) for layer in layers]
-    assert sum(k[0] == "SelfAttention" for k in kinds) == 49
+    # GQA layers: megatron's SelfAttention, retyped to the subclass that caches rotated keys when decoding.
+    assert sum(k[0] == "RotatedCacheSelfAttention" for k in kinds) == 49
     assert sum(k[0] == "IdentityOp" for k in kinds) == 31
     widths = {layer.mlp.linear_fc2.weight.shape[1] for layer in layers if hasattr(layer.mlp, "linear_fc2")}
     assert len(widths) == 6

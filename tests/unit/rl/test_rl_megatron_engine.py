@@ -276,3 +276,34 @@ def test_shared_prefill_gives_the_rollouts_of_one_prefill_per_sequence(dist, tok
             assert x.completion_ids == y.completion_ids
             assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
     assert _worst_logprob_error(model, tokenizer, shared, 1.0) < 1e-4
+
+
+def test_rotated_key_cache_decodes_as_megatrons_own_static_cache(dist, tokenizer):
+    """The Puzzle layers' SelfAttention stores keys already rotated (RoPE once per position, not over the whole cache
+    every step): the rollouts equal those of megatron's own SelfAttention (un-rotated cache) token for token."""
+    from megatron.core.transformer.attention import SelfAttention
+
+    from nemotron_plugins.puzzle.model import build_puzzle_model
+    from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
+
+    torch.manual_seed(0)
+    model = build_puzzle_model(tiny_puzzle_config(len(tokenizer), max_position_embeddings=128))
+    rotated = [
+        layer.self_attention for layer in model.decoder.layers if isinstance(layer.self_attention, SelfAttention)
+    ]
+    assert rotated and all(type(a).__name__ == "RotatedCacheSelfAttention" for a in rotated)
+    engine = MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(max_batch_size=16))
+    kw = dict(n=3, temperature=1.0, max_new_tokens=20, seed=5)
+    ours = engine.rollout(["12+34=", "<think>7"], **kw)
+    subclass = type(rotated[0])
+    for attention in rotated:
+        attention.__class__ = SelfAttention
+    try:
+        megatrons = engine.rollout(["12+34=", "<think>7"], **kw)
+    finally:
+        for attention in rotated:
+            attention.__class__ = subclass
+    for a, b in zip(ours, megatrons, strict=True):
+        for x, y in zip(a.rollouts, b.rollouts, strict=True):
+            assert x.completion_ids == y.completion_ids
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
