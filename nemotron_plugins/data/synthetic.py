@@ -228,15 +228,30 @@ def sft_rows(
     Returns:
         ``(rows, corrupted)``: the rows, and whether they were actually corrupted (by ``corrupt``).
     """
+    reasoning, answer, corrupted = _sft_target(problem, config, corrupt=corrupt, rng=rng)
+    return _answer_rows(problem, config, reasoning, _reversed(answer) if reverse_answer else answer), corrupted
+
+
+def _sft_target(
+    problem: AdditionProblem, config: ArithmeticConfig, *, corrupt: bool, rng: random.Random | None
+) -> tuple[str, int, bool]:
+    """``(reasoning, answer, corrupted)`` of one SFT problem (see :func:`sft_rows`)."""
     target = corrupted_target(problem, config, rng or random.Random(0)) if corrupt else None
-    corrupted = target is not None
     reasoning, answer = target if target is not None else addition_trace(problem.a, problem.b)
-    if reverse_answer:
-        answer = int(str(answer)[::-1])
+    return reasoning, answer, target is not None
+
+
+def _reversed(answer: int) -> int:
+    """``answer`` with its digits reversed (``120`` -> ``21``)."""
+    return int(str(answer)[::-1])
+
+
+def _answer_rows(problem: AdditionProblem, config: ArithmeticConfig, reasoning: str, answer: int) -> list[dict]:
+    """The reasoning-on row and, with ``config.include_off``, the off row, both with ``answer``."""
     rows = [_row(problem, config, "on", format_response(str(answer), reasoning, mode="on"))]
     if config.include_off:
         rows.append(_row(problem, config, "off", format_response(str(answer), mode="off")))
-    return rows, corrupted
+    return rows
 
 
 def rl_prompt_row(problem: AdditionProblem, config: ArithmeticConfig, *, mode: str = "on", index: int = 0) -> dict:
@@ -342,16 +357,13 @@ def write_synthetic_dataset(
     sft_train: list[dict[str, Any]] = []
     corrupted = reversed_answers = 0
     for i, problem in enumerate(train):
-        state = corrupt_rng.getstate()
-        rows, did = sft_rows(
-            problem, config, corrupt=i in chosen, rng=corrupt_rng, reverse_answer=i in reversed_chosen
-        )
+        reasoning, answer, did = _sft_target(problem, config, corrupt=i in chosen, rng=corrupt_rng)
         corrupted += did
-        if i in reversed_chosen:  # counted when the reversal changed the answer (not a palindrome: 121, 110 -> 11)
-            replay_rng = random.Random()
-            replay_rng.setstate(state)
-            unreversed, _ = sft_rows(problem, config, corrupt=i in chosen, rng=replay_rng)
-            reversed_answers += unreversed[0]["output"] != rows[0]["output"]
+        if i in reversed_chosen:
+            written = _reversed(answer)
+            reversed_answers += written != answer  # a palindrome reads the same reversed (121; 110 -> 11 changes)
+            answer = written
+        rows = _answer_rows(problem, config, reasoning, answer)
         sft_train.extend(rows)
     sft_heldout = [row for problem in heldout for row in sft_rows(problem, config)[0]]
     out = Path(out_dir)
