@@ -98,8 +98,13 @@ def load_prompt_rows(config: RecipeConfig) -> tuple[list[dict[str, Any]], list[d
         )
     names = [r.name for r in config.rewards or []]
     # Name where the rows came from: a blend's rows carry their source's ``reward`` (data.blend[*].reward).
-    origin = {"synthetic_addition": "the synthetic task's rl_train.jsonl"}.get(config.data.dataset, "data.path")
-    check_reward_routing(train, names, "data.blend" if config.data.blend is not None else origin)
+    if config.data.blend is not None:
+        origin = "data.blend"
+    elif config.data.dataset == "synthetic_addition":
+        origin = "the synthetic task's rl_train.jsonl"
+    else:
+        origin = "data.path"
+    check_reward_routing(train, names, origin)
     check_reward_routing(heldout, names, "data.eval_path")
     return train, heldout
 
