@@ -19,6 +19,9 @@ micro-batches of ``--micro-batch-size``), no KL term (beta 0), token-level loss 
 ``dapo``), gradient-norm clip 1.0, the same ``math`` + ``think_format`` rewards (TRL through
 :func:`nemotron_plugins.rewards.adapters.make_trl_reward_func`), ``torch.set_num_threads(--threads)``. Groups whose
 rewards are all equal are NOT skipped in our update (``skip_uniform_groups=False``), since TRL trains on them too.
+Ours runs with ``algorithm.prompt_sharing`` = ``--prompt-sharing`` (default ``auto``: a group's prompt goes through
+the policy once per micro-batch where the cost estimate says it is cheaper, with the same log-probs and gradients,
+:mod:`nemotron_plugins.rl.shared_prompt`; ``off`` runs every completion's row with its own prompt copy, as TRL does).
 
 How the columns are measured (wall clock, ``time.perf_counter``; each column is the median over the timed steps,
 after ``--warmup`` untimed steps, so the columns need not add up exactly):
@@ -107,6 +110,9 @@ class BenchSettings:
     """Seed of model init, data and sampling."""
     trl_intermediate_size: int = 0
     """MLP width of TRL's Llama (0: matched to our parameter count)."""
+    prompt_sharing: str = "auto"
+    """Ours: ``algorithm.prompt_sharing`` (``auto``: a group's prompt runs once per micro-batch where that is cheaper,
+    :mod:`nemotron_plugins.rl.shared_prompt`; ``off``: every completion's row runs its own prompt copy, as TRL)."""
 
     @property
     def sequences(self) -> int:
@@ -218,6 +224,7 @@ def _train_config(settings: BenchSettings, workdir: Path, seq_length: int = 256)
             "algorithm.skip_uniform_groups=false",
             "algorithm.beta=0.0",
             "algorithm.loss_aggregation=token",
+            f"algorithm.prompt_sharing={settings.prompt_sharing}",
             f"global_batch_size={settings.sequences}",
             f"micro_batch_size={settings.micro}",
             f"generation.max_new_tokens={settings.max_new_tokens}",
@@ -560,7 +567,7 @@ def settings_lines(settings: BenchSettings, load_before: float | None = None) ->
         f"update: 1 optimizer step per rollout, micro-batch {settings.micro} "
         f"({settings.sequences // settings.micro} accumulation steps), Adam lr {settings.lr:g} constant, grad clip 1.0, "
         "beta 0 (no reference model), token-level loss over the global batch (TRL loss_type='dapo'), "
-        "uniform-reward groups kept",
+        f"uniform-reward groups kept; ours algorithm.prompt_sharing={settings.prompt_sharing}",
         f"rewards: {' + '.join(REWARD_NAMES)} (weights 1); prompts: synthetic addition, chat-rendered "
         "(llama-nemotron-super template), tiny character tokenizer",
         f"timing: {settings.warmup} warm-up + {settings.steps} timed steps per engine, median; "
@@ -650,6 +657,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchSettings, argpar
     parser.add_argument(
         "--trl-intermediate-size", type=int, default=0, help="MLP width of TRL's Llama (default 0: match our params)"
     )
+    parser.add_argument(
+        "--prompt-sharing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ours' algorithm.prompt_sharing (default auto; off: each completion's row carries its prompt, as TRL)",
+    )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
@@ -668,6 +681,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchSettings, argpar
         micro_batch_size=args.micro_batch_size,
         seed=args.seed,
         trl_intermediate_size=args.trl_intermediate_size,
+        prompt_sharing=args.prompt_sharing,
     )
     return settings, args
 
@@ -700,8 +714,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         "ours' update, positions run through the model / real positions (median): "
-        f"{ours['padded_over_real']:.3f} now (packed on CUDA, each micro-batch padded to its own longest on CPU) vs "
-        f"{ours['padded_over_real_rollout_longest']:.3f} padded to the rollout's longest (before)"
+        f"{ours['padded_over_real']:.3f} now (algorithm.prompt_sharing={settings.prompt_sharing}: < 1 when a group's "
+        "prompt runs once; else packed on CUDA, each micro-batch padded to its own longest on CPU) vs "
+        f"{ours['padded_over_real_rollout_longest']:.3f} with every row padded to the rollout's longest (before)"
     )
     print("columns (median over timed steps, so they need not add up): ")
     print("  rollout  ours: train_step time/rollout_s (engine.rollout on token ids); TRL: wall time inside")

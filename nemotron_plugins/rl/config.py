@@ -18,6 +18,7 @@ from typing import Any, Literal
 AlgorithmName = Literal["grpo", "rloo"]
 LossAggregation = Literal["token", "sequence", "constant"]
 RatioLevel = Literal["token", "sequence"]
+PromptSharing = Literal["auto", "on", "off"]
 
 
 class GRPOConfigError(ValueError):
@@ -111,6 +112,15 @@ class GRPOConfig:
     that batch is skipped). ``None``: the whole batch, ``num_prompts_per_rollout`` (DAPO / verl). Smaller rounds cost
     fewer rollouts when only a few groups are missing, at the price of more rounds when many are."""
 
+    # ---- trainer side: update layout ------------------------------------------------------------------------------
+    prompt_sharing: PromptSharing = "auto"
+    """Run a group's prompt through the policy once per micro-batch instead of once per completion (one row per
+    group: the prompt, then each completion attending to the prompt and itself; :mod:`nemotron_plugins.rl.
+    shared_prompt`). Same log-probs and gradients. ``"auto"``: per micro-batch where its cost estimate is lower than
+    padding each completion's row (long prompts, short completions) and the layout is possible (unpacked micro-batches
+    on one pipeline stage, no context parallelism, SDPA core attention); ``"on"``: always (an error where it is not
+    possible); ``"off"``: never."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -185,6 +195,8 @@ class GRPOConfig:
             raise bad("max_refill_rounds", self.max_refill_rounds, "must be an integer >= 0")
         if self.max_refill_rounds < 0:
             raise bad("max_refill_rounds", self.max_refill_rounds, "must be an integer >= 0")
+        if self.prompt_sharing not in ("auto", "on", "off"):
+            raise bad("prompt_sharing", self.prompt_sharing, "use 'auto', 'on' or 'off'")
         if self.refill_prompts is not None and (
             not isinstance(self.refill_prompts, int)
             or isinstance(self.refill_prompts, bool)

@@ -81,6 +81,9 @@ class PolicyBatch:
     """``[N, W]`` the rollout engine's log-probs of the targets (0 outside the mask)."""
     lengths: torch.Tensor
     """``[N]`` real positions of each row (prompt + completion - 1); the rest of the row is padding."""
+    prompt_lengths: torch.Tensor | None = None
+    """``[N]`` prompt tokens of each row (rows with equal prompts can share one prompt forward, see
+    :mod:`nemotron_plugins.rl.shared_prompt`); ``None``: unknown, every row runs on its own."""
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -114,6 +117,7 @@ def pack_policy_batch(
         advantages=advantages.float(),
         generator_logprobs=gen,
         lengths=torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long),
+        prompt_lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
     )
 
 
@@ -153,6 +157,8 @@ def plan_micro_batches(
     uniform: bool,
     multiple: int = 8,
     context_parallel: tuple[int, int] = (0, 1),
+    share_prompts: str = "off",
+    hidden_size: int = 0,
 ) -> UpdatePlan:
     """Cut ``rows`` of ``batch`` into micro-batches of ``micro`` sequences.
 
@@ -170,6 +176,12 @@ def plan_micro_batches(
     packed rows with every sequence padded to a multiple of ``2 * cp_size`` and cut on its own (megatron's ``thd``
     CP layout, real and padded boundaries in the ``PackedSeqParams``). The micro-batch's ``mask`` then marks only
     this rank's completion tokens, and ``place`` says where its log-probs go in the ``[m, w]`` loss layout.
+
+    ``share_prompts`` (unpacked, not ``uniform``, no context parallelism; the caller checks): ``"on"`` runs every
+    micro-batch in the shared-prompt layout (one row per group of rows with the same prompt, see
+    :mod:`nemotron_plugins.rl.shared_prompt`; its ``gather`` says which output position predicts each loss token),
+    ``"auto"`` those where :func:`~nemotron_plugins.rl.shared_prompt.layout_cost` (with ``hidden_size``) is lower
+    than the padded layout's, ``"off"`` none.
     """
     from nemotron_plugins.puzzle.attention import packed_seq_params_from_segment_ids
     from nemotron_plugins.puzzle.context_parallel import (
@@ -177,6 +189,7 @@ def plan_micro_batches(
         split_batch_for_context_parallel,
         split_packed_batch_for_context_parallel,
     )
+    from nemotron_plugins.rl.shared_prompt import layout_cost, shared_prompt_layout
 
     cp_rank, cp = context_parallel
     if cp > 1:
@@ -262,6 +275,15 @@ def plan_micro_batches(
         if missing_rows:
             mb["advantages"] = torch.cat([mb["advantages"], mb["advantages"].new_zeros(missing_rows)])
         n, w = mb["input_ids"].shape
+        if share_prompts != "off" and not uniform and cp == 1:
+            shared = shared_prompt_layout(batch, mb["rows"], multiple=multiple)
+            g, s = shared["input_ids"].shape
+            if share_prompts == "on" or layout_cost(g, s, hidden_size=hidden_size, dense_mask=True) < layout_cost(
+                n, w, hidden_size=hidden_size, dense_mask=False
+            ):
+                mb.update(shared)
+                fed += g * s
+                continue
         fed += n * w
         mb["position_ids"] = torch.arange(w).unsqueeze(0).expand(n, w)
         mb["model_targets"] = mb["targets"]
@@ -281,6 +303,11 @@ def _forward_micro_batch(model: Any, mb: Mapping[str, Any]) -> torch.Tensor:
     tokens = mb["input_ids"].to(device)
     positions = mb["position_ids"].to(device)
     params = mb.get("packed_seq_params")
+    if "attention_mask" in mb:  # shared-prompt layout: explicit mask, RoPE at the given positions
+        from nemotron_plugins.rl.shared_prompt import rope_at_positions
+
+        with rope_at_positions(model, positions):
+            return model(tokens, positions, mb["attention_mask"].to(device))
     if params is None:
         return model(tokens, positions, None)
     for name in ("cu_seqlens_q", "cu_seqlens_kv", "cu_seqlens_q_padded", "cu_seqlens_kv_padded"):
@@ -309,6 +336,12 @@ def _micro_batch_logprobs(
 ) -> torch.Tensor:
     """``[m, w]`` log-probs of the micro-batch's targets in the loss layout (unpacked from the packed row when
     packed; 0 at the positions another CP rank computes)."""
+    if "gather" in mb:  # shared-prompt layout: one output position can predict several rows' tokens
+        rows, cols, src = (t.to(output.device) for t in mb["gather"])
+        logits = output.reshape(-1, output.shape[-1])[src].unsqueeze(0)
+        targets = mb["targets"].to(output.device)[rows, cols].unsqueeze(0)
+        lp = _logprobs(logits, targets, temperature, vocab_size).squeeze(0)
+        return lp.new_zeros(tuple(mb["targets"].shape)).index_put((rows, cols), lp)
     lp = _logprobs(output, mb["model_targets"].to(output.device), temperature, vocab_size)
     if "place" not in mb:
         return lp
@@ -416,6 +449,43 @@ def _packs(model: Any, config: RecipeConfig) -> bool:
     return on_cuda and config.model.layer_spec != "puzzle_local"
 
 
+def _prompt_sharing(model: Any, config: RecipeConfig, *, pack: bool) -> tuple[str, int]:
+    """(``share_prompts`` for :func:`plan_micro_batches`, the model's hidden size) from ``algorithm.prompt_sharing``
+    and what this layout allows; ``"on"`` where the shared-prompt layout is impossible raises naming the field."""
+    from megatron.core import parallel_state as ps
+
+    from nemotron_plugins.rl.config import GRPOConfigError
+    from nemotron_plugins.rl.shared_prompt import shared_prompt_support
+
+    mode = config.algorithm.prompt_sharing
+    module = model
+    while hasattr(module, "module") and not hasattr(module, "config"):
+        module = module.module
+    hidden = int(getattr(getattr(module, "config", None), "hidden_size", 0) or 0)
+    if mode == "off":
+        return "off", hidden
+    reasons = []
+    if pack:
+        reasons.append("micro-batches are packed (thd)")
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        reasons.append("pipeline parallelism needs one communication shape per micro-batch")
+    if ps.get_context_parallel_world_size() > 1:
+        reasons.append("context parallelism")
+    why = shared_prompt_support(model)
+    if why is not None:
+        reasons.append(why)
+    if hidden <= 0:
+        reasons.append("the model's hidden size is unknown (no megatron config on it)")
+    if not reasons:
+        return mode, hidden
+    if mode == "on":
+        raise GRPOConfigError(
+            f"GRPOConfig.prompt_sharing = 'on' is not possible here: {'; '.join(reasons)}. Use 'auto' (takes it "
+            "where possible) or 'off'."
+        )
+    return "off", hidden
+
+
 def _length_multiple(config: RecipeConfig) -> int:
     """What every micro-batch's length is rounded up to: 8, and with sequence parallelism each (CP rank's share
     of the) sequence split over TP; :func:`plan_micro_batches` adds the ``2 * CP`` chunks."""
@@ -478,6 +548,7 @@ def policy_update(
     cp_kwargs = {"context_parallel_group": ps.get_context_parallel_group()} if cp > 1 else {}
     uniform = ps.get_pipeline_model_parallel_world_size() > 1
     pack = _packs(model, config) if pack is None else pack
+    share_prompts, hidden = _prompt_sharing(model, config, pack=pack)
     reports_rank = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     n = len(batch)
     chunks = [c for c in torch.arange(n).tensor_split(updates_per_epoch) if c.numel()]
@@ -490,6 +561,8 @@ def policy_update(
             uniform=uniform,
             multiple=_length_multiple(config),
             context_parallel=(cp_rank, cp),
+            share_prompts=share_prompts,
+            hidden_size=hidden,
         )
         for chunk in chunks
     ]
@@ -604,6 +677,10 @@ def policy_update(
     out["train/real_tokens"] = float(fed[1])
     out["train/padded_over_real"] = float(fed[0] / fed[1]) if fed[1] > 0 else 0.0
     out["train/padded_over_real_rollout_longest"] = float(fed[2] / fed[1]) if fed[1] > 0 else 0.0
+    micro_batches = [mb for plan in plans for mb in plan.micro_batches]
+    out["train/shared_prompt_micro_batches"] = (
+        sum("gather" in mb for mb in micro_batches) / len(micro_batches) if micro_batches else 0.0
+    )
     return out
 
 
