@@ -6,21 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.unit.rl.conftest import tiny_puzzle_policy
+
 VOCAB = 106
 
 
 @pytest.fixture
 def policy():
-    from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
-    from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
-    from nemotron_plugins.runtime.distributed import distributed_context
-
-    torch.set_num_threads(1)
-    with distributed_context(seed=3):
-        cfg = tiny_puzzle_config(VOCAB, num_layers=4)
-        model = build_puzzle_model(cfg, seq_length=48, perform_initialization=False)
-        init_weights_layout_invariant_(model, seed=3)
-        yield model, cfg
+    with tiny_puzzle_policy(VOCAB, num_layers=4, seq_length=48) as built:
+        yield built
 
 
 def _engine(model, cfg):

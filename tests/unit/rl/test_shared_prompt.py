@@ -14,6 +14,7 @@ from nemotron_plugins.rl.policy_worker import (
     plan_micro_batches,
 )
 from nemotron_plugins.rl.shared_prompt import layout_cost, shared_prompt_layout, shared_prompt_support
+from tests.unit.rl.conftest import tiny_puzzle_policy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -81,15 +82,7 @@ def test_bad_prompt_sharing_is_named() -> None:
 
 @pytest.fixture(scope="module")
 def policy():
-    from nemotron_plugins.puzzle.model import build_puzzle_model, init_weights_layout_invariant_
-    from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
-    from nemotron_plugins.runtime.distributed import distributed_context
-
-    torch.set_num_threads(1)
-    with distributed_context(seed=3):
-        cfg = tiny_puzzle_config(VOCAB, num_layers=6)
-        model = build_puzzle_model(cfg, seq_length=128, perform_initialization=False)
-        init_weights_layout_invariant_(model, seed=3)
+    with tiny_puzzle_policy(VOCAB, num_layers=6, seq_length=128) as (model, _):
         yield model
 
 
