@@ -9,7 +9,7 @@ Both stages use reasoning-on data (the RL prompts are reasoning-on). ``tiny_puzz
 recipe's checkpoint and ``nemotron-plugins train`` runs the SFT stage first when that checkpoint is missing.
 
 Measured (2 CPU cores, n = 500 held-out prompts, sampled at T=1, greedy in brackets), before -> after GRPO: seed
-1234 (the default) 0.246 (0.464) -> 0.922 (0.994) in 214 CPU s of GRPO; the other seeds and the earlier recipe
+1234 (the default) 0.246 (0.464) -> 0.914 (0.984) in 188 CPU s of GRPO; the other seeds and the earlier recipe
 (4,000 problems, one mistake, whose outcome depended on the seed) are in the README ("First run").
 """
 
