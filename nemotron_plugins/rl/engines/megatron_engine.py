@@ -7,12 +7,16 @@ through megatron-core's static-batching inference path: a
 step feeds one token per sequence. It works on CPU with the :mod:`nemotron_plugins.runtime.cpu` adapter and on GPU
 unchanged; heterogeneous Puzzle layers (no-op or linear attention) simply keep no cache.
 
-Sequences of different prompt lengths advance in lockstep as in megatron-core's own static-batch generation: the
-batch is prefilled up to its shortest prompt, then every step writes one position per sequence, taking the prompt's
-token where the prompt is still running and a sampled token elsewhere. No padding or attention mask is needed and a
-completion's log-probs are exactly those of a full causal forward over prompt + completion (tested to 1e-4).
-Sequences that share their first (shortest-prompt) tokens, as the ``n`` samples of one prompt do, share that
-prefill: it runs once per distinct prefix and the KV cache rows are copied (``n`` times less prefill work).
+Prompts of different lengths in one batch are left-padded to the longest where every core attention takes a
+boolean mask (the default ``puzzle_sdpa`` spec): the padding keys are masked at prefill and at every decoding step
+and positions count from each prompt's first token (RoPE scores depend only on relative positions), so the whole
+batch is prefilled at once and decoding starts after the longest prompt; a completion's log-probs equal those of a
+full causal forward over prompt + completion (tested to 1e-5). Elsewhere (TE or megatron's local attention) the
+sequences advance in lockstep as in megatron-core's own static-batch generation: the batch is prefilled up to its
+shortest prompt, then every step writes one position per sequence, taking the prompt's token where the prompt is
+still running and a sampled token elsewhere (one decoding step per prompt token past the shortest prompt). Sequences
+that share their prefilled tokens, as the ``n`` samples of one prompt do, share that prefill: it runs once per
+distinct prefix and the KV cache rows are copied (``n`` times less prefill work).
 
 Sampling: logits / temperature, log-softmax (temperature 0: greedy arg-max); top-p keeps the smallest set of most likely tokens whose probability
 reaches ``top_p`` and samples from it renormalised. The returned log-prob of a token is its log-probability under the
@@ -182,6 +186,7 @@ class MegatronRolloutEngine(RolloutEngine):
         self.config.validate()
         self.model = _unwrap(model)
         self.tokenizer = tokenizer
+        self._left_padding: bool | None = None  # decided on first use (see _left_pads)
         eos = self.config.eos_token_ids
         if eos is None and tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
             eos = (int(tokenizer.eos_token_id),)
@@ -263,12 +268,24 @@ class MegatronRolloutEngine(RolloutEngine):
         except (StopIteration, AttributeError):
             return torch.device("cpu")
 
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, context: Any) -> torch.Tensor:
+    def _forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, context: Any, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if context is None:
-            logits = self.model(tokens, positions, None, runtime_gather_output=True)
+            logits = self.model(tokens, positions, mask, runtime_gather_output=True)
         else:
-            logits = self.model(tokens, positions, None, inference_context=context, runtime_gather_output=True)
+            logits = self.model(tokens, positions, mask, inference_context=context, runtime_gather_output=True)
         return logits[:, -1, :]
+
+    def _left_pads(self) -> bool:
+        """Whether prompts of different lengths are left-padded (every core attention takes a boolean mask: the
+        ``puzzle_sdpa`` spec's :class:`~nemotron_plugins.puzzle.attention.SDPACoreAttention`)."""
+        if self._left_padding is None:
+            from nemotron_plugins.puzzle.attention import SDPACoreAttention
+
+            cores = [m for n, m in _unwrap(self.model).named_modules() if n.endswith("core_attention")]
+            self._left_padding = all(isinstance(m, SDPACoreAttention) for m in cores)
+        return self._left_padding
 
     def _generate_batch(
         self,
@@ -281,12 +298,22 @@ class MegatronRolloutEngine(RolloutEngine):
         b = len(prompts)
         lens = torch.tensor([len(p) for p in prompts], device=device)
         budgets = [s.max_new_tokens if max_len is None else min(s.max_new_tokens, max_len - len(p)) for p in prompts]
-        total = max(len(p) + k for p, k in zip(prompts, budgets, strict=True))
+        longest = int(lens.max().item())
+        min_len = int(lens.min().item())
+        # Prompts of different lengths: left-padded to the longest (masked keys, positions counted from each
+        # prompt's first token) where attention takes a mask, so decoding starts after the longest prompt for all.
+        left = self.config.use_kv_cache and min_len < longest and self._left_pads()
+        pads = (longest - lens) if left else torch.zeros_like(lens)
+        total = max(int(pads[r]) + len(p) + k for r, (p, k) in enumerate(zip(prompts, budgets, strict=True)))
         tokens = torch.zeros(b, total, dtype=torch.long, device=device)
         for r, p in enumerate(prompts):
-            tokens[r, : len(p)] = torch.tensor(p, dtype=torch.long, device=device)
-        positions = torch.arange(total, device=device).unsqueeze(0).expand(b, -1)
-        min_len = int(lens.min().item())
+            tokens[r, int(pads[r]) : int(pads[r]) + len(p)] = torch.tensor(p, dtype=torch.long, device=device)
+        columns = torch.arange(total, device=device)
+        positions = (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp(min=0)
+        padding = columns.unsqueeze(0) < pads.unsqueeze(1)  # [b, total]: left-padding keys, masked
+        if left:
+            lens = torch.full_like(lens, longest)
+            min_len = longest
 
         completions: list[list[int]] = [[] for _ in range(b)]
         logprobs: list[list[float]] = [[] for _ in range(b)]
@@ -294,23 +321,31 @@ class MegatronRolloutEngine(RolloutEngine):
         finish: list[str | None] = [None] * b
         eos = set(self.eos_token_ids)
 
+        def prefill_mask(rows: torch.Tensor | slice) -> torch.Tensor | None:
+            if not left:
+                return None
+            causal = columns[None, :min_len] > columns[:min_len, None]
+            return (causal.unsqueeze(0) | padding[rows, None, :min_len]).unsqueeze(1)  # [rows, 1, sq, sk]
+
         context = None
         if self.config.use_kv_cache:
             from megatron.core.inference.contexts import StaticInferenceContext
 
             context = StaticInferenceContext(b, total)
-            source, firsts = shared_prefixes(prompts, min_len)
+            source, firsts = shared_prefixes([tokens[r, :min_len].tolist() for r in range(b)], min_len)
             if len(firsts) < b:
                 # Sequences whose first ``min_len`` tokens are equal (the n samples of one prompt) share one
                 # prefill: it runs on one row per distinct prefix, then the KV cache rows are copied to the rest.
                 first_rows = torch.tensor(firsts, device=device)
                 rows = torch.tensor(source, device=device)
-                last = self._forward(tokens[first_rows, :min_len], positions[first_rows, :min_len], context)[rows]
+                last = self._forward(
+                    tokens[first_rows, :min_len], positions[first_rows, :min_len], context, prefill_mask(first_rows)
+                )[rows]
                 for key_memory, value_memory in context.key_value_memory_dict.values():
                     key_memory[:min_len, :b] = key_memory[:min_len, rows]
                     value_memory[:min_len, :b] = value_memory[:min_len, rows]
             else:
-                last = self._forward(tokens[:, :min_len], positions[:, :min_len], context)
+                last = self._forward(tokens[:, :min_len], positions[:, :min_len], context, prefill_mask(slice(None)))
             context.increment_sequence_len_offset(min_len)
             context.enable_decode_mode()
         else:
@@ -346,7 +381,8 @@ class MegatronRolloutEngine(RolloutEngine):
             if all(f is not None for f in finish) or t == total - 1:
                 break
             if context is not None:
-                last = self._forward(tokens[:, t : t + 1], positions[:, t : t + 1], context)
+                mask = padding[:, None, None, : t + 1] if left else None
+                last = self._forward(tokens[:, t : t + 1], positions[:, t : t + 1], context, mask)
                 context.increment_sequence_len_offset(1)
             else:
                 last = self._forward(tokens[:, : t + 1], positions[:, : t + 1], None)

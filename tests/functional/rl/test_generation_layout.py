@@ -28,12 +28,14 @@ RUNS = {  # name: (training layout, megatron_layout, generation TP, the colocate
 }
 
 
-def _same_samples(got, want, what: str) -> None:
+def _same_samples(got, want, what: str, *, rtol: float = 0.0) -> None:
     assert got.prompt_index == want.prompt_index, what
     assert got.completion_ids == want.completion_ids, what
     assert got.finished == want.finished, what
     for a, b in zip(got.logprobs, want.logprobs, strict=True):
-        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=0, atol=1e-5, msg=lambda m: f"{what}: {m}")
+        torch.testing.assert_close(
+            torch.tensor(a), torch.tensor(b), rtol=rtol, atol=1e-5, msg=lambda m: f"{what}: {m}"
+        )
 
 
 def test_generation_layout_reproduces_colocated_rollouts() -> None:
@@ -52,7 +54,14 @@ def test_generation_layout_reproduces_colocated_rollouts() -> None:
                 assert run["copy_matches_before"] and run["copy_matches_after"], f"{name} rank {rank}: copy != policy"
             for when in ("before", "after"):
                 for kind in ("greedy", "sampled"):
-                    _same_samples(run[when][kind], reference[when][kind], f"{name} rank {rank} {when} {kind}")
+                    # After the update the weights come from another training layout: float differences of the
+                    # gradients reach the weights through Adam (measured up to 2.5e-5 relative in the log-probs).
+                    _same_samples(
+                        run[when][kind],
+                        reference[when][kind],
+                        f"{name} rank {rank} {when} {kind}",
+                        rtol=1e-4 if when == "after" else 0.0,
+                    )
             for key in worker.KEYS:
                 got, want = run["metrics"][key], reference["metrics"][key]
                 assert got == pytest.approx(want, rel=1e-4, abs=1e-5), f"{name} rank {rank}: {key} {got} vs {want}"

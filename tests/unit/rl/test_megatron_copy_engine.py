@@ -48,7 +48,10 @@ def test_copy_follows_the_policy_and_decodes_the_same(policy) -> None:
         got = engine.rollout(prompts, n=2, temperature=temperature, max_new_tokens=6, seed=9)
         for g, w in zip(got, want, strict=True):
             assert [r.completion_ids for r in g.rollouts] == [r.completion_ids for r in w.rollouts]
-            assert [r.logprobs for r in g.rollouts] == [r.logprobs for r in w.rollouts]
+            # the copy's linear-replacement layers are other modules (its own TP groups): same values up to the
+            # summation order of differently shaped GEMMs
+            for r, want_r in zip(g.rollouts, w.rollouts, strict=True):
+                assert r.logprobs == pytest.approx(want_r.logprobs, abs=1e-5)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))

@@ -131,9 +131,20 @@ def test_puzzle_model_cached_logprobs_match_full_forward(dist, tokenizer):
     model = build_puzzle_model(tiny_puzzle_config(len(tokenizer), max_position_embeddings=128))
     assert model.vocab_size > len(tokenizer)  # megatron pads the vocabulary: the engine must not sample padding
     engine = MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(max_batch_size=8))
+    assert engine._left_pads()  # SDPA core attention: prompts of different lengths are left-padded
     groups = engine.rollout(["12+34=", "<think>7"], n=4, temperature=0.8, max_new_tokens=16, seed=0)
     worst = _worst_logprob_error(model, tokenizer, groups, 0.8)
     assert worst < 1e-4, worst
+    # ... and decode greedily what the lockstep path (prefill to the shortest prompt, then one token a step) does
+    lockstep = MegatronRolloutEngine(model, tokenizer, config=MegatronEngineConfig(max_batch_size=8))
+    lockstep._left_padding = False
+    prompts = ["12+34=", "<think>7", "9+1="]
+    want = lockstep.rollout(prompts, n=2, temperature=0.0, max_new_tokens=16, seed=0)
+    got = engine.rollout(prompts, n=2, temperature=0.0, max_new_tokens=16, seed=0)
+    for g, w in zip(got, want, strict=True):
+        for r, ref in zip(g.rollouts, w.rollouts, strict=True):
+            assert r.completion_ids == ref.completion_ids
+            assert r.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
 
 
 def test_kv_cache_and_recompute_paths_agree(model, tokenizer):
