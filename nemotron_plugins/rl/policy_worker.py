@@ -275,7 +275,8 @@ def plan_micro_batches(
         if missing_rows:
             mb["advantages"] = torch.cat([mb["advantages"], mb["advantages"].new_zeros(missing_rows)])
         n, w = mb["input_ids"].shape
-        if share_prompts != "off" and not uniform and cp == 1:
+        auto = share_prompts == "auto" and batch.prompt_lengths is not None  # unknown prompts: nothing to share
+        if (share_prompts == "on" or auto) and not uniform and cp == 1:
             shared = shared_prompt_layout(batch, mb["rows"], multiple=multiple)
             g, s = shared["input_ids"].shape
             if share_prompts == "on" or layout_cost(g, s, hidden_size=hidden_size, dense_mask=True) < layout_cost(
