@@ -124,3 +124,27 @@ def test_models_without_a_mask_reaching_attention_are_reported(policy) -> None:
         tiny_puzzle_config(VOCAB, num_layers=2), seq_length=32, layer_spec="puzzle_local", perform_initialization=False
     )
     assert "not SDPACoreAttention" in shared_prompt_support(model)
+
+
+def test_prompt_sharing_on_where_impossible_names_the_field(policy) -> None:
+    from types import SimpleNamespace
+
+    from nemotron_plugins.puzzle.model import build_puzzle_model
+    from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
+    from nemotron_plugins.rl.policy_worker import _prompt_sharing
+
+    def config(mode: str) -> SimpleNamespace:
+        return SimpleNamespace(algorithm=SimpleNamespace(prompt_sharing=mode))
+
+    assert _prompt_sharing(policy, config("auto"), pack=False) == ("auto", 128)
+    assert _prompt_sharing(policy, config("auto"), pack=True)[0] == "off"  # packed (CUDA): padded rows
+    with pytest.raises(
+        GRPOConfigError, match=r"GRPOConfig\.prompt_sharing = 'on' is not possible here: micro-batches"
+    ):
+        _prompt_sharing(policy, config("on"), pack=True)
+    local = build_puzzle_model(
+        tiny_puzzle_config(VOCAB, num_layers=2), seq_length=32, layer_spec="puzzle_local", perform_initialization=False
+    )
+    assert _prompt_sharing(local, config("auto"), pack=False)[0] == "off"
+    with pytest.raises(GRPOConfigError, match="not SDPACoreAttention"):
+        _prompt_sharing(local, config("on"), pack=False)
