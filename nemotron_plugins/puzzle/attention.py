@@ -41,6 +41,7 @@ from megatron.core.transformer.module import MegatronModule
 __all__ = [
     "SDPACoreAttention",
     "block_diagonal_causal_mask",
+    "non_sdpa_core_attention",
     "packed_seq_params_from_segment_ids",
     "sdpa_supports_gqa",
 ]
@@ -136,6 +137,16 @@ def _packed_context_parallel_mask(cu_seqlens_padded: torch.Tensor, cp_rank: int,
     mask = (q_doc[:, None] == k_doc[None, :]) & (q_pos[:, None] >= k_pos[None, :])
     _CP_MASK_CACHE[:] = [(cu_seqlens_padded.clone(), cp_rank, cp_size, mask)]
     return mask
+
+
+def non_sdpa_core_attention(model: Any) -> str | None:
+    """``"name (Class)"`` of the first core attention of ``model`` that is not :class:`SDPACoreAttention` (so an
+    explicit boolean ``attention_mask`` may not reach it), or ``None`` when every one is (layers without attention
+    have none)."""
+    for name, module in model.named_modules():
+        if name.endswith("core_attention") and not isinstance(module, SDPACoreAttention):
+            return f"{name} ({type(module).__name__})"
+    return None
 
 
 class _FlexDocumentAttention:

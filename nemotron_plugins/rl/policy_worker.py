@@ -189,7 +189,7 @@ def plan_micro_batches(
         split_batch_for_context_parallel,
         split_packed_batch_for_context_parallel,
     )
-    from nemotron_plugins.rl.shared_prompt import layout_cost, shared_prompt_layout
+    from nemotron_plugins.rl.shared_prompt import layout_cost, shared_prompt_layout, shared_prompt_shape
 
     cp_rank, cp = context_parallel
     if cp > 1:
@@ -277,12 +277,11 @@ def plan_micro_batches(
         n, w = mb["input_ids"].shape
         auto = share_prompts == "auto" and batch.prompt_lengths is not None  # unknown prompts: nothing to share
         if (share_prompts == "on" or auto) and not uniform and cp == 1:
-            shared = shared_prompt_layout(batch, mb["rows"], multiple=multiple)
-            g, s = shared["input_ids"].shape
+            g, s = shared_prompt_shape(batch, mb["rows"], multiple=multiple)
             if share_prompts == "on" or layout_cost(g, s, hidden_size=hidden_size, dense_mask=True) < layout_cost(
                 n, w, hidden_size=hidden_size, dense_mask=False
             ):
-                mb.update(shared)
+                mb.update(shared_prompt_layout(batch, mb["rows"], multiple=multiple))
                 fed += g * s
                 continue
         fed += n * w
@@ -455,14 +454,12 @@ def _prompt_sharing(model: Any, config: RecipeConfig, *, pack: bool) -> tuple[st
     and what this layout allows; ``"on"`` where the shared-prompt layout is impossible raises naming the field."""
     from megatron.core import parallel_state as ps
 
+    from nemotron_plugins.puzzle.model import unwrap_model
     from nemotron_plugins.rl.config import GRPOConfigError
     from nemotron_plugins.rl.shared_prompt import shared_prompt_support
 
     mode = config.algorithm.prompt_sharing
-    module = model
-    while hasattr(module, "module") and not hasattr(module, "config"):
-        module = module.module
-    hidden = int(getattr(getattr(module, "config", None), "hidden_size", 0) or 0)
+    hidden = int(getattr(getattr(unwrap_model(model), "config", None), "hidden_size", 0) or 0)
     if mode == "off":
         return "off", hidden
     reasons = []

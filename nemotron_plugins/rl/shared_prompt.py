@@ -39,6 +39,7 @@ __all__ = [
     "layout_cost",
     "rope_at_positions",
     "shared_prompt_layout",
+    "shared_prompt_shape",
     "shared_prompt_support",
 ]
 
@@ -62,6 +63,18 @@ def _groups(batch: Any, idx: torch.Tensor) -> list[tuple[int, list[int]]]:
         found.setdefault(key, []).append(r)
         plens[key] = plen
     return [(plens[k], rows) for k, rows in found.items()]
+
+
+def _round_up(width: int, multiple: int) -> int:
+    return max(multiple, -(-width // multiple) * multiple)
+
+
+def shared_prompt_shape(batch: Any, idx: torch.Tensor, *, multiple: int = 8) -> tuple[int, int]:
+    """``(rows, width)`` of :func:`shared_prompt_layout`'s inputs for the same arguments, without building them
+    (the ``[G, 1, S, S]`` mask grows with the square of the width: the cost comparison comes first)."""
+    groups = _groups(batch, idx)
+    widths = [plen + sum(max(0, int(batch.lengths[r]) - plen) for r in members) for plen, members in groups]
+    return len(groups), _round_up(max(widths), multiple)
 
 
 def shared_prompt_layout(batch: Any, idx: torch.Tensor, *, multiple: int = 8) -> SharedPromptLayout:
@@ -109,8 +122,7 @@ def shared_prompt_layout(batch: Any, idx: torch.Tensor, *, multiple: int = 8) ->
         rows_tok.append(tokens)
         rows_pos.append(positions)
         rows_seg.append(segments)
-    width = max(len(t) for t in rows_tok)
-    width = max(multiple, -(-width // multiple) * multiple)
+    width = _round_up(max(len(t) for t in rows_tok), multiple)
     n_groups = len(groups)
     ids = torch.zeros(n_groups, width, dtype=torch.long)
     pos = torch.zeros(n_groups, width, dtype=torch.long)
@@ -151,20 +163,18 @@ def layout_cost(rows: int, width: int, *, hidden_size: int, dense_mask: bool) ->
 
 def shared_prompt_support(model: Any) -> str | None:
     """``None`` when ``model`` can run shared-prompt micro-batches, else why not (one sentence)."""
-    from nemotron_plugins.puzzle.attention import SDPACoreAttention
+    from nemotron_plugins.puzzle.attention import non_sdpa_core_attention
+    from nemotron_plugins.puzzle.model import unwrap_model
 
-    module = model
-    while not hasattr(module, "position_embedding_type") and hasattr(module, "module"):
-        module = module.module
+    module = unwrap_model(model)
     kind = getattr(module, "position_embedding_type", None)
     if kind not in ("rope", "learned_absolute", "none"):
         return f"position embeddings {kind!r} (needs 'rope', 'learned_absolute' or 'none')"
-    config = getattr(module, "config", None)
-    if kind == "rope" and getattr(config, "apply_rope_fusion", False):
+    if kind == "rope" and getattr(module.config, "apply_rope_fusion", False):
         return "fused RoPE (model.apply_rope_fusion) takes no per-row positions"
-    for name, sub in module.named_modules():
-        if name.endswith("core_attention") and not isinstance(sub, SDPACoreAttention):
-            return f"{name} is {type(sub).__name__}, not SDPACoreAttention (the mask must reach attention)"
+    other = non_sdpa_core_attention(module)
+    if other is not None:
+        return f"{other} is not SDPACoreAttention (the mask must reach attention)"
     return None
 
 
@@ -173,9 +183,9 @@ def rope_at_positions(model: Any, positions: torch.Tensor) -> Iterator[None]:
     """Within the block, ``model``'s rotary embedding is taken at ``positions [b, s]`` (per row) instead of
     ``0 .. s-1``: megatron's ``RotaryEmbedding`` output ``[L, 1, 1, d]`` gathered to ``[s, b, 1, d]``, which its
     unfused ``apply_rotary_pos_emb`` broadcasts over the heads. No-op for models without RoPE."""
-    module = model
-    while not hasattr(module, "position_embedding_type") and hasattr(module, "module"):
-        module = module.module
+    from nemotron_plugins.puzzle.model import unwrap_model
+
+    module = unwrap_model(model)
     rope = getattr(module, "rotary_pos_emb", None)
     if getattr(module, "position_embedding_type", None) != "rope" or rope is None:
         yield

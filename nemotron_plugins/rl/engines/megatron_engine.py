@@ -281,10 +281,9 @@ class MegatronRolloutEngine(RolloutEngine):
         """Whether prompts of different lengths are left-padded (every core attention takes a boolean mask: the
         ``puzzle_sdpa`` spec's :class:`~nemotron_plugins.puzzle.attention.SDPACoreAttention`)."""
         if self._left_padding is None:
-            from nemotron_plugins.puzzle.attention import SDPACoreAttention
+            from nemotron_plugins.puzzle.attention import non_sdpa_core_attention
 
-            cores = [m for n, m in _unwrap(self.model).named_modules() if n.endswith("core_attention")]
-            self._left_padding = all(isinstance(m, SDPACoreAttention) for m in cores)
+            self._left_padding = non_sdpa_core_attention(self.model) is None
         return self._left_padding
 
     def _generate_batch(

@@ -13,7 +13,12 @@ from nemotron_plugins.rl.policy_worker import (
     pack_policy_batch,
     plan_micro_batches,
 )
-from nemotron_plugins.rl.shared_prompt import layout_cost, shared_prompt_layout, shared_prompt_support
+from nemotron_plugins.rl.shared_prompt import (
+    layout_cost,
+    shared_prompt_layout,
+    shared_prompt_shape,
+    shared_prompt_support,
+)
 from tests.unit.rl.conftest import tiny_puzzle_policy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -43,6 +48,7 @@ def test_every_loss_token_keeps_its_input_position_and_context() -> None:
     ids, pos, masked = layout["input_ids"], layout["position_ids"], layout["attention_mask"][:, 0]
     assert ids.shape[0] == 3  # one row per prompt
     assert ids.shape[1] % 8 == 0
+    assert shared_prompt_shape(batch, rows, multiple=8) == tuple(ids.shape)
     r, c, src = layout["gather"]
     # every completion token of the batch is predicted exactly once
     covered = torch.zeros_like(batch.mask)
