@@ -583,12 +583,16 @@ def policy_update(
 
     # Positions one epoch runs through the model (this replica's plans, its whole CP group) beside the real ones and
     # what padding every row to the rollout's longest would run; summed over the replicas below.
+    # Also this replica's micro-batches and how many of them share their group's prompt (the DP replicas' sum).
     counts = reports_rank and cp_rank == 0
+    micro_batches = [mb for plan in plans for mb in plan.micro_batches]
     fed = torch.tensor(
         [
             float(sum(p.fed_tokens for p in plans)) if counts else 0.0,
             float(batch.lengths.sum()) if counts and dp_rank == 0 else 0.0,
             float(batch.input_ids.numel()) if counts and dp_rank == 0 else 0.0,
+            float(sum("gather" in mb for mb in micro_batches)) if counts else 0.0,
+            float(len(micro_batches)) if counts else 0.0,
         ],
         dtype=torch.float64,
     )
@@ -675,10 +679,7 @@ def policy_update(
     out["train/real_tokens"] = float(fed[1])
     out["train/padded_over_real"] = float(fed[0] / fed[1]) if fed[1] > 0 else 0.0
     out["train/padded_over_real_rollout_longest"] = float(fed[2] / fed[1]) if fed[1] > 0 else 0.0
-    micro_batches = [mb for plan in plans for mb in plan.micro_batches]
-    out["train/shared_prompt_micro_batches"] = (
-        sum("gather" in mb for mb in micro_batches) / len(micro_batches) if micro_batches else 0.0
-    )
+    out["train/shared_prompt_micro_batches"] = float(fed[3] / fed[4]) if fed[4] > 0 else 0.0
     return out
 
 
