@@ -3,7 +3,7 @@
 Public API::
 
     TOOLS                                   # name -> JSON-schema tool object
-    ToolTaskConfig(sft_correct=0.5, two_call_fraction=0.2, min_tools=2, max_tools=3, ...)
+    ToolTaskConfig(sft_correct=0.5, corruption_weights=..., two_call_fraction=0.2, min_tools=2, max_tools=3, ...)
     make_prompt(rng, config) -> ToolPrompt  # request, tools, gold calls
     sft_row(prompt, rng, config) -> dict    # Post-Training SFT row (output right only with p = sft_correct)
     rl_prompt_row(prompt, index) -> dict    # RL prompt row: messages, tools, ground_truth = the gold calls
@@ -19,9 +19,10 @@ arguments are taken from the request: ``weather in oslo`` -> ``[{"name": "weathe
 The gold is the exact call list, scored by the ``tool_call`` reward (Tool-N1's binary reward: a
 ``<think>...</think>`` block and a call block whose calls match exactly).
 
-Room for RL: an SFT row's reply is right only with probability ``sft_correct``; otherwise one call is wrong in one
-way: the sibling tool (``weather`` <-> ``time``, ``lookup`` <-> ``translate``, ``add`` <-> ``convert`` with the same
-first number) or an integer written as a string. The reply's think block restates the tools and the values it read
+Room for RL: an SFT row's reply is right only with probability ``sft_correct``; otherwise it is wrong in one way
+(``corruption_weights``): one call names the sibling tool (``weather`` <-> ``time``, ``lookup`` <-> ``translate``,
+``add`` <-> ``multiply``: the same parameters, values kept), an integer is written as a string, or the reply names
+its calls in prose instead of making them (``<think>call weather oslo</think>call weather oslo``: no call block). The reply's think block restates the tools and the values it read
 (``<think>call weather oslo</think>``), so each argument is copied from the request twice.
 
 Held-out prompts are disjoint from training: a request string belongs to the held-out side when its hash says so
@@ -48,11 +49,10 @@ SYSTEM_PROMPT = "detailed thinking on"
 
 CITIES: tuple[str, ...] = ("paris", "rome", "oslo", "lima", "cairo", "tokyo", "delhi", "quito")
 WORDS: tuple[str, ...] = ("apple", "river", "candle", "mirror", "garden", "silver", "pencil", "rocket")
-UNITS: tuple[str, ...] = ("km", "mi", "kg", "lb")
-MAX_NUMBER = 12
-"""Argument values come from small closed sets (8 cities, 8 words, 4 units, integers 0-12): a ~1M-parameter model
-on 2 CPU cores learns to read them out of the request within minutes (with 24 cities and numbers to 99 it learned the
-format and the tool names in 160 SFT steps but not yet the arguments)."""
+MAX_NUMBER = 9
+"""Argument values come from small closed sets (8 cities, 8 words, one-digit integers): a ~1M-parameter model on
+2 CPU cores learns to read them out of the request (with 24 cities and numbers to 99 it learned the format and the
+tool names but not the arguments: docs/tool_calling_rl.md)."""
 
 
 def _schema(name: str, properties: dict[str, str]) -> dict[str, Any]:
@@ -67,7 +67,7 @@ TOOLS: dict[str, dict[str, Any]] = {
     "weather": _schema("weather", {"city": "string"}),
     "time": _schema("time", {"city": "string"}),
     "add": _schema("add", {"a": "integer", "b": "integer"}),
-    "convert": _schema("convert", {"value": "integer", "unit": "string"}),
+    "multiply": _schema("multiply", {"a": "integer", "b": "integer"}),
     "lookup": _schema("lookup", {"word": "string"}),
     "translate": _schema("translate", {"word": "string"}),
 }
@@ -77,7 +77,7 @@ REQUESTS: dict[str, tuple[str, ...]] = {
     "weather": ("weather in {city}", "is it raining in {city}", "how hot is {city}"),
     "time": ("time in {city}", "what time is it in {city}", "clock in {city}"),
     "add": ("add {a} and {b}", "what is {a} plus {b}", "sum of {a} and {b}"),
-    "convert": ("convert {value} {unit}", "{value} {unit} in other units", "change {value} {unit}"),
+    "multiply": ("multiply {a} by {b}", "what is {a} times {b}", "product of {a} and {b}"),
     "lookup": ("define {word}", "meaning of {word}", "look up {word}"),
     "translate": ("translate {word}", "say {word} in french", "{word} in french"),
 }
@@ -88,15 +88,18 @@ SIBLINGS: dict[str, str] = {
     "time": "weather",
     "lookup": "translate",
     "translate": "lookup",
-    "add": "convert",
-    "convert": "add",
+    "add": "multiply",
+    "multiply": "add",
 }
-"""The wrong tool an SFT reply may call instead (same kind of request)."""
+"""The wrong tool an SFT reply may call instead: the same parameters, so a sibling call keeps every value read from the
+request (an earlier ``add`` <-> ``convert`` pair drew the sibling's other argument at random, which taught the model
+that a number argument need not come from the request)."""
 
-CORRUPTIONS: tuple[str, ...] = ("sibling_tool", "string_number")
-"""How a wrong SFT reply is wrong. Both keep the values read from the request: a reply that wrote another value than
-the request's would teach the tiny model that the request does not determine the arguments (an earlier version had
-such a ``wrong_value`` corruption, and the model stopped reading them; docs/tool_calling_rl.md)."""
+CORRUPTIONS: tuple[str, ...] = ("sibling_tool", "string_number", "no_call")
+"""How a wrong SFT reply is wrong: the sibling tool, an integer written as a string, or the calls named in prose after
+the think block instead of a call block (:func:`render_prose_reply`). All keep the values read from the request: a reply that wrote another value than the request's
+would teach the tiny model that the request does not determine the arguments (an earlier version had such a
+``wrong_value`` corruption, and the model stopped reading them; docs/tool_calling_rl.md)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -104,7 +107,14 @@ class ToolTaskConfig:
     """Settings of the synthetic tool task."""
 
     sft_correct: float = 0.5
-    """Probability that an SFT reply makes exactly the gold calls (otherwise one call is corrupted)."""
+    """Probability that an SFT reply makes exactly the gold calls (otherwise it is corrupted)."""
+    corruption_weights: dict[str, float] = field(
+        default_factory=lambda: {"sibling_tool": 0.4, "string_number": 0.3, "no_call": 0.3}
+    )
+    """Relative weights of the :data:`CORRUPTIONS` of a wrong SFT reply (a ``string_number`` draw for calls without
+    numbers becomes ``no_call``). Each mistake stays well below half of the replies, so the SFT policy's most likely
+    reply is right and RL has a signal in most groups (with the sibling tool in 41% of the replies, the SFT policy
+    chose between the two siblings nearly at random and GRPO did not learn the choice)."""
     two_call_fraction: float = 0.2
     """Share of requests that need two calls (of two different tools)."""
     min_tools: int = 2
@@ -124,6 +134,13 @@ class ToolTaskConfig:
                 f"need 2 <= min_tools <= max_tools <= {len(TOOLS)}, got min_tools={self.min_tools}, "
                 f"max_tools={self.max_tools}"
             )
+        unknown = sorted(set(self.corruption_weights) - set(CORRUPTIONS))
+        if unknown or not self.corruption_weights or any(w < 0 for w in self.corruption_weights.values()):
+            raise ValueError(
+                f"corruption_weights must map some of {list(CORRUPTIONS)} to weights >= 0, got {self.corruption_weights}"
+            )
+        if sum(self.corruption_weights.values()) <= 0:
+            raise ValueError(f"corruption_weights must not all be 0, got {self.corruption_weights}")
         if self.heldout_share < 2:
             raise ValueError(f"heldout_share must be >= 2, got {self.heldout_share}")
 
@@ -143,10 +160,8 @@ class ToolPrompt:
 def _arguments(tool: str, rng: random.Random) -> dict[str, Any]:
     if tool in ("weather", "time"):
         return {"city": rng.choice(CITIES)}
-    if tool == "add":
+    if tool in ("add", "multiply"):
         return {"a": rng.randint(0, MAX_NUMBER), "b": rng.randint(0, MAX_NUMBER)}
-    if tool == "convert":
-        return {"value": rng.randint(0, MAX_NUMBER), "unit": rng.choice(UNITS)}
     return {"word": rng.choice(WORDS)}
 
 
@@ -182,6 +197,18 @@ def render_reply(calls: Sequence[dict[str, Any]], think: str) -> str:
     return f"<think>{think}</think><TOOLCALL>[{body}]</TOOLCALL>"
 
 
+def render_prose_reply(calls: Sequence[dict[str, Any]]) -> str:
+    """A reply that names its calls in prose instead of making them (the ``no_call`` corruption): no call block, so
+    the ``tool_call`` reward scores it 0.
+
+    Example:
+        >>> render_prose_reply([{"name": "weather", "arguments": {"city": "oslo"}}])
+        '<think>call weather oslo</think>call weather oslo'
+    """
+    text = think_text(calls)
+    return f"<think>{text}</think>{text}"
+
+
 def think_text(calls: Sequence[dict[str, Any]]) -> str:
     """The short reasoning of a reply: which tools it calls and the argument values it read from the request.
 
@@ -192,23 +219,22 @@ def think_text(calls: Sequence[dict[str, Any]]) -> str:
     return "call " + " then ".join(" ".join([c["name"], *(str(v) for v in c["arguments"].values())]) for c in calls)
 
 
-def corrupt(calls: list[dict[str, Any]], rng: random.Random) -> tuple[list[dict[str, Any]], str]:
-    """A copy of ``calls`` with one call wrong in one way (one of :data:`CORRUPTIONS`), and which way."""
+def corrupt(
+    calls: list[dict[str, Any]], rng: random.Random, weights: dict[str, float] | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """A copy of ``calls`` made wrong in one way (one of :data:`CORRUPTIONS`, drawn with ``weights``; uniform by
+    default), and which way. ``no_call`` leaves the calls as they are: the reply is then written in prose, without a
+    call block (:func:`sft_row`)."""
     out = [{"name": c["name"], "arguments": dict(c["arguments"])} for c in calls]
     call = out[rng.randrange(len(out))]
-    kind = rng.choice(CORRUPTIONS)
+    kinds = list(weights) if weights else list(CORRUPTIONS)
+    kind = rng.choices(kinds, weights=[weights[k] for k in kinds] if weights else None)[0]
     numeric = [k for k, v in call["arguments"].items() if isinstance(v, int)]
     if kind == "string_number" and not numeric:
-        kind = "sibling_tool"
+        kind = "no_call"
     if kind == "sibling_tool":
-        sibling = SIBLINGS[call["name"]]
-        first = next(iter(call["arguments"].values()))
-        call["name"] = sibling
-        call["arguments"] = _arguments(sibling, rng)
-        key = next(iter(call["arguments"]))
-        if isinstance(first, type(call["arguments"][key])):
-            call["arguments"][key] = first  # keep what was taken from the request where it fits
-    else:
+        call["name"] = SIBLINGS[call["name"]]  # same parameters: every value read from the request is kept
+    elif kind == "string_number":
         key = rng.choice(numeric)
         call["arguments"][key] = str(call["arguments"][key])
     return out, kind
@@ -216,10 +242,13 @@ def corrupt(calls: list[dict[str, Any]], rng: random.Random) -> tuple[list[dict[
 
 def sft_row(prompt: ToolPrompt, rng: random.Random, config: ToolTaskConfig) -> dict[str, Any]:
     """A Post-Training-format SFT row (plus ``tools``); its reply is right with probability ``sft_correct``."""
-    calls, kind = (prompt.calls, "correct") if rng.random() < config.sft_correct else corrupt(prompt.calls, rng)
+    if rng.random() < config.sft_correct:
+        calls, kind = prompt.calls, "correct"
+    else:
+        calls, kind = corrupt(prompt.calls, rng, config.corruption_weights)
     return {
         "input": [{"role": "user", "content": prompt.request}],
-        "output": render_reply(calls, think_text(calls)),
+        "output": render_prose_reply(calls) if kind == "no_call" else render_reply(calls, think_text(calls)),
         "reasoning": "on",
         "system_prompt": SYSTEM_PROMPT,
         "category": "tool_calling",

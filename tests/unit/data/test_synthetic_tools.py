@@ -14,11 +14,13 @@ from nemotron_plugins.chat.tokenizer import build_tiny_tokenizer
 from nemotron_plugins.data.sft import build_sft_examples, row_tools
 from nemotron_plugins.data.sources import DataSourceError, read_prompt_rows
 from nemotron_plugins.data.synthetic_tools import (
+    SIBLINGS,
     SYSTEM_PROMPT,
     TOOLS,
     ToolTaskConfig,
     corrupt,
     make_prompt,
+    render_prose_reply,
     render_reply,
     think_text,
     write_tool_task,
@@ -74,23 +76,39 @@ def test_a_wrong_argument_or_tool_scores_zero_with_the_format_intact() -> None:
         prompt = make_prompt(rng, config)
         wrong, kind = corrupt(prompt.calls, rng)
         kinds.add(kind)
-        # Either the tool is the sibling (a value it shares with the request kept) or a number is a string: the
-        # request's values are never replaced by others of the same argument.
+        # The sibling tool, a number as a string, or the calls unchanged (no_call: no call block): the request's values are never
+        # replaced by others.
+        changed = 0
         for gold_call, call in zip(prompt.calls, wrong, strict=True):
-            if call["name"] == gold_call["name"]:
-                assert {k: str(v) for k, v in call["arguments"].items()} == {
-                    k: str(v) for k, v in gold_call["arguments"].items()
-                }
-    assert kinds == {"sibling_tool", "string_number"}
+            assert {k: str(v) for k, v in call["arguments"].items()} == {
+                k: str(v) for k, v in gold_call["arguments"].items()
+            }
+            changed += call != gold_call
+            if call["name"] != gold_call["name"]:
+                assert kind == "sibling_tool" and call["name"] == SIBLINGS[gold_call["name"]]
+        assert changed == (kind != "no_call")
+    assert kinds == {"sibling_tool", "string_number", "no_call"}
     # The think block restates the tools and the values the reply uses.
     calls = [
         {"name": "weather", "arguments": {"city": "oslo"}},
-        {"name": "convert", "arguments": {"value": "3", "unit": "kg"}},
+        {"name": "multiply", "arguments": {"a": "3", "b": 4}},
     ]
-    assert think_text(calls) == "call weather oslo then convert 3 kg"
+    assert think_text(calls) == "call weather oslo then multiply 3 4"
+
     gold = [{"name": "add", "arguments": {"a": 3, "b": 4}}]
+    assert _score(render_prose_reply(gold), gold).score == 0.0  # no call block (the no_call corruption)
     assert _score(render_reply([{"name": "add", "arguments": {"a": 3, "b": 5}}], "call add"), gold).score == 0.0
     assert _score(render_reply([{"name": "add", "arguments": {"a": "3", "b": 4}}], "call add"), gold).score == 0.0
+
+
+def test_corruption_weights_are_drawn_and_checked() -> None:
+    rng = random.Random(2)
+    only = ToolTaskConfig(corruption_weights={"sibling_tool": 1.0})
+    prompt = make_prompt(rng, only)
+    assert all(corrupt(prompt.calls, rng, only.corruption_weights)[1] == "sibling_tool" for _ in range(20))
+    for bad in ({"wrong_value": 1.0}, {}, {"no_call": -1.0}, {"no_call": 0.0}):
+        with pytest.raises(ValueError, match="corruption_weights"):
+            ToolTaskConfig(corruption_weights=bad)
 
 
 def test_a_malformed_block_fails_the_format_and_a_malformed_gold_is_a_failure_status_not_a_zero() -> None:
