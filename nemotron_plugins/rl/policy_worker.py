@@ -449,9 +449,10 @@ def _packs(model: Any, config: RecipeConfig) -> bool:
     return on_cuda and config.model.layer_spec != "puzzle_local"
 
 
-def _prompt_sharing(model: Any, config: RecipeConfig, *, pack: bool) -> tuple[str, int]:
+def _prompt_sharing(model: Any, config: RecipeConfig, *, pack: bool, ref_model: Any = None) -> tuple[str, int]:
     """(``share_prompts`` for :func:`plan_micro_batches`, the model's hidden size) from ``algorithm.prompt_sharing``
-    and what this layout allows; ``"on"`` where the shared-prompt layout is impossible raises naming the field."""
+    and what this layout allows (``ref_model``, when the loss uses it, runs the same micro-batches, so it must take
+    the mask too); ``"on"`` where the shared-prompt layout is impossible raises naming the field."""
     from megatron.core import parallel_state as ps
 
     from nemotron_plugins.puzzle.model import unwrap_model
@@ -472,6 +473,9 @@ def _prompt_sharing(model: Any, config: RecipeConfig, *, pack: bool) -> tuple[st
     why = shared_prompt_support(model)
     if why is not None:
         reasons.append(why)
+    why = shared_prompt_support(ref_model) if ref_model is not None else None
+    if why is not None:
+        reasons.append(f"reference model: {why}")
     if hidden <= 0:
         reasons.append("the model's hidden size is unknown (no megatron config on it)")
     if not reasons:
@@ -546,7 +550,9 @@ def policy_update(
     cp_kwargs = {"context_parallel_group": ps.get_context_parallel_group()} if cp > 1 else {}
     uniform = ps.get_pipeline_model_parallel_world_size() > 1
     pack = _packs(model, config) if pack is None else pack
-    share_prompts, hidden = _prompt_sharing(model, config, pack=pack)
+    share_prompts, hidden = _prompt_sharing(
+        model, config, pack=pack, ref_model=ref_model if config.algorithm.beta > 0 else None
+    )
     reports_rank = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     n = len(batch)
     chunks = [c for c in torch.arange(n).tensor_split(updates_per_epoch) if c.numel()]

@@ -154,3 +154,7 @@ def test_prompt_sharing_on_where_impossible_names_the_field(policy) -> None:
     assert _prompt_sharing(local, config("auto"), pack=False)[0] == "off"
     with pytest.raises(GRPOConfigError, match="not SDPACoreAttention"):
         _prompt_sharing(local, config("on"), pack=False)
+    # The reference model (a KL term) runs the same micro-batches: the mask must reach its attention too.
+    assert _prompt_sharing(policy, config("auto"), pack=False, ref_model=local)[0] == "off"
+    with pytest.raises(GRPOConfigError, match="reference model: .* not SDPACoreAttention"):
+        _prompt_sharing(policy, config("on"), pack=False, ref_model=local)
