@@ -16,7 +16,10 @@ Training, for every pipeline stage ``i`` (the estimate is the worst stage):
   - fp32: 4 (weight) + 4 (grad) + 8 (Adam m and v);
   - with ``use_distributed_optimizer`` the optimizer part (12 or 8) is divided by ``d * c``, the ranks megatron
     shards it over, giving megatron's familiar ``6 + 12 / (d c)`` bytes per parameter for bf16;
-  - RL with ``kl_beta > 0`` adds a frozen reference copy (2 bytes bf16, 4 fp32);
+  - a frozen reference copy (2 bytes bf16, 4 fp32) for RL with ``algorithm.beta > 0`` and for RPO / DPO
+    (``task="rpo"``: the implicit reward is ``beta * log(pi / ref)``);
+  - a megatron rollout engine with weights of its own (``generation.megatron_layout="generation"``) keeps its
+    whole-model copy ``2 * total / t_gen`` (``total / t_gen`` with FP8) allocated through the training phase too;
 
 * activations of one micro-batch in one layer, in activation-dtype bytes ``a`` (2 bf16, 4 fp32); flash attention is
   assumed (no ``s^2`` score tensor), and only what the backward pass keeps is counted:
@@ -32,13 +35,16 @@ Training, for every pipeline stage ``i`` (the estimate is the worst stage):
   stage ``i`` holds ``min(p - i, M)`` micro-batches in flight under the 1F1B schedule;
 * logits on the last stage: ``s * b * V / t * (a + 4)`` (the logits plus their fp32 softmax for the loss).
 
-Generation (RL; colocated on the same GPUs, like the paper's vLLM + Megatron setup): the trainer's gradients and
-optimizer states are offloaded to host memory while generating, the bf16 training weights stay. Per GPU:
+Generation (RL and online RPO; colocated on the same GPUs, like the paper's vLLM + Megatron setup): the trainer's
+gradients and optimizer states are offloaded to host memory while generating, the bf16 training weights stay. Per GPU:
 
 * training weights ``2 * P_i / t`` of the worst stage;
-* generation weights ``total / t_gen`` at 1 byte (FP8 generation) or 2 bytes; embedding and output layer stay bf16;
+* generation weights ``total / t_gen`` at 1 byte (FP8 generation) or 2 bytes, embedding and output layer bf16, for
+  engines with weights of their own (vLLM, the megatron engine's ``generation`` layout); the megatron engine at the
+  training layout decodes with the training weights themselves (0);
 * KV cache ``kv_bytes_per_token / t_gen * seqs * (prompt + max_new_tokens)`` where ``seqs`` is the rollout's
-  ``prompts * generations`` divided over the ``world / t_gen`` generation replicas (at most ``max_num_seqs``) and the per-token bytes come from
+  sequences (GRPO / RLOO: ``prompts * generations``; online RPO: ``global_batch_size * preference.num_generations``)
+  divided over the ``world / t_gen`` generation replicas (at most ``max_num_seqs``) and the per-token bytes come from
   the cost model at the KV-cache dtype.
 
 Peak = max(training, generation) + a fixed runtime overhead (CUDA context, NCCL buffers, allocator fragmentation:
@@ -91,7 +97,7 @@ class StageMemory:
     optimizer: float
     """Optimizer states (master copy and Adam moments), sharded when the distributed optimizer is on."""
     reference: float
-    """Frozen reference-policy weights (RL with a KL penalty)."""
+    """Frozen reference-policy weights (RL with a KL penalty, RPO / DPO)."""
     activations: float
     """Activations kept for the backward pass, all in-flight micro-batches."""
     logits: float
@@ -114,7 +120,10 @@ class MemoryEstimate:
     training: float
     """Training memory of the worst stage."""
     generation_weights: float = 0.0
-    """Rollout-engine weights per GPU (RL)."""
+    """Rollout-engine weights per GPU (RL, online RPO) when the engine has weights of its own."""
+    resident_generation_copy: float = 0.0
+    """The part of ``generation_weights`` that stays allocated while training (the megatron engine's
+    ``generation`` layout), included in ``training``."""
     kv_cache: float = 0.0
     """KV cache per GPU (RL)."""
     generation: float = 0.0
@@ -145,6 +154,8 @@ class MemoryEstimate:
             + f" + activations {s.activations / GB:.1f} + logits {s.logits / GB:.1f}"
         )
         text = f"peak {self.peak / GB:.1f} GB of {self.budget / GB:.0f} GB: training {self.training / GB:.1f} GB on stage {self.worst_stage} ({parts})"
+        if self.resident_generation_copy:
+            text += f" + resident rollout-engine copy {self.resident_generation_copy / GB:.1f}"
         if self.generation:
             text += (
                 f"; generation {self.generation / GB:.1f} GB (weights {self.generation_weights / GB:.1f} + "
@@ -162,6 +173,7 @@ class MemoryEstimate:
             "fits": self.fits,
             "training_gb": round(self.training / GB, 3),
             "generation_gb": round(self.generation / GB, 3),
+            "resident_generation_copy_gb": round(self.resident_generation_copy / GB, 3),
             "worst_stage": self.worst_stage,
             "stages": [
                 {k: (round(v / GB, 3) if isinstance(v, float) else v) for k, v in asdict(s).items()}
@@ -230,7 +242,8 @@ def estimate_memory(
     weight_b, grad_b, opt_b = (2, 4, 12) if bf16 else (4, 4, 8)
     if p.use_distributed_optimizer:
         opt_b = opt_b / (d * cp)
-    ref_b = (2 if bf16 else 4) if (recipe.is_rl and recipe.algorithm is not None and recipe.algorithm.beta > 0) else 0
+    rl_reference = recipe.is_rl and recipe.algorithm is not None and recipe.algorithm.beta > 0
+    ref_b = (2 if bf16 else 4) if (rl_reference or recipe.task == "rpo") else 0
 
     stages: list[StageMemory] = []
     for i, layers in enumerate(stage_ranges(layout)):
@@ -270,22 +283,38 @@ def estimate_memory(
         overhead=GPU_RUNTIME_OVERHEAD_BYTES if gpu else 0.0,
         budget=recipe.cluster.gpu_memory_gb * GB,
     )
-    gen, alg = recipe.generation, recipe.algorithm
-    if recipe.is_rl and gen is not None and alg is not None:
+    gen, rollout = recipe.generation, _rollout_sequences(recipe)
+    if gen is not None and rollout:
         t_gen = gen.tensor_model_parallel_size
         replicas = max(1, recipe.world_size // t_gen)
-        seqs = math.ceil(alg.num_prompts_per_rollout * alg.num_generations / replicas)
+        seqs = math.ceil(rollout / replicas)
         if gen.max_num_seqs is not None:
             seqs = min(seqs, gen.max_num_seqs)
         tokens = recipe.data.max_seq_length + gen.max_new_tokens
+        own_weights = gen.engine != "megatron" or gen.megatron_layout == "generation"
         edge = cost.embedding_params + cost.lm_head_params
-        gen_weights = (edge * 2 + (cost.total_params - edge) * (1 if gen.fp8 else 2)) / t_gen
+        gen_weights = (edge * 2 + (cost.total_params - edge) * (1 if gen.fp8 else 2)) / t_gen if own_weights else 0.0
         kv = cost.kv_cache_bytes_per_token / t_gen * seqs * tokens
         resident = max(st.weights for st in stages)
         estimate.generation_weights = gen_weights
         estimate.kv_cache = kv
         estimate.generation = resident + gen_weights + kv
+        if gen.engine == "megatron" and gen.megatron_layout == "generation":
+            estimate.resident_generation_copy = gen_weights
+            estimate.training += gen_weights
         estimate.notes.append(
             f"generation: {replicas} replicas of TP{t_gen}, {seqs} concurrent sequences x {tokens} tokens per replica"
+            + ("" if own_weights else " (the megatron engine decodes with the training weights)")
         )
     return estimate
+
+
+def _rollout_sequences(recipe: RecipeConfig) -> int:
+    """Sequences one rollout generates: GRPO / RLOO ``prompts * generations``, online RPO ``global_batch_size *
+    preference.num_generations``; 0 for runs that generate nothing."""
+    alg, pref = recipe.algorithm, recipe.preference
+    if recipe.is_rl and alg is not None:
+        return alg.num_prompts_per_rollout * alg.num_generations
+    if recipe.task == "rpo" and pref is not None and pref.mode == "online":
+        return recipe.global_batch_size * pref.num_generations
+    return 0

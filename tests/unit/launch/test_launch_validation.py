@@ -189,6 +189,25 @@ def test_memory_formula_by_hand(hetero_config) -> None:
     assert est.overhead == 0 and est.peak == pytest.approx(stage.total)
 
 
+def test_memory_counts_the_rpo_reference_and_the_rollout_engines_own_weights() -> None:
+    # Online RPO: a frozen reference (fp32 here: the weights' bytes again) and the rollouts' KV cache; the megatron
+    # engine at the training layout decodes with the training weights (no second copy).
+    rpo = build_recipe("tiny_rpo_online_cpu")
+    est = estimate_memory(rpo, load_model_config(rpo))
+    stage = est.stages[0]
+    assert stage.reference == pytest.approx(stage.weights) and stage.reference > 0
+    assert est.kv_cache > 0 and est.generation_weights == 0 and est.resident_generation_copy == 0
+    assert est.generation == pytest.approx(stage.weights + est.kv_cache)
+    # The megatron engine's generation layout keeps a whole-model copy through training as well.
+    grpo = build_recipe("tiny_puzzle_grpo_cpu", ["generation.megatron_layout=generation"])
+    colocated = estimate_memory(build_recipe("tiny_puzzle_grpo_cpu"), load_model_config(grpo))
+    copy = estimate_memory(grpo, load_model_config(grpo))
+    assert copy.resident_generation_copy == copy.generation_weights > 0 and colocated.generation_weights == 0
+    assert copy.training == pytest.approx(colocated.training + copy.generation_weights)
+    assert copy.generation == pytest.approx(colocated.generation + copy.generation_weights)
+    assert "resident rollout-engine copy" in copy.summary()
+
+
 def test_distributed_optimizer_shards_over_dp_and_cp() -> None:
     cfg = build_recipe("llama_nemotron_ultra_253b_grpo_576gpu_h100_bf16")
     est = estimate_memory(cfg, load_model_config(cfg))
