@@ -16,7 +16,10 @@ sequences advance in lockstep as in megatron-core's own static-batch generation:
 shortest prompt, then every step writes one position per sequence, taking the prompt's token where the prompt is
 still running and a sampled token elsewhere (one decoding step per prompt token past the shortest prompt). Sequences
 that share their prefilled tokens, as the ``n`` samples of one prompt do, share that prefill: it runs once per
-distinct prefix and the KV cache rows are copied (``n`` times less prefill work).
+distinct prefix and the KV cache rows are copied (``n`` times less prefill work). Finished sequences leave the
+decoding batch: once a quarter of the cached rows have ended, the KV cache is compacted to the running rows, so a
+batch whose replies end early does not decode its longest reply's length for every row. Sampling still draws for
+the whole batch, so completions do not depend on when rows are dropped.
 
 Sampling: logits / temperature, log-softmax (temperature 0: greedy arg-max); top-p keeps the smallest set of most likely tokens whose probability
 reaches ``top_p`` and samples from it renormalised. The returned log-prob of a token is its log-probability under the
@@ -79,6 +82,11 @@ class MegatronEngineConfig:
         """Raise ``ValueError`` naming the bad field."""
         if self.max_batch_size < 1:
             raise ValueError(f"MegatronEngineConfig.max_batch_size must be >= 1, got {self.max_batch_size}")
+
+
+COMPACT_AT_RUNNING_SHARE = 0.75
+"""The KV cache is compacted to the running rows once at most this share of its rows is still running (each
+compaction copies the cache filled so far; 0 never compacts)."""
 
 
 def _unwrap(model: Any) -> Any:
@@ -350,13 +358,14 @@ class MegatronRolloutEngine(RolloutEngine):
         else:
             last = self._forward(tokens[:, :min_len], positions[:, :min_len], None)
 
+        active = torch.arange(b, device=device)  # the rows in the KV cache's batch slots, in order
         for t in range(min_len, total):
             sampled, sampled_lp = sample_tokens(
                 last, temperature=s.temperature, top_p=s.top_p, generator=generator, vocab_size=self.vocab_size
             )
             in_prompt = t < lens
             step = torch.where(in_prompt, tokens[:, t], sampled)
-            # Finished rows keep running (the batch advances in lockstep) on a harmless token.
+            # Finished rows get a harmless token (with the KV cache they are dropped from decoding below).
             step = torch.where(torch.tensor([f is not None for f in finish], device=device), tokens[:, t - 1], step)
             tokens[:, t] = step
             step_list, lp_list, prompt_list = step.tolist(), sampled_lp.tolist(), in_prompt.tolist()
@@ -380,8 +389,19 @@ class MegatronRolloutEngine(RolloutEngine):
             if all(f is not None for f in finish) or t == total - 1:
                 break
             if context is not None:
-                mask = padding[:, None, None, : t + 1] if left else None
-                last = self._forward(tokens[:, t : t + 1], positions[:, t : t + 1], context, mask)
+                # Decode only the unfinished rows: once a quarter of the cached rows are finished (COMPACT_AT_RUNNING_SHARE), the KV
+                # cache is compacted to the rows still running (cache slot i holds row active[i]). Sampling still draws
+                # for all b rows (finished rows keep their last logits), so the random stream, and every
+                # completion, is that of the lockstep batch.
+                running = [i for i, r in enumerate(active.tolist()) if finish[r] is None]
+                if len(running) <= COMPACT_AT_RUNNING_SHARE * len(active):
+                    keep = torch.tensor(running, device=device)
+                    for key_memory, value_memory in context.key_value_memory_dict.values():
+                        key_memory[:t, : len(running)] = key_memory[:t, keep]
+                        value_memory[:t, : len(running)] = value_memory[:t, keep]
+                    active = active[keep]
+                mask = padding[active, None, None, : t + 1] if left else None
+                last[active] = self._forward(tokens[active, t : t + 1], positions[active, t : t + 1], context, mask)
                 context.increment_sequence_len_offset(1)
             else:
                 last = self._forward(tokens[:, : t + 1], positions[:, : t + 1], None)

@@ -191,6 +191,61 @@ def test_eos_and_length_and_text(model, tokenizer):
     assert reasons == {"stop", "length"}, reasons
 
 
+class Recording(Biased):
+    """:class:`Biased` that records the batch size of every forward call."""
+
+    def __init__(self, inner, bias):
+        super().__init__(inner, bias)
+        self.batch_sizes = []
+
+    def forward(self, *args, **kwargs):
+        self.batch_sizes.append(args[0].shape[0])
+        return super().forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["gpt_lockstep", "puzzle_left_padded"])
+def test_finished_rows_leave_the_decoding_batch_without_changing_any_completion(model, tokenizer, kind, monkeypatch):
+    if kind == "puzzle_left_padded":
+        from nemotron_plugins.puzzle.model import build_puzzle_model
+        from nemotron_plugins.puzzle.tiny import tiny_puzzle_config
+
+        torch.manual_seed(0)
+        model = build_puzzle_model(tiny_puzzle_config(len(tokenizer), max_position_embeddings=128))
+        with torch.no_grad():
+            model.output_layer.weight.mul_(8.0)
+    eos = tokenizer.eos_token_id
+    bias = torch.zeros(model.vocab_size, device=DEVICE)  # the Puzzle model's vocabulary is padded
+    bias[eos] = 2.0  # about 40 % of the replies stop early (test above)
+    cached = Recording(model, bias)
+    kw = dict(n=16, temperature=1.0, max_new_tokens=12, seed=3)
+    engine = MegatronRolloutEngine(cached, tokenizer)
+    assert engine._left_pads() == (kind == "puzzle_left_padded")
+    got = engine.rollout(["9+9=", "12+1="], **kw)
+    # The lockstep path compared with the no-cache path (the whole batch at every step); the left-padded one (whose
+    # decoding starts after the longest prompt) with itself, never compacting.
+    if kind == "gpt_lockstep":
+        recompute = MegatronEngineConfig(use_kv_cache=False)
+        want = MegatronRolloutEngine(Biased(model, bias), tokenizer, config=recompute).rollout(["9+9=", "12+1="], **kw)
+    else:
+        from nemotron_plugins.rl.engines import megatron_engine
+
+        monkeypatch.setattr(megatron_engine, "COMPACT_AT_RUNNING_SHARE", 0.0)
+        whole = Recording(model, bias)
+        want = MegatronRolloutEngine(whole, tokenizer).rollout(["9+9=", "12+1="], **kw)
+        assert min(whole.batch_sizes[1:]) == 32
+    lengths = []
+    for g, w in zip(got, want, strict=True):
+        for r, ref in zip(g.rollouts, w.rollouts, strict=True):
+            assert (r.completion_ids, r.finish_reason) == (ref.completion_ids, ref.finish_reason)
+            assert r.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
+            lengths.append(len(r.completion_ids))
+    assert min(lengths) < max(lengths) == 12
+    # The KV-cache path decoded fewer rows once some had stopped; the recompute path kept all 32.
+    assert cached.batch_sizes[0] < 32  # one shared prefill per distinct prompt
+    assert max(cached.batch_sizes[1:]) <= 32 and min(cached.batch_sizes[1:]) < 32 * 0.75
+    assert _worst_logprob_error(Biased(model, bias), tokenizer, got, 1.0) < 1e-4
+
+
 def test_forced_eos_and_stop_strings(dist, tokenizer):
     model = _gpt_model(len(tokenizer), seed=1)
     eos = tokenizer.eos_token_id
