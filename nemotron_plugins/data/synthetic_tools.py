@@ -22,8 +22,9 @@ The gold is the exact call list, scored by the ``tool_call`` reward (Tool-N1's b
 Room for RL: an SFT row's reply is right only with probability ``sft_correct``; otherwise it is wrong in one way
 (``corruption_weights``): one call names the sibling tool (``weather`` <-> ``time``, ``lookup`` <-> ``translate``,
 ``add`` <-> ``multiply``: the same parameters, values kept), an integer is written as a string, or the reply names
-its calls in prose instead of making them (``<think>call weather oslo</think>call weather oslo``: no call block). The reply's think block restates the tools and the values it read
-(``<think>call weather oslo</think>``), so each argument is copied from the request twice.
+its calls in prose instead of making them (``<think>call weather oslo</think>call weather oslo``: no call block).
+The reply's think block restates the tools and the values it read (``<think>call weather oslo</think>``), so each
+argument is copied from the request twice.
 
 Held-out prompts are disjoint from training: a request string belongs to the held-out side when its hash says so
 (one in ``heldout_share``), so no held-out request is ever seen in SFT or RL training. Every word is lowercase
@@ -50,9 +51,9 @@ SYSTEM_PROMPT = "detailed thinking on"
 CITIES: tuple[str, ...] = ("paris", "rome", "oslo", "lima", "cairo", "tokyo", "delhi", "quito")
 WORDS: tuple[str, ...] = ("apple", "river", "candle", "mirror", "garden", "silver", "pencil", "rocket")
 MAX_NUMBER = 9
-"""Argument values come from small closed sets (8 cities, 8 words, one-digit integers): a ~1M-parameter model on
-2 CPU cores learns to read them out of the request (with 24 cities and numbers to 99 it learned the format and the
-tool names but not the arguments: docs/tool_calling_rl.md)."""
+"""Argument values come from small closed sets (8 cities, 8 words, one-digit integers). The tiny ~1M-parameter
+model learns to read cities and words out of the request in 800 SFT steps, but not digits (docs/tool_calling_rl.md;
+with 24 cities and numbers to 99 it read no argument at all)."""
 
 
 def _schema(name: str, properties: dict[str, str]) -> dict[str, Any]:
@@ -96,10 +97,11 @@ request (an earlier ``add`` <-> ``convert`` pair drew the sibling's other argume
 that a number argument need not come from the request)."""
 
 CORRUPTIONS: tuple[str, ...] = ("sibling_tool", "string_number", "no_call")
-"""How a wrong SFT reply is wrong: the sibling tool, an integer written as a string, or the calls named in prose after
-the think block instead of a call block (:func:`render_prose_reply`). All keep the values read from the request: a reply that wrote another value than the request's
-would teach the tiny model that the request does not determine the arguments (an earlier version had such a
-``wrong_value`` corruption, and the model stopped reading them; docs/tool_calling_rl.md)."""
+"""How a wrong SFT reply is wrong: the sibling tool, an integer written as a string, or the calls named in prose
+after the think block instead of a call block (:func:`render_prose_reply`). All keep the values read from the
+request: a reply that wrote another value than the request's would teach the tiny model that the request does not
+determine the arguments (an earlier version had such a ``wrong_value`` corruption, and the model stopped reading
+them; docs/tool_calling_rl.md)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -137,7 +139,8 @@ class ToolTaskConfig:
         unknown = sorted(set(self.corruption_weights) - set(CORRUPTIONS))
         if unknown or not self.corruption_weights or any(w < 0 for w in self.corruption_weights.values()):
             raise ValueError(
-                f"corruption_weights must map some of {list(CORRUPTIONS)} to weights >= 0, got {self.corruption_weights}"
+                f"corruption_weights must map some of {list(CORRUPTIONS)} to weights >= 0, "
+                f"got {self.corruption_weights}"
             )
         if sum(self.corruption_weights.values()) <= 0:
             raise ValueError(f"corruption_weights must not all be 0, got {self.corruption_weights}")

@@ -389,10 +389,10 @@ class MegatronRolloutEngine(RolloutEngine):
             if all(f is not None for f in finish) or t == total - 1:
                 break
             if context is not None:
-                # Decode only the unfinished rows: once a quarter of the cached rows are finished (COMPACT_AT_RUNNING_SHARE), the KV
-                # cache is compacted to the rows still running (cache slot i holds row active[i]). Sampling still draws
-                # for all b rows (finished rows keep their last logits), so the random stream, and every
-                # completion, is that of the lockstep batch.
+                # Decode only the unfinished rows: once a quarter of the cached rows are finished
+                # (COMPACT_AT_RUNNING_SHARE), the KV cache is compacted to the rows still running (cache slot i holds
+                # row active[i]). Sampling still draws for all b rows (finished rows keep their last logits), so the
+                # random stream, and every completion, is that of the lockstep batch.
                 running = [i for i, r in enumerate(active.tolist()) if finish[r] is None]
                 if len(running) <= COMPACT_AT_RUNNING_SHARE * len(active):
                     keep = torch.tensor(running, device=device)
