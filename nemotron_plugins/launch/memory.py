@@ -291,7 +291,8 @@ def estimate_memory(
         if gen.max_num_seqs is not None:
             seqs = min(seqs, gen.max_num_seqs)
         tokens = recipe.data.max_seq_length + gen.max_new_tokens
-        own_weights = gen.engine != "megatron" or gen.megatron_layout == "generation"
+        copy_engine = gen.engine == "megatron" and gen.megatron_layout == "generation"  # resident through training
+        own_weights = gen.engine != "megatron" or copy_engine
         edge = cost.embedding_params + cost.lm_head_params
         gen_weights = (edge * 2 + (cost.total_params - edge) * (1 if gen.fp8 else 2)) / t_gen if own_weights else 0.0
         kv = cost.kv_cache_bytes_per_token / t_gen * seqs * tokens
@@ -299,7 +300,7 @@ def estimate_memory(
         estimate.generation_weights = gen_weights
         estimate.kv_cache = kv
         estimate.generation = resident + gen_weights + kv
-        if gen.engine == "megatron" and gen.megatron_layout == "generation":
+        if copy_engine:
             estimate.resident_generation_copy = gen_weights
             estimate.training += gen_weights
         estimate.notes.append(
